@@ -1,0 +1,149 @@
+"""Pure ASGI middleware (Starlette, FastAPI, Quart, Litestar, any ASGI 3 app).
+
+::
+
+    app = PeerMiddleware(
+        app,
+        policy=policy,
+        authenticators=[XfccAuthenticator(trusted_proxies=["127.0.0.1", "::1"])],
+    )
+
+For ``http`` and ``websocket`` scopes the request is authenticated and
+authorized before the app is called. Allowed requests reach the app with the
+normalised path written back into ``scope["path"]`` and ``scope["raw_path"]``
+(so the router sees what the rules saw), the :class:`~peer_middleware.Peer`
+(or ``None``) in ``scope["peer_middleware.peer"]`` and the
+:class:`~peer_middleware.Decision` in ``scope["peer_middleware.decision"]``.
+Refused HTTP requests get the responder's fixed response; refused websockets
+get an HTTP denial response where the server supports the
+``websocket.http.response`` extension, otherwise a close (code 1008) before
+the handshake completes, which servers turn into a 403. ``lifespan`` and
+other scope types pass straight through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from functools import lru_cache
+from typing import Any
+
+from .core import Authenticator, Guard, ProblemResponse, Responder, Verdict
+from .paths import quote_path
+from .policy import Policy, Rule
+
+__all__ = ["DECISION_SCOPE_KEY", "PEER_SCOPE_KEY", "PeerMiddleware"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+PEER_SCOPE_KEY = "peer_middleware.peer"
+DECISION_SCOPE_KEY = "peer_middleware.decision"
+
+
+@lru_cache(maxsize=64)
+def _route_path_for(root_path: str) -> Callable[[str], str]:
+    # Mirrors Starlette's get_route_path(): rules are written against the
+    # path the router matches, which excludes the mount point.
+    def route_path(path: str) -> str:
+        if not path.startswith(root_path):
+            return path
+        if path == root_path:
+            return "/"
+        if path[len(root_path)] == "/":
+            return path[len(root_path) :]
+        return path
+
+    return route_path
+
+
+class PeerMiddleware:
+    """Authenticate the calling service and enforce ``policy`` on every request.
+
+    ``route_rules`` is an optional callable returning extra rules, called once
+    when the middleware is built (the FastAPI integration uses it to gather
+    rules declared on routes). Configuration errors raise here.
+    """
+
+    __slots__ = ("_wanted", "app", "guard")
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        policy: Policy,
+        authenticators: Iterable[Authenticator] = (),
+        responder: Responder | None = None,
+        www_authenticate: str | None = None,
+        route_rules: Callable[[], Iterable[Rule]] | None = None,
+    ) -> None:
+        self.app = app
+        if route_rules is not None:
+            policy = policy.extended(route_rules())
+        self.guard = Guard(
+            policy=policy,
+            authenticators=authenticators,
+            responder=responder,
+            www_authenticate=www_authenticate,
+        )
+        self._wanted = frozenset(name.encode("latin-1") for name in self.guard.header_names)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope_type = scope["type"]
+        if scope_type != "http" and scope_type != "websocket":
+            await self.app(scope, receive, send)
+            return
+        method = scope.get("method", "GET") if scope_type == "http" else "GET"
+        headers: dict[str, str] = {}
+        wanted = self._wanted
+        if wanted:
+            for name, value in scope.get("headers", ()):
+                name = name.lower()
+                if name in wanted:
+                    key = name.decode("latin-1")
+                    text = value.decode("latin-1")
+                    previous = headers.get(key)
+                    headers[key] = text if previous is None else previous + "," + text
+        path: str = scope.get("path", "")
+        raw = scope.get("raw_path")
+        raw_target = raw.decode("latin-1") if raw is not None else None
+        root_path = scope.get("root_path", "")
+        client = scope.get("client")
+        verdict = self.guard.check(
+            method,
+            path,
+            raw_target,
+            tuple(client) if client is not None else None,
+            headers,
+            _route_path_for(root_path) if root_path else None,
+        )
+        if not verdict.decision.allowed:
+            await self._refuse(scope_type, scope, send, verdict, method)
+            return
+        if verdict.path != path:
+            scope["path"] = verdict.path
+            scope["raw_path"] = quote_path(verdict.path).encode("ascii")
+        scope[PEER_SCOPE_KEY] = verdict.peer
+        scope[DECISION_SCOPE_KEY] = verdict.decision
+        await self.app(scope, receive, send)
+
+    async def _refuse(
+        self, scope_type: str, scope: Scope, send: Send, verdict: Verdict, method: str
+    ) -> None:
+        response: ProblemResponse = self.guard.refusal(verdict, method)
+        headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
+        headers.append((b"content-length", str(len(response.body)).encode("ascii")))
+        if scope_type == "http":
+            await send({"type": "http.response.start", "status": response.status,
+                        "headers": headers})
+            await send({"type": "http.response.body", "body": response.body})
+            return
+        extensions = scope.get("extensions") or {}
+        if "websocket.http.response" in extensions:
+            await send({"type": "websocket.http.response.start", "status": response.status,
+                        "headers": headers})
+            await send({"type": "websocket.http.response.body", "body": response.body})
+            return
+        await send({"type": "websocket.close", "code": 1008, "reason": ""})

@@ -1,0 +1,364 @@
+"""The framework-free core: one request in, an identity and a decision out.
+
+The ASGI and WSGI adapters translate their request into the few values this
+module needs (method, decoded path, raw target, client address, the headers
+authenticators asked for) and turn its :class:`Verdict` back into a call to
+the app or a refusal. Nothing here knows about Starlette, Flask, ASGI or WSGI.
+
+Order of work for every request, failing closed at each step:
+
+1. the method must be an HTTP token, else 400;
+2. the raw target must carry no forbidden encoding, else 400; the decoded
+   path is normalised (see :mod:`peer_middleware.paths`), else 400;
+3. each authenticator, in order, may find a peer; one that finds a malformed
+   or invalid credential refuses the request with 401; forwarded credentials
+   are read only from trusted proxies;
+4. the policy decides (403 for a known peer, 401 without identity);
+5. one log record describes the decision.
+
+Any unexpected exception in steps 1 to 4 refuses the request with 403 and is
+logged with its traceback: a bug must never let a request through.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from .errors import AuthenticationFailed, ConfigurationError, RequestRefused
+from .paths import check_method, check_raw_target, normalise_path
+from .peer import Peer
+from .policy import Decision, Policy
+from .proxies import TrustedProxies, looks_rewritten
+
+__all__ = [
+    "Authenticator",
+    "Guard",
+    "ProblemResponse",
+    "Refusal",
+    "RequestView",
+    "Verdict",
+    "default_responder",
+    "logger",
+]
+
+logger = logging.getLogger("peer_middleware")
+
+FORWARDED_FOR = "x-forwarded-for"
+
+
+class RequestView:
+    """The neutral view of a request that authenticators read.
+
+    ``headers`` holds only the headers some authenticator declared, under
+    lower-case names, repeated header lines joined with ``","`` in order.
+    ``client`` is the immediate peer ``(host, port)``, or ``None`` when unknown
+    or when it cannot be trusted (rewritten from ``X-Forwarded-For``).
+    """
+
+    __slots__ = ("client", "headers", "method", "notes", "path")
+
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        client: tuple[str, int] | None,
+        headers: dict[str, str],
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.client = client
+        self.headers = headers
+        self.notes: list[str] | None = None
+
+    def note(self, text: str) -> None:
+        """Record something the decision log should mention."""
+        if self.notes is None:
+            self.notes = []
+        self.notes.append(text)
+
+    def trusted_proxy(self, proxies: TrustedProxies) -> str | None:
+        """The immediate peer's host when it is one of ``proxies``, else ``None``."""
+        client = self.client
+        if client is not None and client[0] in proxies:
+            return client[0]
+        return None
+
+
+@runtime_checkable
+class Authenticator(Protocol):
+    """Finds the caller's identity in a request.
+
+    ``header_names`` lists the lower-case header names it reads.
+    ``authenticate`` returns a :class:`Peer`, ``None`` when the request
+    carries no credential of its kind (or one it must ignore, such as a
+    forwarded header from an untrusted peer), and raises
+    :class:`AuthenticationFailed` when a credential is present but invalid.
+    It must not keep per-request state and must be safe to call from several
+    threads.
+    """
+
+    name: str
+    header_names: Sequence[str]
+    #: True when it reads credentials a proxy forwards: the client address
+    #: must then be checked for rewriting.
+    forwarded: bool
+
+    def authenticate(self, request: RequestView) -> Peer | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ProblemResponse:
+    """A refusal as it goes on the wire."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a request was refused, for a custom responder.
+
+    ``reason`` is precise and meant for logs; the default responder never
+    puts it in the response.
+    """
+
+    status: int
+    reason: str
+    rule: str | None
+    www_authenticate: str | None
+    method: str
+    path: str
+    peer: Peer | None
+
+
+_TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden"}
+
+
+def _problem(status: int) -> bytes:
+    title = _TITLES[status]
+    return (
+        f'{{"type":"about:blank","title":"{title}","status":{status}}}'.encode()
+    )
+
+
+_BODIES = {status: _problem(status) for status in _TITLES}
+_PROBLEM_HEADERS = (("content-type", "application/problem+json"), ("cache-control", "no-store"))
+
+
+def default_responder(refusal: Refusal) -> ProblemResponse:
+    """Fixed ``application/problem+json`` bodies (RFC 9457) that reveal nothing."""
+    status = refusal.status if refusal.status in _BODIES else 403
+    headers = _PROBLEM_HEADERS
+    if status == 401 and refusal.www_authenticate:
+        headers = (*headers, ("www-authenticate", refusal.www_authenticate))
+    return ProblemResponse(status, headers, _BODIES[status])
+
+
+Responder = Callable[[Refusal], ProblemResponse]
+
+
+class Verdict:
+    """What the core decided for one request."""
+
+    __slots__ = ("decision", "path", "peer", "request")
+
+    def __init__(
+        self, decision: Decision, peer: Peer | None, path: str, request: RequestView | None
+    ) -> None:
+        self.decision = decision
+        self.peer = peer
+        self.path = path
+        self.request = request
+
+    @property
+    def allowed(self) -> bool:
+        return self.decision.allowed
+
+
+def _error_decision(error: RequestRefused) -> Decision:
+    return Decision(False, error.status, None, error.reason)
+
+
+_INTERNAL = Decision(False, 403, None, "internal error while authorizing; see the traceback")
+
+
+class Guard:
+    """Authenticate and authorize requests; shared by every adapter.
+
+    ``policy`` decides; ``authenticators`` are tried in order and the first
+    that finds a peer wins; ``www_authenticate`` is sent with 401 responses
+    when set (or taken from the first authenticator that declares one).
+    """
+
+    __slots__ = (
+        "_forwarded",
+        "_rewrite_warned",
+        "authenticators",
+        "header_names",
+        "policy",
+        "responder",
+        "www_authenticate",
+    )
+
+    def __init__(
+        self,
+        *,
+        policy: Policy,
+        authenticators: Iterable[Authenticator] = (),
+        responder: Responder | None = None,
+        www_authenticate: str | None = None,
+    ) -> None:
+        if not isinstance(policy, Policy):
+            raise ConfigurationError(f"policy must be a Policy, not {type(policy).__name__}")
+        self.policy = policy
+        self.authenticators: tuple[Authenticator, ...] = tuple(authenticators)
+        names: list[str] = []
+        for authenticator in self.authenticators:
+            if not isinstance(authenticator, Authenticator):
+                raise ConfigurationError(f"{authenticator!r} is not an Authenticator")
+            for header in authenticator.header_names:
+                if header != header.lower():
+                    raise ConfigurationError(f"header name {header!r} must be lower-case")
+                names.append(header)
+            if www_authenticate is None:
+                www_authenticate = getattr(authenticator, "www_authenticate", None)
+        self._forwarded = any(a.forwarded for a in self.authenticators)
+        if self._forwarded:
+            names.append(FORWARDED_FOR)
+        self.header_names: frozenset[str] = frozenset(names)
+        if responder is not None and not callable(responder):
+            raise ConfigurationError("responder must be callable")
+        self.responder: Responder = responder or default_responder
+        self.www_authenticate = www_authenticate
+        self._rewrite_warned = False
+
+    def check(
+        self,
+        method: str,
+        path: str,
+        raw_target: str | None,
+        client: tuple[str, int] | None,
+        headers: dict[str, str],
+        route_path: Callable[[str], str] | None = None,
+    ) -> Verdict:
+        """Run the whole pipeline for one request.
+
+        ``path`` is the decoded path the router will see, ``raw_target`` the
+        target as sent when the server provides it. ``route_path`` maps the
+        normalised full path to the path rules are written against (it strips
+        a mount prefix); identity when ``None``. The verdict's ``path`` is the
+        normalised full path to write back for the router.
+        """
+        request: RequestView | None = None
+        normalised = path
+        try:
+            check_method(method)
+            if raw_target is not None:
+                check_raw_target(raw_target)
+            normalised = normalise_path(path)
+            matched = normalised if route_path is None else route_path(normalised)
+            if self._forwarded and client is not None:
+                client = self._client_if_trustworthy(client, headers.get(FORWARDED_FOR))
+            request = RequestView(method, matched, client, headers)
+            peer: Peer | None = None
+            for authenticator in self.authenticators:
+                peer = authenticator.authenticate(request)
+                if peer is not None:
+                    break
+            decision = self.policy.decide(method, matched, peer)
+            verdict = Verdict(decision, peer, normalised, request)
+        except RequestRefused as error:
+            verdict = Verdict(_error_decision(error), None, normalised, request)
+        except Exception:
+            logger.exception("peer_middleware failed while authorizing %s %r", method, path[:200])
+            verdict = Verdict(_INTERNAL, None, normalised, request)
+        self.log(verdict, method, path)
+        return verdict
+
+    def reject(self, error: RequestRefused, method: str, path: str) -> Verdict:
+        """A verdict for a request an adapter refused before :meth:`check`."""
+        verdict = Verdict(_error_decision(error), None, path[:200], None)
+        self.log(verdict, method, path)
+        return verdict
+
+    def _client_if_trustworthy(
+        self, client: tuple[str, int], forwarded_for: str | None
+    ) -> tuple[str, int] | None:
+        if not looks_rewritten(client, forwarded_for):
+            return client
+        if not self._rewrite_warned:
+            self._rewrite_warned = True
+            logger.warning(
+                "the server reports a client address taken from X-Forwarded-For (%s), not "
+                "the connection's own peer; forwarded credentials are ignored because the "
+                "proxy cannot be identified. Turn the server's rewriting off: uvicorn "
+                "--forwarded-allow-ips='' (or proxy_headers=False), hypercorn without "
+                "ProxyFixMiddleware.",
+                client[0],
+            )
+        return None
+
+    def refusal(self, verdict: Verdict, method: str) -> ProblemResponse:
+        """The response for a refused verdict."""
+        decision = verdict.decision
+        www = self.www_authenticate if decision.status == 401 else None
+        path = verdict.request.path if verdict.request is not None else verdict.path
+        refusal = Refusal(decision.status, decision.reason, decision.rule, www, method,
+                          path, verdict.peer)
+        try:
+            return self.responder(refusal)
+        except Exception:
+            logger.exception("custom responder failed; sending the default refusal")
+            return default_responder(refusal)
+
+    def log(self, verdict: Verdict, method: str, raw_path: str) -> None:
+        decision = verdict.decision
+        level = logging.INFO if (not decision.allowed or decision.dry_run or decision.audit
+                                 or decision.shadow) else logging.DEBUG
+        if not logger.isEnabledFor(level):
+            return
+        request = verdict.request
+        peer = verdict.peer
+        path = request.path if request is not None else raw_path[:200]
+        fields = {
+            "outcome": "allowed" if decision.allowed else "refused",
+            "status": decision.enforced_status,
+            "rule": decision.rule,
+            "reason": decision.reason,
+            "principal": peer.principal if peer is not None else None,
+            "proof": peer.proof.value if peer is not None else None,
+            "proxy": peer.proxy if peer is not None else None,
+            "method": method[:32],
+            "path": path,
+            "dry_run": decision.dry_run,
+            "shadow": decision.shadow,
+            "audit": decision.audit,
+            "notes": tuple(request.notes) if request is not None and request.notes else (),
+        }
+        message = "%s %s %r status=%s rule=%s principal=%s proxy=%s reason=%r"
+        args: tuple[object, ...] = (
+            fields["outcome"] if not decision.dry_run else "would-refuse(dry-run)",
+            fields["method"],
+            path,
+            fields["status"] if not decision.dry_run else decision.status,
+            decision.rule,
+            fields["principal"],
+            fields["proxy"],
+            decision.reason,
+        )
+        extra_parts = []
+        if decision.shadow:
+            extra_parts.append(" shadow=%s")
+            args += (",".join(decision.shadow),)
+        if decision.audit:
+            extra_parts.append(" audit=%s")
+            args += (",".join(decision.audit),)
+        if fields["notes"]:
+            extra_parts.append(" notes=%r")
+            args += (fields["notes"],)
+        logger.log(level, message + "".join(extra_parts), *args,
+                   extra={"peer_middleware": fields})

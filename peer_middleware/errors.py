@@ -1,0 +1,181 @@
+"""The exceptions peer_middleware raises.
+
+One root, split by meaning::
+
+    PeerMiddlewareError
+    ├── ConfigurationError (also ValueError)   bad configuration, raised when a
+    │                                          middleware, policy or rule is built
+    ├── InvalidSpiffeIdError (also ValueError) a string that is not a SPIFFE ID;
+    │   └── one subclass per rule of the SPIFFE-ID specification
+    └── RequestRefused                         a request that must not reach the app
+        ├── BadRequest            400  malformed path, method or header
+        ├── AuthenticationFailed  401  a credential was presented and is invalid
+        └── AccessDenied          403  raised by per-route checks inside handlers
+
+``RequestRefused`` carries a precise ``reason`` for the log. The response a
+caller sees never contains it: refusals have fixed, generic bodies.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AccessDenied",
+    "AuthenticationFailed",
+    "BadRequest",
+    "ConfigurationError",
+    "InvalidSpiffeIdError",
+    "PeerMiddlewareError",
+    "RequestRefused",
+    "SpiffeIdDotSegment",
+    "SpiffeIdEmpty",
+    "SpiffeIdEmptySegment",
+    "SpiffeIdFragment",
+    "SpiffeIdInvalidPathCharacter",
+    "SpiffeIdInvalidScheme",
+    "SpiffeIdInvalidTrustDomainCharacter",
+    "SpiffeIdMissingTrustDomain",
+    "SpiffeIdPort",
+    "SpiffeIdQuery",
+    "SpiffeIdTooLong",
+    "SpiffeIdTrailingSlash",
+    "SpiffeIdUserInfo",
+]
+
+
+class PeerMiddlewareError(Exception):
+    """Root of every exception raised by peer_middleware."""
+
+
+class ConfigurationError(PeerMiddlewareError, ValueError):
+    """The configuration given to a middleware, policy or rule is invalid.
+
+    Raised when the object is built, never while serving a request.
+    """
+
+
+class InvalidSpiffeIdError(PeerMiddlewareError, ValueError):
+    """A string is not a valid SPIFFE ID.
+
+    ``value`` is the offending input, ``rule`` a short, stable identifier of the
+    specification rule it breaks (also the subclass).
+    """
+
+    rule = "invalid"
+    message = "invalid SPIFFE ID"
+
+    def __init__(self, value: str, detail: str | None = None) -> None:
+        self.value = value
+        self.detail = detail
+        text = self.message if detail is None else f"{self.message}: {detail}"
+        super().__init__(text)
+
+
+class SpiffeIdEmpty(InvalidSpiffeIdError):
+    rule = "empty"
+    message = "SPIFFE ID cannot be empty"
+
+
+class SpiffeIdTooLong(InvalidSpiffeIdError):
+    rule = "too-long"
+    message = "SPIFFE ID is longer than 2048 bytes"
+
+
+class SpiffeIdInvalidScheme(InvalidSpiffeIdError):
+    rule = "scheme"
+    message = "SPIFFE ID scheme must be 'spiffe://' in lower case"
+
+
+class SpiffeIdMissingTrustDomain(InvalidSpiffeIdError):
+    rule = "missing-trust-domain"
+    message = "SPIFFE ID trust domain is missing"
+
+
+class SpiffeIdInvalidTrustDomainCharacter(InvalidSpiffeIdError):
+    rule = "trust-domain-character"
+    message = (
+        "SPIFFE ID trust domain characters are limited to lowercase letters, "
+        "numbers, dots, dashes, and underscores"
+    )
+
+
+class SpiffeIdPort(InvalidSpiffeIdError):
+    rule = "port"
+    message = "SPIFFE ID trust domain cannot contain a port"
+
+
+class SpiffeIdUserInfo(InvalidSpiffeIdError):
+    rule = "user-info"
+    message = "SPIFFE ID cannot contain user info"
+
+
+class SpiffeIdQuery(InvalidSpiffeIdError):
+    rule = "query"
+    message = "SPIFFE ID cannot contain a query"
+
+
+class SpiffeIdFragment(InvalidSpiffeIdError):
+    rule = "fragment"
+    message = "SPIFFE ID cannot contain a fragment"
+
+
+class SpiffeIdEmptySegment(InvalidSpiffeIdError):
+    rule = "empty-segment"
+    message = "SPIFFE ID path cannot contain empty segments"
+
+
+class SpiffeIdDotSegment(InvalidSpiffeIdError):
+    rule = "dot-segment"
+    message = "SPIFFE ID path cannot contain dot segments"
+
+
+class SpiffeIdTrailingSlash(InvalidSpiffeIdError):
+    rule = "trailing-slash"
+    message = "SPIFFE ID path cannot have a trailing slash"
+
+
+class SpiffeIdInvalidPathCharacter(InvalidSpiffeIdError):
+    rule = "path-character"
+    message = (
+        "SPIFFE ID path segment characters are limited to letters, numbers, "
+        "dots, dashes, and underscores"
+    )
+
+
+class RequestRefused(PeerMiddlewareError):
+    """A request must be refused. ``reason`` is for the log only."""
+
+    status = 400
+    problem = "bad-request"
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(reason)
+
+
+class BadRequest(RequestRefused):
+    """Malformed request: path, method or a header that cannot be parsed (400)."""
+
+    status = 400
+    problem = "bad-request"
+
+
+class AuthenticationFailed(RequestRefused):
+    """A credential was presented and could not be verified (401).
+
+    ``scheme`` names the authentication scheme that a ``WWW-Authenticate``
+    header should advertise, when one could help the caller.
+    """
+
+    status = 401
+    problem = "unauthenticated"
+
+    def __init__(self, reason: str, *, scheme: str | None = None) -> None:
+        self.scheme = scheme
+        super().__init__(reason)
+
+
+class AccessDenied(RequestRefused):
+    """The caller is known but may not do this (403)."""
+
+    status = 403
+    problem = "forbidden"

@@ -1,0 +1,861 @@
+"""Who may call what: matchers, rules and the compiled policy.
+
+A :class:`Policy` is a list of named :class:`Rule` values, written in code
+next to the app::
+
+    policy = Policy([
+        allow("healthz", Anyone(), methods=["GET"], paths=["/healthz"]),
+        allow("create-payment", Principal("spiffe://cluster.local/ns/shop/sa/checkout"),
+              methods=["POST"], paths=["/payments"]),
+        allow("read-payment", Namespace("shop", trust_domain="cluster.local"),
+              methods=["GET"], paths=["/payments/{payment_id}"]),
+        deny("no-legacy-export", Principal("spiffe://cluster.local/ns/shop/sa/legacy-export"),
+             paths=["/payments/**"]),
+    ])
+
+Semantics (as Istio's AuthorizationPolicy and Envoy's RBAC filter):
+
+* any matching DENY rule refuses (403), whatever else matches;
+* otherwise the request passes only if an ALLOW rule matches;
+* otherwise it is refused: 401 when the request carries no identity (a
+  credential could help), 403 when it does;
+* AUDIT rules never change the outcome; a match is logged;
+* a rule with ``shadow=True`` is evaluated and its would-be effect logged,
+  but it does not change the outcome; a policy with ``mode="shadow"`` lets
+  every request through and logs what enforcement would have done.
+
+Every :class:`Decision` names the rule that decided and why.
+
+Paths are matched against the normalised path (see :mod:`peer_middleware.paths`).
+Patterns:
+
+=====================  ===============================================
+``/payments``          exactly that path (case-sensitive, no trailing slash)
+``/payments/``         exactly that path, with its trailing slash
+``/payments/*``        one more segment, any value
+``/payments/**``       ``/payments`` itself and anything below it (a prefix
+                       that respects segment boundaries: not ``/paymentsX``)
+``/p/{id}``, ``/p/<id>``, ``/p/<int:id>``
+                       route templates (FastAPI/Starlette and Flask styles):
+                       one segment; ``{x:path}`` / ``<path:x>`` one or more
+=====================  ===============================================
+
+The policy is compiled into a segment tree with rules indexed by method and by
+the SPIFFE ID, trust domain and namespace they name, so deciding costs the
+same with ten rules or ten thousand.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from .errors import ConfigurationError, InvalidSpiffeIdError
+from .paths import normalise_path
+from .peer import Peer, Proof
+from .spiffe import SCHEME_PREFIX, SpiffeId, validate_trust_domain
+
+__all__ = [
+    "Action",
+    "AllOf",
+    "AnyOf",
+    "Anyone",
+    "Authenticated",
+    "Decision",
+    "Namespace",
+    "Not",
+    "Policy",
+    "Principal",
+    "ProvenBy",
+    "Rule",
+    "ServiceAccount",
+    "TrustDomain",
+    "Who",
+    "allow",
+    "audit",
+    "deny",
+]
+
+_SEGMENT = re.compile(r"[a-zA-Z0-9._-]+")
+_METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Z]+")
+
+
+# --------------------------------------------------------------------------
+# Matchers: who a rule applies to.
+# --------------------------------------------------------------------------
+
+
+class Who:
+    """Base class of the matchers that say who a rule applies to.
+
+    A matcher is called with the authenticated :class:`Peer`, or ``None`` for
+    a request without identity, and returns whether it matches. Combine with
+    ``|`` (any of), ``&`` (all of) and ``~`` (not).
+    """
+
+    __slots__ = ()
+
+    def __call__(self, peer: Peer | None) -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def describe(self) -> str:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def index_keys(self) -> frozenset[tuple[str, str]] | None:
+        """Keys such that the matcher matches exactly the peers having one of them.
+
+        ``None`` when the matcher cannot be expressed that way; such rules are
+        evaluated one by one.
+        """
+        return None
+
+    def __or__(self, other: Who) -> Who:
+        return AnyOf(self, other)
+
+    def __and__(self, other: Who) -> Who:
+        return AllOf(self, other)
+
+    def __invert__(self) -> Who:
+        return Not(self)
+
+    def __repr__(self) -> str:
+        return self.describe()
+
+
+class Anyone(Who):
+    """Every request, including one with no identity (health probes)."""
+
+    __slots__ = ()
+
+    def __call__(self, peer: Peer | None) -> bool:
+        return True
+
+    def describe(self) -> str:
+        return "Anyone()"
+
+
+class Authenticated(Who):
+    """Any authenticated peer."""
+
+    __slots__ = ()
+
+    def __call__(self, peer: Peer | None) -> bool:
+        return peer is not None
+
+    def describe(self) -> str:
+        return "Authenticated()"
+
+
+def _principal_pattern(pattern: str) -> str:
+    if not isinstance(pattern, str) or not pattern:
+        raise ConfigurationError(f"principal pattern {pattern!r} must be a non-empty string")
+    if pattern == "*":
+        return pattern
+    if not pattern.startswith(SCHEME_PREFIX) and not pattern.startswith("*"):
+        # Istio writes principals without the scheme: cluster.local/ns/a/sa/b.
+        pattern = SCHEME_PREFIX + pattern
+    return pattern
+
+
+class Principal(Who):
+    """Peers whose SPIFFE ID matches one of the patterns.
+
+    A pattern is an exact SPIFFE ID (``spiffe://cluster.local/ns/shop/sa/checkout``
+    or, as Istio writes it, ``cluster.local/ns/shop/sa/checkout``), a prefix
+    glob (``spiffe://cluster.local/ns/shop/*``), a suffix glob (``*/sa/checkout``)
+    or ``*`` (any authenticated peer). Exact IDs are validated when the matcher
+    is built.
+    """
+
+    __slots__ = ("_any", "_exact", "_prefixes", "_suffixes", "patterns")
+
+    def __init__(self, *patterns: str) -> None:
+        if not patterns:
+            raise ConfigurationError("Principal() needs at least one pattern")
+        exact: set[str] = set()
+        prefixes: list[str] = []
+        suffixes: list[str] = []
+        any_peer = False
+        normalised: list[str] = []
+        for raw in patterns:
+            pattern = _principal_pattern(raw)
+            normalised.append(pattern)
+            stars = pattern.count("*")
+            if pattern == "*":
+                any_peer = True
+            elif stars == 0:
+                try:
+                    exact.add(SpiffeId.parse(pattern).uri)
+                except InvalidSpiffeIdError as exc:
+                    raise ConfigurationError(f"principal {raw!r}: {exc}") from exc
+            elif stars == 1 and pattern.endswith("*"):
+                prefixes.append(pattern[:-1])
+            elif stars == 1 and pattern.startswith("*"):
+                suffixes.append(pattern[1:])
+            else:
+                raise ConfigurationError(
+                    f"principal pattern {raw!r}: '*' is allowed only as the whole pattern, "
+                    "its first character or its last character"
+                )
+        self.patterns = tuple(normalised)
+        self._exact = frozenset(exact)
+        self._prefixes = tuple(prefixes)
+        self._suffixes = tuple(suffixes)
+        self._any = any_peer
+
+    def __call__(self, peer: Peer | None) -> bool:
+        if peer is None:
+            return False
+        uri = peer.spiffe_id.uri
+        if self._any or uri in self._exact:
+            return True
+        if self._prefixes and uri.startswith(self._prefixes):
+            return True
+        return bool(self._suffixes) and uri.endswith(self._suffixes)
+
+    def index_keys(self) -> frozenset[tuple[str, str]] | None:
+        if self._any or self._prefixes or self._suffixes:
+            return None
+        return frozenset(("id", uri) for uri in self._exact)
+
+    def describe(self) -> str:
+        return f"Principal({', '.join(repr(p) for p in self.patterns)})"
+
+
+class ServiceAccount(Principal):
+    """The Kubernetes service account ``namespace/name`` of ``trust_domain``."""
+
+    __slots__ = ()
+
+    def __init__(self, name: str, *, namespace: str, trust_domain: str) -> None:
+        for label, value in (("name", name), ("namespace", namespace)):
+            if not isinstance(value, str) or _SEGMENT.fullmatch(value) is None:
+                raise ConfigurationError(f"ServiceAccount {label} {value!r} is not a valid segment")
+        try:
+            sid = SpiffeId.for_service_account(trust_domain, namespace, name)
+        except InvalidSpiffeIdError as exc:
+            raise ConfigurationError(f"ServiceAccount: {exc}") from exc
+        super().__init__(sid.uri)
+
+
+class TrustDomain(Who):
+    """Peers of any of the given trust domains (``cluster.local``)."""
+
+    __slots__ = ("names",)
+
+    def __init__(self, *names: str) -> None:
+        if not names:
+            raise ConfigurationError("TrustDomain() needs at least one name")
+        for name in names:
+            try:
+                validate_trust_domain(name)
+            except (InvalidSpiffeIdError, TypeError) as exc:
+                raise ConfigurationError(f"trust domain {name!r}: {exc}") from exc
+        self.names = frozenset(names)
+
+    def __call__(self, peer: Peer | None) -> bool:
+        return peer is not None and peer.spiffe_id.trust_domain in self.names
+
+    def index_keys(self) -> frozenset[tuple[str, str]] | None:
+        return frozenset(("td", name) for name in self.names)
+
+    def describe(self) -> str:
+        return f"TrustDomain({', '.join(repr(n) for n in sorted(self.names))})"
+
+
+class Namespace(Who):
+    """Peers in any of the given Kubernetes namespaces of ``trust_domain``.
+
+    The trust domain is required: two clusters can both have a namespace
+    called ``shop``, and only the trust domain tells their workloads apart.
+    A peer has a namespace only when its SPIFFE ID path is exactly
+    ``/ns/<namespace>/sa/<service account>``.
+    """
+
+    __slots__ = ("_keys", "names", "trust_domain")
+
+    def __init__(self, *names: str, trust_domain: str) -> None:
+        if not names:
+            raise ConfigurationError("Namespace() needs at least one name")
+        for name in names:
+            if not isinstance(name, str) or _SEGMENT.fullmatch(name) is None:
+                raise ConfigurationError(f"namespace {name!r} is not a valid path segment")
+        try:
+            validate_trust_domain(trust_domain)
+        except (InvalidSpiffeIdError, TypeError) as exc:
+            raise ConfigurationError(f"trust domain {trust_domain!r}: {exc}") from exc
+        self.names = frozenset(names)
+        self.trust_domain = trust_domain
+        self._keys = frozenset(f"{trust_domain}/{name}" for name in names)
+
+    def __call__(self, peer: Peer | None) -> bool:
+        if peer is None:
+            return False
+        sid = peer.spiffe_id
+        return sid.trust_domain == self.trust_domain and sid.namespace in self.names
+
+    def index_keys(self) -> frozenset[tuple[str, str]] | None:
+        return frozenset(("ns", key) for key in self._keys)
+
+    def describe(self) -> str:
+        names = ", ".join(repr(n) for n in sorted(self.names))
+        return f"Namespace({names}, trust_domain={self.trust_domain!r})"
+
+
+class ProvenBy(Who):
+    """Peers whose identity was established in one of the given ways.
+
+    ``ProvenBy(Proof.MTLS, Proof.FORWARDED_CERTIFICATE)`` requires a
+    certificate verified by the app itself; combine with ``&``.
+    """
+
+    __slots__ = ("proofs",)
+
+    def __init__(self, *proofs: Proof) -> None:
+        if not proofs or not all(isinstance(p, Proof) for p in proofs):
+            raise ConfigurationError("ProvenBy() needs one or more Proof values")
+        self.proofs = frozenset(proofs)
+
+    def __call__(self, peer: Peer | None) -> bool:
+        return peer is not None and peer.proof in self.proofs
+
+    def describe(self) -> str:
+        return f"ProvenBy({', '.join(sorted(p.name for p in self.proofs))})"
+
+
+def _check_matchers(name: str, matchers: Sequence[Who]) -> tuple[Who, ...]:
+    if not matchers:
+        raise ConfigurationError(f"{name}() needs at least one matcher")
+    for matcher in matchers:
+        if not isinstance(matcher, Who):
+            raise ConfigurationError(f"{name}(): {matcher!r} is not a matcher")
+    return tuple(matchers)
+
+
+class AnyOf(Who):
+    """Matches when any of the matchers does."""
+
+    __slots__ = ("matchers",)
+
+    def __init__(self, *matchers: Who) -> None:
+        self.matchers = _check_matchers("AnyOf", matchers)
+
+    def __call__(self, peer: Peer | None) -> bool:
+        return any(m(peer) for m in self.matchers)
+
+    def index_keys(self) -> frozenset[tuple[str, str]] | None:
+        keys: set[tuple[str, str]] = set()
+        for matcher in self.matchers:
+            sub = matcher.index_keys()
+            if sub is None:
+                return None
+            keys |= sub
+        return frozenset(keys)
+
+    def describe(self) -> str:
+        return f"AnyOf({', '.join(m.describe() for m in self.matchers)})"
+
+
+class AllOf(Who):
+    """Matches when every matcher does."""
+
+    __slots__ = ("matchers",)
+
+    def __init__(self, *matchers: Who) -> None:
+        self.matchers = _check_matchers("AllOf", matchers)
+
+    def __call__(self, peer: Peer | None) -> bool:
+        return all(m(peer) for m in self.matchers)
+
+    def describe(self) -> str:
+        return f"AllOf({', '.join(m.describe() for m in self.matchers)})"
+
+
+class Not(Who):
+    """Matches an *authenticated* peer that ``matcher`` does not match.
+
+    A request without identity never matches a negation: "not the admin"
+    must not include "somebody we know nothing about" (Istio's ``notPrincipals``
+    has the same rule).
+    """
+
+    __slots__ = ("matcher",)
+
+    def __init__(self, matcher: Who) -> None:
+        self.matcher = _check_matchers("Not", (matcher,))[0]
+
+    def __call__(self, peer: Peer | None) -> bool:
+        return peer is not None and not self.matcher(peer)
+
+    def describe(self) -> str:
+        return f"Not({self.matcher.describe()})"
+
+
+# --------------------------------------------------------------------------
+# Rules.
+# --------------------------------------------------------------------------
+
+
+class Action(enum.Enum):
+    ALLOW = "allow"
+    DENY = "deny"
+    AUDIT = "audit"
+
+
+# Path pattern pieces: a literal segment is a str; these mark the others.
+_ONE = object()  # exactly one segment, any value
+_REST0 = "rest0"  # zero or more further segments
+_REST1 = "rest1"  # one or more further segments
+
+_BRACE = re.compile(r"\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::(?P<conv>[A-Za-z_]+))?\}")
+_ANGLE = re.compile(
+    r"<(?:(?P<conv>[A-Za-z_][A-Za-z0-9_]*)(?:\([^)<>]*\))?:)?(?P<name>[A-Za-z_][A-Za-z0-9_]*)>"
+)
+_LITERAL_FORBIDDEN = re.compile(r"[*{}<>;\\\x00-\x1f\x7f]")
+
+
+@dataclass(frozen=True, slots=True)
+class PathPattern:
+    """A compiled path pattern (see the module docstring for the syntax)."""
+
+    text: str
+    segments: tuple[object, ...]
+    tail: str | None
+
+    @classmethod
+    def compile(cls, text: str) -> PathPattern:
+        if not isinstance(text, str) or not text.startswith("/"):
+            raise ConfigurationError(f"path pattern {text!r} must be a string starting with '/'")
+        parts = text[1:].split("/")
+        segments: list[object] = []
+        tail: str | None = None
+        for index, part in enumerate(parts):
+            last = index == len(parts) - 1
+            template = _BRACE.fullmatch(part) or _ANGLE.fullmatch(part)
+            if part == "**" or (template is not None and template.group("conv") == "path"):
+                if not last:
+                    raise ConfigurationError(
+                        f"path pattern {text!r}: a multi-segment wildcard must be last"
+                    )
+                tail = _REST0 if part == "**" else _REST1
+            elif part == "*" or template is not None:
+                segments.append(_ONE)
+            elif part == "" and not last:
+                raise ConfigurationError(f"path pattern {text!r} has an empty segment")
+            elif part in (".", ".."):
+                raise ConfigurationError(f"path pattern {text!r} has a dot segment")
+            elif _LITERAL_FORBIDDEN.search(part):
+                raise ConfigurationError(
+                    f"path pattern {text!r}: segment {part!r} mixes wildcards or templates "
+                    "with text, or has a character no normalised path contains"
+                )
+            else:
+                segments.append(part)
+        literal = "/" + "/".join(s if isinstance(s, str) else "x" for s in segments)
+        if normalise_path(literal) != literal:  # pragma: no cover - guarded above
+            raise ConfigurationError(f"path pattern {text!r} is not a normalised path")
+        return cls(text, tuple(segments), tail)
+
+
+def _as_tuple(value: str | Iterable[str] | None, what: str) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return (value,)
+    try:
+        items = tuple(value)
+    except TypeError:
+        raise ConfigurationError(f"{what} must be a string or an iterable of strings") from None
+    if not items:
+        raise ConfigurationError(f"{what} is empty: the rule would never match")
+    return items
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """A named rule. Build with :func:`allow`, :func:`deny` or :func:`audit`.
+
+    ``methods`` ``None`` means any method; methods are upper-case HTTP tokens
+    compared with the method exactly as sent. ``paths`` are patterns (see the
+    module docstring); the default ``("/**",)`` is every path.
+    """
+
+    name: str
+    action: Action
+    who: Who
+    methods: frozenset[str] | None = None
+    paths: tuple[PathPattern, ...] = ()
+    shadow: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ConfigurationError(f"rule name {self.name!r} must be a non-empty string")
+        if not isinstance(self.action, Action):
+            raise ConfigurationError(f"rule {self.name!r}: action must be an Action")
+        if not isinstance(self.who, Who):
+            raise ConfigurationError(f"rule {self.name!r}: who={self.who!r} is not a matcher")
+        if not self.paths:
+            raise ConfigurationError(f"rule {self.name!r} has no paths")
+
+    @classmethod
+    def build(
+        cls,
+        action: Action,
+        name: str,
+        who: Who,
+        *,
+        methods: str | Iterable[str] | None = None,
+        paths: str | Iterable[str] = "/**",
+        shadow: bool = False,
+    ) -> Rule:
+        method_items = _as_tuple(methods, f"rule {name!r} methods")
+        method_set: frozenset[str] | None = None
+        if method_items is not None:
+            for method in method_items:
+                if not isinstance(method, str) or _METHOD.fullmatch(method) is None:
+                    raise ConfigurationError(
+                        f"rule {name!r}: method {method!r} must be an upper-case HTTP token"
+                    )
+            method_set = frozenset(method_items)
+        path_items = _as_tuple(paths, f"rule {name!r} paths") or ()
+        compiled = tuple(PathPattern.compile(p) for p in path_items)
+        return cls(name, action, who, method_set, compiled, bool(shadow))
+
+    def describe(self) -> str:
+        methods = "*" if self.methods is None else ",".join(sorted(self.methods))
+        paths = ",".join(p.text for p in self.paths)
+        shadow = " (shadow)" if self.shadow else ""
+        return f"{self.action.value} {self.name!r}: {methods} {paths} {self.who.describe()}{shadow}"
+
+
+def allow(
+    name: str,
+    who: Who,
+    *,
+    methods: str | Iterable[str] | None = None,
+    paths: str | Iterable[str] = "/**",
+    shadow: bool = False,
+) -> Rule:
+    """An ALLOW rule: ``who`` may call ``methods`` on ``paths``."""
+    return Rule.build(Action.ALLOW, name, who, methods=methods, paths=paths, shadow=shadow)
+
+
+def deny(
+    name: str,
+    who: Who,
+    *,
+    methods: str | Iterable[str] | None = None,
+    paths: str | Iterable[str] = "/**",
+    shadow: bool = False,
+) -> Rule:
+    """A DENY rule: ``who`` may not call ``methods`` on ``paths``; wins over ALLOW."""
+    return Rule.build(Action.DENY, name, who, methods=methods, paths=paths, shadow=shadow)
+
+
+def audit(
+    name: str,
+    who: Who,
+    *,
+    methods: str | Iterable[str] | None = None,
+    paths: str | Iterable[str] = "/**",
+) -> Rule:
+    """An AUDIT rule: a match is logged at INFO and changes nothing."""
+    return Rule.build(Action.AUDIT, name, who, methods=methods, paths=paths)
+
+
+# --------------------------------------------------------------------------
+# Decisions.
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome of a policy for one request.
+
+    ``rule`` is the name of the rule that decided (``None`` when no rule
+    matched and the default refusal applied); ``reason`` says why in words.
+    ``status`` is 200 when allowed, else 401 or 403. ``dry_run`` is True when
+    a shadow-mode policy let through a request it would have refused (then
+    ``status``, ``rule`` and ``reason`` describe the refusal it would have
+    made). ``shadow`` and ``audit`` list what shadow and audit rules said.
+    """
+
+    allowed: bool
+    status: int
+    rule: str | None
+    reason: str
+    dry_run: bool = False
+    shadow: tuple[str, ...] = ()
+    audit: tuple[str, ...] = ()
+
+    @property
+    def enforced_status(self) -> int:
+        """The status the caller actually gets."""
+        return 200 if self.allowed else self.status
+
+
+NO_IDENTITY = Decision(False, 401, None, "no allow rule matched and the request has no identity")
+NO_RULE = Decision(False, 403, None, "no allow rule matched this caller")
+
+
+# --------------------------------------------------------------------------
+# The compiled policy.
+# --------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Entry:
+    order: int
+    rule: Rule
+    decision: Decision
+
+
+@dataclass(slots=True)
+class _RuleSet:
+    """Rules of one action that apply at one place of the tree for one method."""
+
+    by_key: dict[tuple[str, str], list[_Entry]] = field(default_factory=dict)
+    scan: list[_Entry] = field(default_factory=list)
+
+    def add(self, entry: _Entry) -> None:
+        keys = entry.rule.who.index_keys()
+        if keys is None:
+            self.scan.append(entry)
+        else:
+            for key in keys:
+                self.by_key.setdefault(key, []).append(entry)
+
+    def first_match(self, peer: Peer | None, best: _Entry | None) -> _Entry | None:
+        if peer is not None and self.by_key:
+            for key in peer.spiffe_id.match_keys:
+                entries = self.by_key.get(key)
+                if entries is not None:
+                    candidate = entries[0]  # entries are in rule order
+                    if best is None or candidate.order < best.order:
+                        best = candidate
+        for entry in self.scan:
+            if best is not None and entry.order > best.order:
+                break
+            if entry.rule.who(peer):
+                return entry
+        return best
+
+    def all_matches(self, peer: Peer | None) -> list[_Entry]:
+        found: list[_Entry] = []
+        if peer is not None:
+            for key in peer.spiffe_id.match_keys:
+                found.extend(self.by_key.get(key, ()))
+        found.extend(entry for entry in self.scan if entry.rule.who(peer))
+        return sorted({id(e): e for e in found}.values(), key=lambda e: e.order)
+
+
+@dataclass(slots=True)
+class _Bucket:
+    """Every rule whose pattern ends at one place of the tree, for one method."""
+
+    deny: _RuleSet = field(default_factory=_RuleSet)
+    allow: _RuleSet = field(default_factory=_RuleSet)
+    extra: list[_Entry] = field(default_factory=list)  # audit and shadow rules
+
+    def add(self, entry: _Entry) -> None:
+        if entry.rule.shadow or entry.rule.action is Action.AUDIT:
+            self.extra.append(entry)
+        elif entry.rule.action is Action.DENY:
+            self.deny.add(entry)
+        else:
+            self.allow.add(entry)
+
+
+@dataclass(slots=True)
+class _Terminal:
+    """Buckets per method for rules ending at one node in one way."""
+
+    by_method: dict[str, _Bucket] = field(default_factory=dict)
+    any_method: _Bucket = field(default_factory=_Bucket)
+    pending: list[_Entry] = field(default_factory=list)
+    seen: set[int] = field(default_factory=set)
+
+    def finish(self) -> None:
+        methods = {m for e in self.pending if e.rule.methods for m in e.rule.methods}
+        for entry in sorted(self.pending, key=lambda e: e.order):
+            if entry.rule.methods is None:
+                self.any_method.add(entry)
+                for method in methods:
+                    self.by_method.setdefault(method, _Bucket()).add(entry)
+            else:
+                for method in entry.rule.methods:
+                    self.by_method.setdefault(method, _Bucket()).add(entry)
+        self.pending = []
+        self.seen = set()
+
+    def bucket(self, method: str) -> _Bucket:
+        return self.by_method.get(method, self.any_method)
+
+
+@dataclass(slots=True)
+class _Node:
+    children: dict[str, _Node] = field(default_factory=dict)
+    one: _Node | None = None
+    exact: _Terminal | None = None
+    rest0: _Terminal | None = None
+    rest1: _Terminal | None = None
+
+    def walk(self) -> Iterable[_Node]:
+        yield self
+        for child in self.children.values():
+            yield from child.walk()
+        if self.one is not None:
+            yield from self.one.walk()
+
+
+def _collect(node: _Node, segments: list[str], index: int, out: list[_Terminal]) -> None:
+    if node.rest0 is not None:
+        out.append(node.rest0)
+    if index == len(segments):
+        if node.exact is not None:
+            out.append(node.exact)
+        return
+    if node.rest1 is not None:
+        out.append(node.rest1)
+    child = node.children.get(segments[index])
+    if child is not None:
+        _collect(child, segments, index + 1, out)
+    if node.one is not None:
+        _collect(node.one, segments, index + 1, out)
+
+
+_CACHE_LIMIT = 8192
+
+
+class Policy:
+    """A compiled, immutable set of rules.
+
+    ``mode="shadow"`` lets every request through and reports what
+    enforcement would have done (``Decision.dry_run``). Invalid rules, duplicate
+    rule names and unknown modes raise :class:`ConfigurationError` here.
+    """
+
+    __slots__ = ("_cache", "_root", "has_extras", "mode", "rules")
+
+    def __init__(
+        self, rules: Iterable[Rule], *, mode: Literal["enforce", "shadow"] = "enforce"
+    ) -> None:
+        if mode not in ("enforce", "shadow"):
+            raise ConfigurationError(f"policy mode {mode!r} must be 'enforce' or 'shadow'")
+        if isinstance(rules, Rule):
+            rules = [rules]
+        self.rules: tuple[Rule, ...] = tuple(rules)
+        self.mode = mode
+        names: set[str] = set()
+        root = _Node()
+        for order, rule in enumerate(self.rules):
+            if not isinstance(rule, Rule):
+                raise ConfigurationError(f"{rule!r} is not a Rule")
+            if rule.name in names:
+                raise ConfigurationError(f"two rules are named {rule.name!r}")
+            names.add(rule.name)
+            decision = self._decision_for(rule)
+            entry = _Entry(order, rule, decision)
+            for pattern in rule.paths:
+                node = root
+                for segment in pattern.segments:
+                    if isinstance(segment, str):
+                        node = node.children.setdefault(segment, _Node())
+                    else:
+                        if node.one is None:
+                            node.one = _Node()
+                        node = node.one
+                attr = pattern.tail or "exact"
+                terminal = getattr(node, attr)
+                if terminal is None:
+                    terminal = _Terminal()
+                    setattr(node, attr, terminal)
+                if order not in terminal.seen:
+                    terminal.seen.add(order)
+                    terminal.pending.append(entry)
+        for node in root.walk():
+            for terminal in (node.exact, node.rest0, node.rest1):
+                if terminal is not None:
+                    terminal.finish()
+        self._root = root
+        self.has_extras = any(r.shadow or r.action is Action.AUDIT for r in self.rules)
+        self._cache: dict[tuple[str, str], tuple[_Bucket, ...]] = {}
+
+    @staticmethod
+    def _decision_for(rule: Rule) -> Decision:
+        if rule.action is Action.ALLOW:
+            return Decision(True, 200, rule.name, f"allowed by rule {rule.name!r}")
+        return Decision(False, 403, rule.name, f"denied by rule {rule.name!r}")
+
+    def extended(self, rules: Iterable[Rule]) -> Policy:
+        """A new policy with ``rules`` appended (same mode)."""
+        return Policy((*self.rules, *rules), mode=self.mode)
+
+    def _buckets(self, method: str, path: str) -> tuple[_Bucket, ...]:
+        key = (method, path)
+        buckets = self._cache.get(key)
+        if buckets is None:
+            terminals: list[_Terminal] = []
+            _collect(self._root, path[1:].split("/"), 0, terminals)
+            buckets = tuple(t.bucket(method) for t in terminals)
+            if len(self._cache) >= _CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[key] = buckets
+        return buckets
+
+    def decide(self, method: str, path: str, peer: Peer | None) -> Decision:
+        """Decide a request. ``path`` must already be normalised."""
+        buckets = self._buckets(method, path)
+        denied: _Entry | None = None
+        for bucket in buckets:
+            denied = bucket.deny.first_match(peer, denied)
+        if denied is not None:
+            decision = denied.decision
+        else:
+            allowed: _Entry | None = None
+            for bucket in buckets:
+                allowed = bucket.allow.first_match(peer, allowed)
+            if allowed is not None:
+                decision = allowed.decision
+            else:
+                decision = NO_IDENTITY if peer is None else NO_RULE
+        if self.has_extras:
+            decision = self._extras(decision, buckets, peer)
+        if not decision.allowed and self.mode == "shadow":
+            decision = replace(decision, allowed=True, dry_run=True)
+        return decision
+
+    @staticmethod
+    def _extras(decision: Decision, buckets: tuple[_Bucket, ...], peer: Peer | None) -> Decision:
+        shadow: list[str] = []
+        audits: list[str] = []
+        for bucket in buckets:
+            for entry in bucket.extra:
+                if not entry.rule.who(peer):
+                    continue
+                if entry.rule.action is Action.AUDIT:
+                    audits.append(entry.rule.name)
+                else:
+                    shadow.append(f"{entry.rule.action.value}:{entry.rule.name}")
+        if not shadow and not audits:
+            return decision
+        return replace(decision, shadow=tuple(shadow), audit=tuple(audits))
+
+    def matching_rules(self, method: str, path: str, peer: Peer | None) -> list[Rule]:
+        """Every rule that matches, in order (for explaining a decision)."""
+        found: list[_Entry] = []
+        for bucket in self._buckets(method, path):
+            found.extend(bucket.deny.all_matches(peer))
+            found.extend(bucket.allow.all_matches(peer))
+            found.extend(e for e in bucket.extra if e.rule.who(peer))
+        unique = {id(e): e for e in found}
+        return [e.rule for e in sorted(unique.values(), key=lambda e: e.order)]
+
+    def __len__(self) -> int:
+        return len(self.rules)
+
+    def __repr__(self) -> str:
+        return f"Policy({len(self.rules)} rules, mode={self.mode!r})"

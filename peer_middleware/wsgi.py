@@ -1,0 +1,157 @@
+"""WSGI middleware (Flask, Django, Falcon, Pyramid, any WSGI app).
+
+::
+
+    app.wsgi_app = PeerWSGIMiddleware(
+        app.wsgi_app,
+        policy=policy,
+        authenticators=[XfccAuthenticator(trusted_proxies=["127.0.0.1", "::1"])],
+    )
+
+Allowed requests reach the app with the normalised path in ``PATH_INFO``
+(and in ``REQUEST_URI``/``RAW_URI`` when present), the
+:class:`~peer_middleware.Peer` (or ``None``) in
+``environ["peer_middleware.peer"]`` and the decision in
+``environ["peer_middleware.decision"]``. Refused requests get the
+responder's fixed response and never reach the app.
+
+.. note::
+   WSGI turns every header name into ``HTTP_<NAME>`` with ``-`` replaced by
+   ``_``, so ``X-Forwarded-Client-Cert`` and ``X_Forwarded_Client_Cert``
+   arrive as the same key. Use a server or proxy that drops header names with
+   underscores (gunicorn does by default, nginx does unless
+   ``underscores_in_headers on``), and make the trusted proxy overwrite the
+   header it forwards.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from .core import Authenticator, Guard, Responder
+from .errors import BadRequest
+from .paths import quote_path
+from .core import Verdict
+from .policy import Policy, Rule
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+else:
+    StartResponse = WSGIApplication = WSGIEnvironment = Any
+
+__all__ = ["DECISION_ENVIRON_KEY", "PEER_ENVIRON_KEY", "PeerWSGIMiddleware"]
+
+PEER_ENVIRON_KEY = "peer_middleware.peer"
+DECISION_ENVIRON_KEY = "peer_middleware.decision"
+
+_STATUS_LINES = {400: "400 Bad Request", 401: "401 Unauthorized", 403: "403 Forbidden"}
+
+
+def _environ_key(header: str) -> str:
+    return "HTTP_" + header.upper().replace("-", "_")
+
+
+def _wsgi_to_text(value: str) -> str:
+    # PEP 3333 carries bytes as latin-1 text; paths are UTF-8 on the wire.
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        raise BadRequest("request path is not valid UTF-8") from None
+
+
+def _text_to_wsgi(value: str) -> str:
+    return value.encode("utf-8").decode("latin-1")
+
+
+class PeerWSGIMiddleware:
+    """Authenticate the calling service and enforce ``policy`` on every request.
+
+    ``route_rules`` is an optional callable returning extra rules; it is called
+    once, before the first request is served (the Flask integration uses it to
+    gather rules declared on views, which are registered after the app is
+    wrapped). Everything else is validated here.
+    """
+
+    def __init__(
+        self,
+        app: WSGIApplication,
+        *,
+        policy: Policy,
+        authenticators: Iterable[Authenticator] = (),
+        responder: Responder | None = None,
+        www_authenticate: str | None = None,
+        route_rules: Callable[[], Iterable[Rule]] | None = None,
+    ) -> None:
+        self.app = app
+        self._options = {"authenticators": tuple(authenticators), "responder": responder,
+                         "www_authenticate": www_authenticate}
+        self.guard = Guard(policy=policy, **self._options)  # type: ignore[arg-type]
+        self._route_rules = route_rules
+        self._finalised = route_rules is None
+        self._lock = threading.Lock()
+        self._environ_keys = tuple(
+            (name, _environ_key(name)) for name in self.guard.header_names
+        )
+
+    def finalise(self) -> None:
+        """Merge the route rules into the policy now (done before the first request)."""
+        with self._lock:
+            if self._finalised:
+                return
+            rules = self._route_rules() if self._route_rules is not None else ()
+            policy = self.guard.policy.extended(rules)
+            self.guard = Guard(policy=policy, **self._options)  # type: ignore[arg-type]
+            self._finalised = True
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if not self._finalised:
+            self.finalise()
+        guard = self.guard
+        method = environ.get("REQUEST_METHOD", "GET")
+        headers: dict[str, str] = {}
+        for name, key in self._environ_keys:
+            value = environ.get(key)
+            if value is not None:
+                headers[name] = value
+        raw_uri = environ.get("REQUEST_URI") or environ.get("RAW_URI")
+        client = None
+        remote = environ.get("REMOTE_ADDR")
+        if remote:
+            try:
+                client = (remote, int(environ.get("REMOTE_PORT") or -1))
+            except ValueError:
+                client = (remote, -1)
+        path_info = environ.get("PATH_INFO", "")
+        try:
+            path = _wsgi_to_text(path_info)
+        except BadRequest as error:
+            return self._refuse(guard, guard.reject(error, method, path_info), method,
+                                start_response)
+        verdict = guard.check(method, path, raw_uri, client, headers)
+        if not verdict.decision.allowed:
+            return self._refuse(guard, verdict, method, start_response)
+        if verdict.path != path:
+            new_path = _text_to_wsgi(verdict.path)
+            environ["PATH_INFO"] = new_path
+            query = environ.get("QUERY_STRING")
+            uri = quote_path(_wsgi_to_text(environ.get("SCRIPT_NAME", "")) + verdict.path)
+            if query:
+                uri += "?" + query
+            for key in ("REQUEST_URI", "RAW_URI"):
+                if key in environ:
+                    environ[key] = uri
+        environ[PEER_ENVIRON_KEY] = verdict.peer
+        environ[DECISION_ENVIRON_KEY] = verdict.decision
+        return self.app(environ, start_response)
+
+    @staticmethod
+    def _refuse(
+        guard: Guard, verdict: Verdict, method: str, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        response = guard.refusal(verdict, method)
+        headers = [*response.headers, ("content-length", str(len(response.body)))]
+        status = _STATUS_LINES.get(response.status, f"{response.status} Refused")
+        start_response(status, headers)
+        return [response.body]
