@@ -42,6 +42,7 @@ __all__ = [
     "Verdict",
     "default_responder",
     "logger",
+    "route_refusal",
 ]
 
 logger = logging.getLogger("peer_middleware")
@@ -362,3 +363,47 @@ class Guard:
             args += (fields["notes"],)
         logger.log(level, message + "".join(extra_parts), *args,
                    extra={"peer_middleware": fields})
+
+
+def route_refusal(
+    error: RequestRefused,
+    *,
+    method: str,
+    path: str,
+    peer: Peer | None,
+    responder: Responder,
+    www_authenticate: str | None,
+) -> ProblemResponse:
+    """Log a refusal raised inside a route (a per-route requirement) and build its response."""
+    logger.info(
+        "refused %s %r status=%s by a route requirement principal=%s reason=%r",
+        method[:32],
+        path[:200],
+        error.status,
+        peer.principal if peer is not None else None,
+        error.reason,
+        extra={
+            "peer_middleware": {
+                "outcome": "refused",
+                "status": error.status,
+                "rule": None,
+                "reason": error.reason,
+                "principal": peer.principal if peer is not None else None,
+                "proof": peer.proof.value if peer is not None else None,
+                "proxy": peer.proxy if peer is not None else None,
+                "method": method[:32],
+                "path": path[:200],
+                "dry_run": False,
+                "shadow": (),
+                "audit": (),
+                "notes": (),
+            }
+        },
+    )
+    www = www_authenticate if error.status == 401 else None
+    refusal = Refusal(error.status, error.reason, None, www, method, path, peer)
+    try:
+        return responder(refusal)
+    except Exception:
+        logger.exception("custom responder failed; sending the default refusal")
+        return default_responder(refusal)

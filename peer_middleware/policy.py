@@ -407,8 +407,8 @@ class Action(enum.Enum):
 
 # Path pattern pieces: a literal segment is a str; these mark the others.
 _ONE = object()  # exactly one segment, any value
-_REST0 = "rest0"  # zero or more further segments
-_REST1 = "rest1"  # one or more further segments
+_MANY0 = object()  # zero or more segments ("**")
+_MANY1 = object()  # one or more segments ("{x:path}", "<path:x>")
 
 _BRACE = re.compile(r"\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::(?P<conv>[A-Za-z_]+))?\}")
 _ANGLE = re.compile(
@@ -423,7 +423,6 @@ class PathPattern:
 
     text: str
     segments: tuple[object, ...]
-    tail: str | None
 
     @classmethod
     def compile(cls, text: str) -> PathPattern:
@@ -431,16 +430,13 @@ class PathPattern:
             raise ConfigurationError(f"path pattern {text!r} must be a string starting with '/'")
         parts = text[1:].split("/")
         segments: list[object] = []
-        tail: str | None = None
         for index, part in enumerate(parts):
             last = index == len(parts) - 1
             template = _BRACE.fullmatch(part) or _ANGLE.fullmatch(part)
-            if part == "**" or (template is not None and template.group("conv") == "path"):
-                if not last:
-                    raise ConfigurationError(
-                        f"path pattern {text!r}: a multi-segment wildcard must be last"
-                    )
-                tail = _REST0 if part == "**" else _REST1
+            if part == "**":
+                segments.append(_MANY0)
+            elif template is not None and template.group("conv") == "path":
+                segments.append(_MANY1)
             elif part == "*" or template is not None:
                 segments.append(_ONE)
             elif part == "" and not last:
@@ -454,10 +450,11 @@ class PathPattern:
                 )
             else:
                 segments.append(part)
-        literal = "/" + "/".join(s if isinstance(s, str) else "x" for s in segments)
-        if normalise_path(literal) != literal:  # pragma: no cover - guarded above
-            raise ConfigurationError(f"path pattern {text!r} is not a normalised path")
-        return cls(text, tuple(segments), tail)
+        if sum(1 for s in segments if s is _MANY0 or s is _MANY1) > 1:
+            raise ConfigurationError(
+                f"path pattern {text!r} has more than one multi-segment wildcard"
+            )
+        return cls(text, tuple(segments))
 
 
 def _as_tuple(value: str | Iterable[str] | None, what: str) -> tuple[str, ...] | None:
@@ -669,7 +666,7 @@ class _Bucket:
             self.allow.add(entry)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Terminal:
     """Buckets per method for rules ending at one node in one way."""
 
@@ -695,36 +692,52 @@ class _Terminal:
         return self.by_method.get(method, self.any_method)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Node:
     children: dict[str, _Node] = field(default_factory=dict)
     one: _Node | None = None
+    many0: _Node | None = None
+    many1: _Node | None = None
     exact: _Terminal | None = None
-    rest0: _Terminal | None = None
-    rest1: _Terminal | None = None
+
+    def child(self, segment: object) -> _Node:
+        if isinstance(segment, str):
+            return self.children.setdefault(segment, _Node())
+        attr = "one" if segment is _ONE else "many0" if segment is _MANY0 else "many1"
+        node: _Node | None = getattr(self, attr)
+        if node is None:
+            node = _Node()
+            setattr(self, attr, node)
+        return node
 
     def walk(self) -> Iterable[_Node]:
         yield self
         for child in self.children.values():
             yield from child.walk()
-        if self.one is not None:
-            yield from self.one.walk()
+        for child in (self.one, self.many0, self.many1):
+            if child is not None:
+                yield from child.walk()
 
 
 def _collect(node: _Node, segments: list[str], index: int, out: list[_Terminal]) -> None:
-    if node.rest0 is not None:
-        out.append(node.rest0)
-    if index == len(segments):
+    # Each pattern has at most one multi-segment wildcard, so the work is
+    # bounded by the number of segments times the tree's branching at one place.
+    count = len(segments)
+    if index == count:
         if node.exact is not None:
             out.append(node.exact)
-        return
-    if node.rest1 is not None:
-        out.append(node.rest1)
-    child = node.children.get(segments[index])
-    if child is not None:
-        _collect(child, segments, index + 1, out)
-    if node.one is not None:
-        _collect(node.one, segments, index + 1, out)
+    else:
+        child = node.children.get(segments[index])
+        if child is not None:
+            _collect(child, segments, index + 1, out)
+        if node.one is not None:
+            _collect(node.one, segments, index + 1, out)
+    if node.many0 is not None:
+        for end in range(index, count + 1):
+            _collect(node.many0, segments, end, out)
+    if node.many1 is not None:
+        for end in range(index + 1, count + 1):
+            _collect(node.many1, segments, end, out)
 
 
 _CACHE_LIMIT = 8192
@@ -762,24 +775,16 @@ class Policy:
             for pattern in rule.paths:
                 node = root
                 for segment in pattern.segments:
-                    if isinstance(segment, str):
-                        node = node.children.setdefault(segment, _Node())
-                    else:
-                        if node.one is None:
-                            node.one = _Node()
-                        node = node.one
-                attr = pattern.tail or "exact"
-                terminal = getattr(node, attr)
+                    node = node.child(segment)
+                terminal = node.exact
                 if terminal is None:
-                    terminal = _Terminal()
-                    setattr(node, attr, terminal)
+                    terminal = node.exact = _Terminal()
                 if order not in terminal.seen:
                     terminal.seen.add(order)
                     terminal.pending.append(entry)
         for node in root.walk():
-            for terminal in (node.exact, node.rest0, node.rest1):
-                if terminal is not None:
-                    terminal.finish()
+            if node.exact is not None:
+                node.exact.finish()
         self._root = root
         self.has_extras = any(r.shadow or r.action is Action.AUDIT for r in self.rules)
         self._cache: dict[tuple[str, str], tuple[_Bucket, ...]] = {}
@@ -800,7 +805,7 @@ class Policy:
         if buckets is None:
             terminals: list[_Terminal] = []
             _collect(self._root, path[1:].split("/"), 0, terminals)
-            buckets = tuple(t.bucket(method) for t in terminals)
+            buckets = tuple(t.bucket(method) for t in dict.fromkeys(terminals))
             if len(self._cache) >= _CACHE_LIMIT:
                 self._cache.clear()
             self._cache[key] = buckets
