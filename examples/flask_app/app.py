@@ -1,0 +1,73 @@
+"""A payments service behind an Istio/Envoy sidecar, with Flask.
+
+Run it behind a sidecar that terminates mTLS and sets
+``x-forwarded-client-cert``::
+
+    flask --app examples.flask_app.app run --port 8000
+
+Environment:
+
+``PEER_MIDDLEWARE_TRUSTED_PROXIES``
+    comma-separated addresses or CIDRs of the sidecar (default ``127.0.0.1,::1``;
+    Istio's sidecar connects from ``127.0.0.6``).
+``PEER_MIDDLEWARE_EXPECTED_BY``
+    this service's own SPIFFE ID; when set, the sidecar's ``By=`` must name it.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+from flask import Flask, g
+
+from peer_middleware import Anyone, Namespace, Policy, Principal, XfccAuthenticator, allow, deny
+from peer_middleware.flask import PeerAuth, current_peer, require
+
+TRUST_DOMAIN = "cluster.local"
+CHECKOUT = "spiffe://cluster.local/ns/shop/sa/checkout"
+ADMIN = "spiffe://cluster.local/ns/ops/sa/admin"
+LEGACY_EXPORT = "spiffe://cluster.local/ns/shop/sa/legacy-export"
+
+app = Flask("payments")
+
+peer_auth = PeerAuth(
+    app,
+    policy=Policy([
+        allow("healthz", Anyone(), methods="GET", paths="/healthz"),
+        deny("no-legacy-export", Principal(LEGACY_EXPORT), paths="/payments/**"),
+    ]),
+    authenticators=[
+        XfccAuthenticator(
+            trusted_proxies=os.environ.get("PEER_MIDDLEWARE_TRUSTED_PROXIES", "127.0.0.1,::1")
+            .split(","),
+            expected_by=os.environ.get("PEER_MIDDLEWARE_EXPECTED_BY") or None,
+        )
+    ],
+)
+
+
+@app.get("/healthz")
+def healthz() -> dict[str, str | None]:
+    return {"status": "ok", "caller": g.peer.principal if g.peer else None}
+
+
+@app.post("/payments")
+@require(Principal(CHECKOUT), name="create-payment")
+def create_payment() -> tuple[dict[str, str], int]:
+    return {"id": str(uuid.uuid4()), "created_by": current_peer.principal}, 201
+
+
+@app.get("/payments/<payment_id>")
+@require(Namespace("shop", trust_domain=TRUST_DOMAIN), name="read-payment")
+def read_payment(payment_id: str) -> dict[str, str]:
+    return {"id": payment_id, "status": "settled", "caller": current_peer.principal}
+
+
+@app.delete("/payments/<payment_id>")
+@require(Principal(ADMIN), name="delete-payment")
+def delete_payment(payment_id: str) -> dict[str, str]:
+    return {"id": payment_id, "deleted_by": current_peer.principal}
+
+
+peer_auth.finalise(app)
