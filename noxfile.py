@@ -21,11 +21,19 @@ def tests(session: nox.Session) -> None:
     """The test suite, with branch coverage, warnings as errors."""
     session.install("-e", ".[test]")
     session.run(
-        "coverage", "run", "-m", "pytest", "-W", "error", *session.posargs,
+        "coverage",
+        "run",
+        "-m",
+        "pytest",
+        "-W",
+        "error",
+        *session.posargs,
         env={"COVERAGE_FILE": f".coverage.{session.python}"},
     )
     session.run(
-        "coverage", "report", "--fail-under=90",
+        "coverage",
+        "report",
+        "--fail-under=90",
         env={"COVERAGE_FILE": f".coverage.{session.python}"},
     )
 

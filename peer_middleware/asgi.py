@@ -136,14 +136,20 @@ class PeerMiddleware:
         headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
         headers.append((b"content-length", str(len(response.body)).encode("ascii")))
         if scope_type == "http":
-            await send({"type": "http.response.start", "status": response.status,
-                        "headers": headers})
+            await send(
+                {"type": "http.response.start", "status": response.status, "headers": headers}
+            )
             await send({"type": "http.response.body", "body": response.body})
             return
         extensions = scope.get("extensions") or {}
         if "websocket.http.response" in extensions:
-            await send({"type": "websocket.http.response.start", "status": response.status,
-                        "headers": headers})
+            await send(
+                {
+                    "type": "websocket.http.response.start",
+                    "status": response.status,
+                    "headers": headers,
+                }
+            )
             await send({"type": "websocket.http.response.body", "body": response.body})
             return
         await send({"type": "websocket.close", "code": 1008, "reason": ""})

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from .errors import AuthenticationFailed, ConfigurationError, RequestRefused
+from .errors import ConfigurationError, RequestRefused
 from .paths import check_method, check_raw_target, normalise_path
 from .peer import Peer
 from .policy import Decision, Policy
@@ -141,13 +141,14 @@ _TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden"}
 
 def _problem(status: int) -> bytes:
     title = _TITLES[status]
-    return (
-        f'{{"type":"about:blank","title":"{title}","status":{status}}}'.encode()
-    )
+    return f'{{"type":"about:blank","title":"{title}","status":{status}}}'.encode()
 
 
 _BODIES = {status: _problem(status) for status in _TITLES}
-_PROBLEM_HEADERS = (("content-type", "application/problem+json"), ("cache-control", "no-store"))
+_PROBLEM_HEADERS: tuple[tuple[str, str], ...] = (
+    ("content-type", "application/problem+json"),
+    ("cache-control", "no-store"),
+)
 
 
 def default_responder(refusal: Refusal) -> ProblemResponse:
@@ -308,8 +309,9 @@ class Guard:
         decision = verdict.decision
         www = self.www_authenticate if decision.status == 401 else None
         path = verdict.request.path if verdict.request is not None else verdict.path
-        refusal = Refusal(decision.status, decision.reason, decision.rule, www, method,
-                          path, verdict.peer)
+        refusal = Refusal(
+            decision.status, decision.reason, decision.rule, www, method, path, verdict.peer
+        )
         try:
             return self.responder(refusal)
         except Exception:
@@ -318,8 +320,11 @@ class Guard:
 
     def log(self, verdict: Verdict, method: str, raw_path: str) -> None:
         decision = verdict.decision
-        level = logging.INFO if (not decision.allowed or decision.dry_run or decision.audit
-                                 or decision.shadow) else logging.DEBUG
+        level = (
+            logging.INFO
+            if (not decision.allowed or decision.dry_run or decision.audit or decision.shadow)
+            else logging.DEBUG
+        )
         if not logger.isEnabledFor(level):
             return
         request = verdict.request
@@ -361,8 +366,7 @@ class Guard:
         if fields["notes"]:
             extra_parts.append(" notes=%r")
             args += (fields["notes"],)
-        logger.log(level, message + "".join(extra_parts), *args,
-                   extra={"peer_middleware": fields})
+        logger.log(level, message + "".join(extra_parts), *args, extra={"peer_middleware": fields})
 
 
 def route_refusal(

@@ -33,7 +33,6 @@ from collections.abc import Iterable
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI
-from fastapi.params import Depends as DependsParam
 from fastapi.routing import APIRoute, APIWebSocketRoute
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
@@ -137,12 +136,6 @@ def collect_route_rules(app: FastAPI) -> list[Rule]:
         else:
             continue
         found = list(_requirements(route.dependant, set()))
-        for dependency in getattr(route, "dependencies", ()):
-            if isinstance(dependency, DependsParam) and isinstance(
-                dependency.dependency, RouteRequirement
-            ):
-                if dependency.dependency not in found:
-                    found.append(dependency.dependency)
         if not found:
             continue
         who = found[0].who if len(found) == 1 else AllOf(*(r.who for r in found))
@@ -189,8 +182,12 @@ def install(
         raise ConfigurationError(f"policy must be a Policy, not {type(policy).__name__}")
     authenticators = tuple(authenticators)
     # Validate everything now; Starlette builds the middleware itself later.
-    guard = Guard(policy=policy, authenticators=authenticators, responder=responder,
-                  www_authenticate=www_authenticate)
+    guard = Guard(
+        policy=policy,
+        authenticators=authenticators,
+        responder=responder,
+        www_authenticate=www_authenticate,
+    )
     app.add_middleware(
         PeerMiddleware,
         policy=policy,

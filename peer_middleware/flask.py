@@ -133,8 +133,12 @@ class PeerAuth:
         self.responder = responder
         self.www_authenticate = www_authenticate
         # Validate now, not on the first request.
-        Guard(policy=policy, authenticators=self.authenticators, responder=responder,
-              www_authenticate=www_authenticate)
+        Guard(
+            policy=policy,
+            authenticators=self.authenticators,
+            responder=responder,
+            www_authenticate=www_authenticate,
+        )
         self._middlewares: dict[int, PeerWSGIMiddleware] = {}
         if app is not None:
             self.init_app(app)

@@ -43,7 +43,7 @@ _CLEAN_PATH = re.compile(r"(?:/[A-Za-z0-9_~!$&'()*+,=:@\-][A-Za-z0-9_~!$&'()*+,=
 _METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _PERCENT = re.compile(r"%(?P<hex>[0-9A-Fa-f]{2})?")
 # Bytes a path may not carry in encoded form: control characters, "/", "\\".
-_FORBIDDEN_ENCODED = frozenset(range(0x00, 0x20)) | {0x2F, 0x5C, 0x7F}
+_FORBIDDEN_ENCODED = frozenset(range(0x20)) | {0x2F, 0x5C, 0x7F}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\\]")
 # Characters left unencoded when a canonical path is written back as raw_path.
 _SAFE_RAW = "/!$&'()*+,;=:@~"

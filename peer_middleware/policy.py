@@ -54,7 +54,6 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from .errors import ConfigurationError, InvalidSpiffeIdError
-from .paths import normalise_path
 from .peer import Peer, Proof
 from .spiffe import SCHEME_PREFIX, SpiffeId, validate_trust_domain
 
@@ -714,9 +713,9 @@ class _Node:
         yield self
         for child in self.children.values():
             yield from child.walk()
-        for child in (self.one, self.many0, self.many1):
-            if child is not None:
-                yield from child.walk()
+        for special in (self.one, self.many0, self.many1):
+            if special is not None:
+                yield from special.walk()
 
 
 def _collect(node: _Node, segments: list[str], index: int, out: list[_Terminal]) -> None:

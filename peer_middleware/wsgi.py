@@ -30,10 +30,9 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from .core import Authenticator, Guard, Responder
+from .core import Authenticator, Guard, Responder, Verdict
 from .errors import BadRequest
 from .paths import quote_path
-from .core import Verdict
 from .policy import Policy, Rule
 
 if TYPE_CHECKING:
@@ -85,15 +84,16 @@ class PeerWSGIMiddleware:
         route_rules: Callable[[], Iterable[Rule]] | None = None,
     ) -> None:
         self.app = app
-        self._options = {"authenticators": tuple(authenticators), "responder": responder,
-                         "www_authenticate": www_authenticate}
+        self._options = {
+            "authenticators": tuple(authenticators),
+            "responder": responder,
+            "www_authenticate": www_authenticate,
+        }
         self.guard = Guard(policy=policy, **self._options)  # type: ignore[arg-type]
         self._route_rules = route_rules
         self._finalised = route_rules is None
         self._lock = threading.Lock()
-        self._environ_keys = tuple(
-            (name, _environ_key(name)) for name in self.guard.header_names
-        )
+        self._environ_keys = tuple((name, _environ_key(name)) for name in self.guard.header_names)
 
     def finalise(self) -> None:
         """Merge the route rules into the policy now (done before the first request)."""
@@ -127,8 +127,9 @@ class PeerWSGIMiddleware:
         try:
             path = _wsgi_to_text(path_info)
         except BadRequest as error:
-            return self._refuse(guard, guard.reject(error, method, path_info), method,
-                                start_response)
+            return self._refuse(
+                guard, guard.reject(error, method, path_info), method, start_response
+            )
         verdict = guard.check(method, path, raw_uri, client, headers)
         if not verdict.decision.allowed:
             return self._refuse(guard, verdict, method, start_response)

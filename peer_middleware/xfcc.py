@@ -44,8 +44,15 @@ MAX_XFCC_LENGTH = 256 * 1024
 MAX_XFCC_ELEMENTS = 32
 MAX_XFCC_PAIRS = 64
 
-KEYS = {"by": "By", "hash": "Hash", "cert": "Cert", "chain": "Chain", "subject": "Subject",
-        "uri": "URI", "dns": "DNS"}
+KEYS = {
+    "by": "By",
+    "hash": "Hash",
+    "cert": "Cert",
+    "chain": "Chain",
+    "subject": "Subject",
+    "uri": "URI",
+    "dns": "DNS",
+}
 _REPEATABLE = frozenset({"by", "uri", "dns"})
 _WHITESPACE = " \t"
 
@@ -192,9 +199,13 @@ def format_xfcc(elements: Iterable[XfccElement | Mapping[str, str | Sequence[str
         items: Iterable[tuple[str, str | Sequence[str] | None]]
         if isinstance(element, XfccElement):
             items = (
-                ("By", element.by), ("Hash", element.hash), ("Cert", element.cert),
-                ("Chain", element.chain), ("Subject", element.subject),
-                ("URI", element.uri), ("DNS", element.dns),
+                ("By", element.by),
+                ("Hash", element.hash),
+                ("Cert", element.cert),
+                ("Chain", element.chain),
+                ("Subject", element.subject),
+                ("URI", element.uri),
+                ("DNS", element.dns),
             )
         else:
             items = element.items()

@@ -37,36 +37,43 @@ def healthz(peer: OptionalPeer) -> dict[str, str | None]:
     return {"status": "ok", "caller": peer.principal if peer else None}
 
 
-@app.post("/payments", status_code=201,
-          dependencies=[require(Principal(CHECKOUT), name="create-payment")])
+@app.post(
+    "/payments", status_code=201, dependencies=[require(Principal(CHECKOUT), name="create-payment")]
+)
 def create_payment(peer: CurrentPeer) -> dict[str, str]:
     return {"id": str(uuid.uuid4()), "created_by": peer.principal}
 
 
-@app.get("/payments/{payment_id}",
-         dependencies=[require(Namespace("shop", trust_domain=TRUST_DOMAIN), name="read-payment")])
+@app.get(
+    "/payments/{payment_id}",
+    dependencies=[require(Namespace("shop", trust_domain=TRUST_DOMAIN), name="read-payment")],
+)
 def read_payment(payment_id: str, peer: CurrentPeer) -> dict[str, str]:
     return {"id": payment_id, "status": "settled", "caller": peer.principal}
 
 
-@app.delete("/payments/{payment_id}",
-            dependencies=[require(Principal(ADMIN), name="delete-payment")])
+@app.delete(
+    "/payments/{payment_id}", dependencies=[require(Principal(ADMIN), name="delete-payment")]
+)
 def delete_payment(payment_id: str, peer: CurrentPeer) -> dict[str, str]:
     return {"id": payment_id, "deleted_by": peer.principal}
 
 
-policy = Policy([
-    allow("healthz", Anyone(), methods="GET", paths="/healthz"),
-    deny("no-legacy-export", Principal(LEGACY_EXPORT), paths="/payments/**"),
-])
+policy = Policy(
+    [
+        allow("healthz", Anyone(), methods="GET", paths="/healthz"),
+        deny("no-legacy-export", Principal(LEGACY_EXPORT), paths="/payments/**"),
+    ]
+)
 
 install(
     app,
     policy=policy,
     authenticators=[
         XfccAuthenticator(
-            trusted_proxies=os.environ.get("PEER_MIDDLEWARE_TRUSTED_PROXIES", "127.0.0.1,::1")
-            .split(","),
+            trusted_proxies=os.environ.get(
+                "PEER_MIDDLEWARE_TRUSTED_PROXIES", "127.0.0.1,::1"
+            ).split(","),
             expected_by=os.environ.get("PEER_MIDDLEWARE_EXPECTED_BY") or None,
         )
     ],

@@ -33,14 +33,17 @@ app = Flask("payments")
 
 peer_auth = PeerAuth(
     app,
-    policy=Policy([
-        allow("healthz", Anyone(), methods="GET", paths="/healthz"),
-        deny("no-legacy-export", Principal(LEGACY_EXPORT), paths="/payments/**"),
-    ]),
+    policy=Policy(
+        [
+            allow("healthz", Anyone(), methods="GET", paths="/healthz"),
+            deny("no-legacy-export", Principal(LEGACY_EXPORT), paths="/payments/**"),
+        ]
+    ),
     authenticators=[
         XfccAuthenticator(
-            trusted_proxies=os.environ.get("PEER_MIDDLEWARE_TRUSTED_PROXIES", "127.0.0.1,::1")
-            .split(","),
+            trusted_proxies=os.environ.get(
+                "PEER_MIDDLEWARE_TRUSTED_PROXIES", "127.0.0.1,::1"
+            ).split(","),
             expected_by=os.environ.get("PEER_MIDDLEWARE_EXPECTED_BY") or None,
         )
     ],
