@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 K = TypeVar("K")
@@ -18,15 +19,14 @@ class BoundedCache(Generic[K, V]):
     out old entries but never grow the cache. ``size`` 0 disables caching.
     """
 
-    __slots__ = ("_data", "_lock", "size")
+    __slots__ = ("_data", "_lock", "get", "size")
 
     def __init__(self, size: int) -> None:
         self.size = size
         self._data: OrderedDict[K, V] = OrderedDict()
         self._lock = threading.Lock()
-
-    def get(self, key: K) -> V | None:
-        return self._data.get(key)
+        #: Look up a key; ``None`` when absent (the dict's own bound method).
+        self.get: Callable[[K], V | None] = self._data.get
 
     def put(self, key: K, value: V) -> None:
         if self.size <= 0:

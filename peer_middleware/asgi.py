@@ -88,7 +88,7 @@ class PeerMiddleware:
             responder=responder,
             www_authenticate=www_authenticate,
         )
-        self._wanted = frozenset(name.encode("latin-1") for name in self.guard.header_names)
+        self._wanted = {name.encode("latin-1"): name for name in self.guard.header_names}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope_type = scope["type"]
@@ -99,10 +99,12 @@ class PeerMiddleware:
         headers: dict[str, str] = {}
         wanted = self._wanted
         if wanted:
-            for name, value in scope.get("headers", ()):
-                name = name.lower()
-                if name in wanted:
-                    key = name.decode("latin-1")
+            # ASGI servers send header names in lower case (ASGI spec, HTTP
+            # connection scope); a name in any other case is not matched, as
+            # Starlette's own Headers would not match it either.
+            for name, value in scope["headers"]:
+                key = wanted.get(name)
+                if key is not None:
                     text = value.decode("latin-1")
                     previous = headers.get(key)
                     headers[key] = text if previous is None else previous + "," + text

@@ -186,6 +186,10 @@ def _error_decision(error: RequestRefused) -> Decision:
 
 
 _INTERNAL = Decision(False, 403, None, "internal error while authorizing; see the traceback")
+_COMMON_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"}
+)
+_PATH_CACHE_SIZE = 4096
 
 
 class Guard:
@@ -198,6 +202,7 @@ class Guard:
 
     __slots__ = (
         "_forwarded",
+        "_paths",
         "_rewrite_warned",
         "authenticators",
         "header_names",
@@ -237,6 +242,7 @@ class Guard:
         self.responder: Responder = responder or default_responder
         self.www_authenticate = www_authenticate
         self._rewrite_warned = False
+        self._paths: dict[str | tuple[str, str], str] = {}
 
     def check(
         self,
@@ -258,13 +264,26 @@ class Guard:
         request: RequestView | None = None
         normalised = path
         try:
-            check_method(method)
-            if raw_target is not None:
-                check_raw_target(raw_target)
-            normalised = normalise_path(path)
+            if method not in _COMMON_METHODS:
+                check_method(method)
+            # Paths repeat; their checks are pure, so a bounded cache serves
+            # repeat requests. A raw target equal to the decoded path carries
+            # no escapes and needs no check of its own.
+            key = path if raw_target is None or raw_target == path else (path, raw_target)
+            cached = self._paths.get(key)
+            if cached is None:
+                if raw_target is not None:
+                    check_raw_target(raw_target)
+                cached = normalise_path(path)
+                if len(self._paths) >= _PATH_CACHE_SIZE:
+                    self._paths.clear()
+                self._paths[key] = cached
+            normalised = cached
             matched = normalised if route_path is None else route_path(normalised)
             if self._forwarded and client is not None:
-                client = self._client_if_trustworthy(client, headers.get(FORWARDED_FOR))
+                forwarded_for = headers.get(FORWARDED_FOR)
+                if forwarded_for is not None or client[1] == 0:
+                    client = self._client_if_trustworthy(client, forwarded_for)
             request = RequestView(method, matched, client, headers)
             peer: Peer | None = None
             for authenticator in self.authenticators:
@@ -278,7 +297,13 @@ class Guard:
         except Exception:
             logger.exception("peer_middleware failed while authorizing %s %r", method, path[:200])
             verdict = Verdict(_INTERNAL, None, normalised, request)
-        self.log(verdict, method, path)
+        decision = verdict.decision
+        if decision.quiet:
+            # An allow with nothing to report is logged at DEBUG only.
+            if logger.isEnabledFor(logging.DEBUG):
+                self.log(verdict, method, path)
+        else:
+            self.log(verdict, method, path)
         return verdict
 
     def reject(self, error: RequestRefused, method: str, path: str) -> Verdict:

@@ -97,10 +97,10 @@ def normalise_path(path: str) -> str:
     kept when the input had one (or ended in a dot segment), as RFC 3986
     section 5.2.4 does.
     """
-    if _CLEAN_PATH.fullmatch(path) is not None and path:
-        return path
     if len(path) > MAX_PATH_LENGTH:
         raise BadRequest(f"request path longer than {MAX_PATH_LENGTH} characters")
+    if _CLEAN_PATH.fullmatch(path) is not None and path:
+        return path
     if not path:
         return "/"
     if path[0] != "/":

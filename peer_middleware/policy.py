@@ -586,6 +586,12 @@ class Decision:
     dry_run: bool = False
     shadow: tuple[str, ...] = ()
     audit: tuple[str, ...] = ()
+    #: True for an allow with no dry-run, shadow or audit news (logged at DEBUG).
+    quiet: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        quiet = self.allowed and not (self.dry_run or self.shadow or self.audit)
+        object.__setattr__(self, "quiet", quiet)
 
     @property
     def enforced_status(self) -> int:
@@ -750,7 +756,7 @@ class Policy:
     rule names and unknown modes raise :class:`ConfigurationError` here.
     """
 
-    __slots__ = ("_cache", "_root", "has_extras", "mode", "rules")
+    __slots__ = ("_cache", "_decisions", "_root", "has_extras", "mode", "rules")
 
     def __init__(
         self, rules: Iterable[Rule], *, mode: Literal["enforce", "shadow"] = "enforce"
@@ -787,6 +793,10 @@ class Policy:
         self._root = root
         self.has_extras = any(r.shadow or r.action is Action.AUDIT for r in self.rules)
         self._cache: dict[tuple[str, str], tuple[_Bucket, ...]] = {}
+        # Repeat callers: (method, path, id(peer)) -> (peer, decision). The
+        # peer is kept in the value so its id cannot be reused while cached;
+        # authenticators hand out the same Peer object for a cached credential.
+        self._decisions: dict[tuple[str, str, int], tuple[Peer | None, Decision]] = {}
 
     @staticmethod
     def _decision_for(rule: Rule) -> Decision:
@@ -812,6 +822,17 @@ class Policy:
 
     def decide(self, method: str, path: str, peer: Peer | None) -> Decision:
         """Decide a request. ``path`` must already be normalised."""
+        key = (method, path, id(peer))
+        hit = self._decisions.get(key)
+        if hit is not None and hit[0] is peer:
+            return hit[1]
+        decision = self._decide(method, path, peer)
+        if len(self._decisions) >= _CACHE_LIMIT:
+            self._decisions.clear()
+        self._decisions[key] = (peer, decision)
+        return decision
+
+    def _decide(self, method: str, path: str, peer: Peer | None) -> Decision:
         buckets = self._buckets(method, path)
         denied: _Entry | None = None
         for bucket in buckets:

@@ -63,18 +63,19 @@ class TrustedProxies:
         self._cache: dict[str, bool] = {}
 
     def __contains__(self, host: object) -> bool:
-        if not isinstance(host, str):
-            return False
-        cached = self._cache.get(host)
+        cached: bool | None = self._cache.get(host)  # type: ignore[call-overload]
         if cached is not None:
             return cached
         result = self._check(host)
-        if len(self._cache) >= _CACHE_LIMIT:
-            self._cache.clear()
-        self._cache[host] = result
+        if isinstance(host, str):
+            if len(self._cache) >= _CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[host] = result
         return result
 
-    def _check(self, host: str) -> bool:
+    def _check(self, host: object) -> bool:
+        if not isinstance(host, str):
+            return False
         try:
             address = ipaddress.ip_address(host)
         except ValueError:

@@ -61,6 +61,8 @@ def validate_trust_domain(name: str) -> str:
 
     Raises a subclass of :class:`~peer_middleware.errors.InvalidSpiffeIdError`.
     """
+    if not isinstance(name, str):
+        raise InvalidSpiffeIdError(repr(name), "not a string")
     if not name:
         raise SpiffeIdMissingTrustDomain(name)
     if len(name.encode("utf-8", "surrogatepass")) > MAX_TRUST_DOMAIN_LENGTH:
@@ -126,7 +128,11 @@ class SpiffeId:
     @classmethod
     def for_service_account(cls, trust_domain: str, namespace: str, name: str) -> SpiffeId:
         """The Kubernetes convention: ``spiffe://<td>/ns/<namespace>/sa/<name>``."""
-        return cls.parse(f"{SCHEME_PREFIX}{trust_domain}/ns/{namespace}/sa/{name}")
+        sid = cls.parse(f"{SCHEME_PREFIX}{trust_domain}/ns/{namespace}/sa/{name}")
+        if sid.namespace != namespace or sid.service_account != name:
+            # "a/b" as a namespace or name yields a valid ID of another shape.
+            raise SpiffeIdInvalidPathCharacter(sid.uri, "namespace and name must be one segment")
+        return sid
 
     @property
     def is_trust_domain_id(self) -> bool:
