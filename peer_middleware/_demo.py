@@ -174,7 +174,7 @@ def _make_call(
     before = len(decisions.records)
     context = _client_context(ca.pem, cert)
     try:
-        with httpx.Client(verify=context, timeout=10.0) as client:
+        with httpx.Client(verify=context, timeout=10.0, trust_env=False) as client:
             response = client.request(call.method, base_url + call.path, headers=headers)
         status = str(response.status_code)
     except (httpx.TransportError, ssl.SSLError):

@@ -63,7 +63,10 @@ class TrustedProxies:
         self._cache: dict[str, bool] = {}
 
     def __contains__(self, host: object) -> bool:
-        cached: bool | None = self._cache.get(host)  # type: ignore[call-overload]
+        try:
+            cached: bool | None = self._cache.get(host)  # type: ignore[call-overload]
+        except TypeError:  # unhashable, so not an address
+            return False
         if cached is not None:
             return cached
         result = self._check(host)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from ._cache import BoundedCache
 from .core import RequestView
@@ -235,9 +236,16 @@ class XfccAuthenticator:
        ``forward_client_cert_details: SANITIZE_SET``): with ``APPEND_FORWARD``
        the client's own elements stay in front of the proxy's.
 
-    The rightmost element (the one the trusted proxy wrote) must carry exactly
-    one ``URI`` that is a valid SPIFFE ID, else the request is refused with
-    401. ``expected_by``, when given, is this app's own SPIFFE ID: the element's
+    ``forward_client_cert`` names the proxy's mode, as Envoy does:
+    ``"sanitize_set"`` (the default) expects exactly one element and refuses a
+    header with more; ``"append_forward"`` (Istio's sidecars) uses the
+    rightmost element, the one the trusted proxy appended. Envoy writes
+    ``URI`` values unquoted, so a certificate whose URI SAN contains ``,URI=``
+    (never a valid SPIFFE ID, but a careless CA could sign one) splits its
+    element in two; in ``"sanitize_set"`` mode that is refused.
+
+    The element used must carry exactly one ``URI`` that is a valid SPIFFE
+    ID, else the request is refused with 401. ``expected_by``, when given, is this app's own SPIFFE ID: the element's
     ``By`` must name it, proving the proxy terminated TLS *for this app*.
 
     The certificate itself is not verified here (the proxy did that): the peer's
@@ -254,8 +262,15 @@ class XfccAuthenticator:
         trusted_proxies: TrustedProxies | Iterable[str],
         expected_by: str | None = None,
         header: str = "x-forwarded-client-cert",
+        forward_client_cert: Literal["sanitize_set", "append_forward"] = "sanitize_set",
         cache_size: int = 1024,
     ) -> None:
+        if forward_client_cert not in ("sanitize_set", "append_forward"):
+            raise ConfigurationError(
+                f"forward_client_cert {forward_client_cert!r} must be 'sanitize_set' or "
+                "'append_forward'"
+            )
+        self.single_element = forward_client_cert == "sanitize_set"
         self.trusted_proxies = (
             trusted_proxies
             if isinstance(trusted_proxies, TrustedProxies)
@@ -292,7 +307,13 @@ class XfccAuthenticator:
         return peer
 
     def _verify(self, value: str, proxy: str) -> Peer:
-        element = parse_xfcc(value)[-1]
+        elements = parse_xfcc(value)
+        if self.single_element and len(elements) != 1:
+            raise AuthenticationFailed(
+                f"{self.header}: {len(elements)} elements, but the proxy replaces the header "
+                "(sanitize_set) and writes exactly one"
+            )
+        element = elements[-1]
         if not element.uri:
             raise AuthenticationFailed(f"{self.header}: the proxy's element has no URI")
         if len(element.uri) > 1:

@@ -12,6 +12,9 @@ Environment:
     Istio's sidecar connects from ``127.0.0.6``).
 ``PEER_MIDDLEWARE_EXPECTED_BY``
     this service's own SPIFFE ID; when set, the sidecar's ``By=`` must name it.
+``PEER_MIDDLEWARE_FORWARD_CLIENT_CERT``
+    the sidecar's XFCC mode: ``sanitize_set`` (default; one element) or
+    ``append_forward`` (Istio's sidecars; the rightmost element is used).
 """
 
 from __future__ import annotations
@@ -28,6 +31,11 @@ TRUST_DOMAIN = "cluster.local"
 CHECKOUT = "spiffe://cluster.local/ns/shop/sa/checkout"
 ADMIN = "spiffe://cluster.local/ns/ops/sa/admin"
 LEGACY_EXPORT = "spiffe://cluster.local/ns/shop/sa/legacy-export"
+XFCC_MODE = (
+    "append_forward"
+    if os.environ.get("PEER_MIDDLEWARE_FORWARD_CLIENT_CERT") == "append_forward"
+    else "sanitize_set"
+)
 
 app = Flask("payments")
 
@@ -45,6 +53,7 @@ peer_auth = PeerAuth(
                 "PEER_MIDDLEWARE_TRUSTED_PROXIES", "127.0.0.1,::1"
             ).split(","),
             expected_by=os.environ.get("PEER_MIDDLEWARE_EXPECTED_BY") or None,
+            forward_client_cert=XFCC_MODE,
         )
     ],
 )
