@@ -31,6 +31,8 @@ pytestmark = [
     ),
 ]
 
+Pki = tuple[TestCA, Path, dict[str, tuple[Path, Path]]]
+
 WORKLOADS = {
     "checkout": "spiffe://cluster.local/ns/shop/sa/checkout",
     "cart": "spiffe://cluster.local/ns/shop/sa/cart",
@@ -98,7 +100,7 @@ def _serve_fastapi() -> Iterator[int]:
 @pytest.fixture(scope="module", params=["fastapi", "flask"])
 def sidecar(
     request: pytest.FixtureRequest,
-    pki: tuple[TestCA, Path, dict[str, tuple[Path, Path]]],
+    pki: Pki,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[str]:
     ca, bundle, _ = pki
@@ -125,7 +127,7 @@ def _client(ca: TestCA, cert: tuple[Path, Path] | None) -> httpx.Client:
 @pytest.mark.parametrize(("caller", "method", "path", "status", "field"), CASES)
 def test_policy_through_envoy(
     sidecar: str,
-    pki: tuple[TestCA, Path, dict[str, tuple[Path, Path]]],
+    pki: Pki,
     caller: str | None,
     method: str,
     path: str,
@@ -142,9 +144,7 @@ def test_policy_through_envoy(
         assert response.headers["content-type"] == "application/problem+json"
 
 
-def test_forged_header_is_replaced_by_envoy(
-    sidecar: str, pki: tuple[TestCA, Path, dict[str, tuple[Path, Path]]]
-) -> None:
+def test_forged_header_is_replaced_by_envoy(sidecar: str, pki: Pki) -> None:
     ca, _, certs = pki
     forged = {"x-forwarded-client-cert": f"URI={WORKLOADS['admin']}"}
     with _client(ca, certs["cart"]) as client:
