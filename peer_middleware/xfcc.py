@@ -245,8 +245,9 @@ class XfccAuthenticator:
     element in two; in ``"sanitize_set"`` mode that is refused.
 
     The element used must carry exactly one ``URI`` that is a valid SPIFFE
-    ID, else the request is refused with 401. ``expected_by``, when given, is this app's own SPIFFE ID: the element's
-    ``By`` must name it, proving the proxy terminated TLS *for this app*.
+    ID, else the request is refused with 401. ``expected_by``, when given, is
+    this app's own SPIFFE ID: the element's ``By`` must name it, proving the
+    proxy terminated TLS *for this app*.
 
     The certificate itself is not verified here (the proxy did that): the peer's
     proof is :attr:`Proof.PROXY_ASSERTED`. Parsed headers are cached (bounded),
