@@ -37,7 +37,10 @@ Patterns:
                        that respects segment boundaries: not ``/paymentsX``)
 ``/p/{id}``, ``/p/<id>``, ``/p/<int:id>``
                        route templates (FastAPI/Starlette and Flask styles):
-                       one segment; ``{x:path}`` / ``<path:x>`` one or more
+                       one non-empty segment
+``/p/{x:path}``        the rest after ``/p/``, possibly empty (as Starlette)
+``/p/<path:x>``        one or more segments, the first non-empty (as Flask)
+``/a/**/z``            a multi-segment wildcard may stand anywhere, once
 =====================  ===============================================
 
 The policy is compiled into a segment tree with rules indexed by method and by
@@ -407,7 +410,8 @@ class Action(enum.Enum):
 # Path pattern pieces: a literal segment is a str; these mark the others.
 _ONE = object()  # exactly one segment, any value
 _MANY0 = object()  # zero or more segments ("**")
-_MANY1 = object()  # one or more segments ("{x:path}", "<path:x>")
+_MANY1 = object()  # the rest after a slash, possibly empty ("{x:path}", as Starlette)
+_MANY1N = object()  # one or more segments, the first not empty ("<path:x>", as Flask)
 
 _BRACE = re.compile(r"\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::(?P<conv>[A-Za-z_]+))?\}")
 _ANGLE = re.compile(
@@ -435,7 +439,7 @@ class PathPattern:
             if part == "**":
                 segments.append(_MANY0)
             elif template is not None and template.group("conv") == "path":
-                segments.append(_MANY1)
+                segments.append(_MANY1 if part.startswith("{") else _MANY1N)
             elif part == "*" or template is not None:
                 segments.append(_ONE)
             elif part == "" and not last:
@@ -449,7 +453,7 @@ class PathPattern:
                 )
             else:
                 segments.append(part)
-        if sum(1 for s in segments if s is _MANY0 or s is _MANY1) > 1:
+        if sum(1 for s in segments if s is _MANY0 or s is _MANY1 or s is _MANY1N) > 1:
             raise ConfigurationError(
                 f"path pattern {text!r} has more than one multi-segment wildcard"
             )
@@ -703,12 +707,13 @@ class _Node:
     one: _Node | None = None
     many0: _Node | None = None
     many1: _Node | None = None
+    many1n: _Node | None = None
     exact: _Terminal | None = None
 
     def child(self, segment: object) -> _Node:
         if isinstance(segment, str):
             return self.children.setdefault(segment, _Node())
-        attr = "one" if segment is _ONE else "many0" if segment is _MANY0 else "many1"
+        attr = {_ONE: "one", _MANY0: "many0", _MANY1: "many1", _MANY1N: "many1n"}[segment]
         node: _Node | None = getattr(self, attr)
         if node is None:
             node = _Node()
@@ -719,7 +724,7 @@ class _Node:
         yield self
         for child in self.children.values():
             yield from child.walk()
-        for special in (self.one, self.many0, self.many1):
+        for special in (self.one, self.many0, self.many1, self.many1n):
             if special is not None:
                 yield from special.walk()
 
@@ -732,17 +737,23 @@ def _collect(node: _Node, segments: list[str], index: int, out: list[_Terminal])
         if node.exact is not None:
             out.append(node.exact)
     else:
-        child = node.children.get(segments[index])
+        segment = segments[index]
+        child = node.children.get(segment)
         if child is not None:
             _collect(child, segments, index + 1, out)
-        if node.one is not None:
+        # "*" and "{id}" match a segment with content, never the empty one a
+        # trailing slash leaves ("/payments/" is not "/payments/{id}").
+        if node.one is not None and segment:
             _collect(node.one, segments, index + 1, out)
+        if node.many1 is not None:
+            for end in range(index + 1, count + 1):
+                _collect(node.many1, segments, end, out)
+        if node.many1n is not None and segment:
+            for end in range(index + 1, count + 1):
+                _collect(node.many1n, segments, end, out)
     if node.many0 is not None:
         for end in range(index, count + 1):
             _collect(node.many0, segments, end, out)
-    if node.many1 is not None:
-        for end in range(index + 1, count + 1):
-            _collect(node.many1, segments, end, out)
 
 
 _CACHE_LIMIT = 8192
@@ -857,14 +868,16 @@ class Policy:
     def _extras(decision: Decision, buckets: tuple[_Bucket, ...], peer: Peer | None) -> Decision:
         shadow: list[str] = []
         audits: list[str] = []
-        for bucket in buckets:
-            for entry in bucket.extra:
-                if not entry.rule.who(peer):
-                    continue
-                if entry.rule.action is Action.AUDIT:
-                    audits.append(entry.rule.name)
-                else:
-                    shadow.append(f"{entry.rule.action.value}:{entry.rule.name}")
+        # A rule whose patterns end at several places is reported once, and
+        # reports follow declaration order.
+        entries = {id(e): e for bucket in buckets for e in bucket.extra}
+        for entry in sorted(entries.values(), key=lambda e: e.order):
+            if not entry.rule.who(peer):
+                continue
+            if entry.rule.action is Action.AUDIT:
+                audits.append(entry.rule.name)
+            else:
+                shadow.append(f"{entry.rule.action.value}:{entry.rule.name}")
         if not shadow and not audits:
             return decision
         return replace(decision, shadow=tuple(shadow), audit=tuple(audits))
