@@ -77,7 +77,7 @@ class SpiffeIdEmpty(InvalidSpiffeIdError):
 
 class SpiffeIdTooLong(InvalidSpiffeIdError):
     rule = "too-long"
-    message = "SPIFFE ID is longer than 2048 bytes"
+    message = "SPIFFE ID is too long"
 
 
 class SpiffeIdInvalidScheme(InvalidSpiffeIdError):

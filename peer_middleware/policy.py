@@ -156,6 +156,8 @@ def _principal_pattern(pattern: str) -> str:
         raise ConfigurationError(f"principal pattern {pattern!r} must be a non-empty string")
     if pattern == "*":
         return pattern
+    if "://" in pattern and not pattern.startswith(SCHEME_PREFIX):
+        raise ConfigurationError(f"principal {pattern!r} is not a SPIFFE ID (spiffe://...)")
     if not pattern.startswith(SCHEME_PREFIX) and not pattern.startswith("*"):
         # Istio writes principals without the scheme: cluster.local/ns/a/sa/b.
         pattern = SCHEME_PREFIX + pattern

@@ -161,7 +161,7 @@ def _parse_cached(value: str) -> SpiffeId:
     if not value:
         raise SpiffeIdEmpty(value)
     if len(value.encode("utf-8", "surrogatepass")) > MAX_ID_LENGTH:
-        raise SpiffeIdTooLong(value)
+        raise SpiffeIdTooLong(value, f"longer than {MAX_ID_LENGTH} bytes")
     if not value.startswith(SCHEME_PREFIX):
         raise SpiffeIdInvalidScheme(value)
     rest = value[len(SCHEME_PREFIX) :]

@@ -284,7 +284,7 @@ def test_describe(matcher, text):
         ),
         (
             lambda: Principal("https://td/x"),
-            "principal 'https://td/x': SPIFFE ID trust domain cannot contain a port",
+            "principal 'https://td/x' is not a SPIFFE ID (spiffe://...)",
         ),
         (
             lambda: ServiceAccount("a/b", namespace="shop", trust_domain="td"),

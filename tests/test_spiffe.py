@@ -214,11 +214,11 @@ def test_valid_ids(value, trust_domain, path):
             "SPIFFE ID path segment characters are limited to letters, numbers, dots, "
             "dashes, and underscores",
         ),
-        (LONGEST_ID + "p", SpiffeIdTooLong, "SPIFFE ID is longer than 2048 bytes"),
+        (LONGEST_ID + "p", SpiffeIdTooLong, "SPIFFE ID is too long: longer than 2048 bytes"),
         (
             LONGEST_ID[:-1] + "\u00e9",
             SpiffeIdTooLong,
-            "SPIFFE ID is longer than 2048 bytes",
+            "SPIFFE ID is too long: longer than 2048 bytes",
         ),
     ],
     ids=[
