@@ -27,7 +27,7 @@ are not an HTTP token; ``get`` stays ``get`` and matches no ``GET`` rule.
 from __future__ import annotations
 
 import re
-from urllib.parse import quote
+from urllib.parse import quote, unquote_to_bytes
 
 from .errors import BadRequest
 
@@ -72,7 +72,6 @@ def check_raw_target(raw: str) -> None:
         raw = raw[:query]
     if "%" not in raw:
         return
-    decoded = bytearray()
     for match in _PERCENT.finditer(raw):
         hexpair = match.group("hex")
         if hexpair is None:
@@ -80,12 +79,11 @@ def check_raw_target(raw: str) -> None:
         byte = int(hexpair, 16)
         if byte in _FORBIDDEN_ENCODED:
             raise BadRequest(f"request path contains an encoded byte 0x{byte:02X}")
-        decoded.append(byte)
     try:
-        bytes(decoded).decode("utf-8")
+        # The whole path, so that a character split between an escape and
+        # literal text ("%C3a%A9") is judged as the server will decode it.
+        unquote_to_bytes(raw).decode("utf-8")
     except UnicodeDecodeError:
-        # Only the escapes are collected, so a multi-byte character split by
-        # literal text would pass here but fail in the server's own decoding.
         raise BadRequest("request path percent-escapes are not UTF-8") from None
 
 

@@ -167,6 +167,7 @@ def test_check_raw_target_accepts(raw):
         ("/%C3", "request path percent-escapes are not UTF-8"),
         ("/%80", "request path percent-escapes are not UTF-8"),
         ("/%ED%A0%80", "request path percent-escapes are not UTF-8"),
+        ("/%C3a%A9", "request path percent-escapes are not UTF-8"),
         ("/" + "a" * MAX_PATH_LENGTH, "request target longer than 8192 characters"),
     ],
     ids=[
@@ -198,6 +199,7 @@ def test_check_raw_target_accepts(raw):
         "truncated-sequence",
         "lone-continuation-byte",
         "surrogate",
+        "character-split-by-literal-text",
         "too-long",
     ],
 )
