@@ -113,13 +113,15 @@ class PeerMiddleware:
         raw_target = raw.decode("latin-1") if raw is not None else None
         root_path = scope.get("root_path", "")
         client = scope.get("client")
-        verdict = self.guard.check(
+        guard = self.guard
+        verdict = guard.check(
             method,
             path,
             raw_target,
             tuple(client) if client is not None else None,
             headers,
             _route_path_for(root_path) if root_path else None,
+            scope.get("query_string", b"").decode("latin-1") if guard.reads_query else "",
         )
         if not verdict.decision.allowed:
             await self._refuse(scope_type, scope, send, verdict, method)

@@ -12,7 +12,10 @@ Order of work for every request, failing closed at each step:
    path is normalised (see :mod:`peer_middleware.paths`), else 400;
 3. each authenticator, in order, may find a peer; one that finds a malformed
    or invalid credential refuses the request with 401; forwarded credentials
-   are read only from trusted proxies;
+   are read only from trusted proxies. The first certificate-based peer is
+   the request's peer, and a bearer-token peer found as well is attached to
+   it as ``peer.token`` (a token alone makes the peer); a token bound to a
+   certificate (RFC 8705) is refused unless that certificate was presented;
 4. the policy decides (403 for a known peer, 401 without identity);
 5. one log record describes the decision.
 
@@ -24,12 +27,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol, runtime_checkable
 
-from .errors import ConfigurationError, RequestRefused
+from ._cache import BoundedCache
+from .errors import ConfigurationError, InvalidToken, RequestRefused, UntrustedIssuer
 from .paths import check_method, check_raw_target, normalise_path
-from .peer import Peer
+from .peer import Peer, Proof
 from .policy import Decision, Policy
 from .proxies import TrustedProxies, looks_rewritten
 
@@ -57,9 +61,11 @@ class RequestView:
     lower-case names, repeated header lines joined with ``","`` in order.
     ``client`` is the immediate peer ``(host, port)``, or ``None`` when unknown
     or when it cannot be trusted (rewritten from ``X-Forwarded-For``).
+    ``query`` is the raw query string (latin-1 text, no ``?``), provided only
+    when some authenticator declares ``reads_query = True``; else ``""``.
     """
 
-    __slots__ = ("client", "headers", "method", "notes", "path")
+    __slots__ = ("client", "headers", "method", "notes", "path", "query")
 
     def __init__(
         self,
@@ -67,11 +73,13 @@ class RequestView:
         path: str,
         client: tuple[str, int] | None,
         headers: dict[str, str],
+        query: str = "",
     ) -> None:
         self.method = method
         self.path = path
         self.client = client
         self.headers = headers
+        self.query = query
         self.notes: list[str] | None = None
 
     def note(self, text: str) -> None:
@@ -101,11 +109,17 @@ class Authenticator(Protocol):
     threads.
     """
 
-    name: str
-    header_names: Sequence[str]
-    #: True when it reads credentials a proxy forwards: the client address
-    #: must then be checked for rewriting.
-    forwarded: bool
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def header_names(self) -> Sequence[str]: ...
+
+    @property
+    def forwarded(self) -> bool:
+        """True when it reads credentials a proxy forwards: the client address
+        must then be checked for rewriting."""
+        ...
 
     def authenticate(self, request: RequestView) -> Peer | None: ...
 
@@ -164,17 +178,28 @@ Responder = Callable[[Refusal], ProblemResponse]
 
 
 class Verdict:
-    """What the core decided for one request."""
+    """What the core decided for one request.
 
-    __slots__ = ("decision", "path", "peer", "request")
+    ``www_authenticate`` is the challenge of the credential that was refused,
+    when it names one (an invalid bearer token); it replaces the guard's
+    default challenge in the 401 response.
+    """
+
+    __slots__ = ("decision", "path", "peer", "request", "www_authenticate")
 
     def __init__(
-        self, decision: Decision, peer: Peer | None, path: str, request: RequestView | None
+        self,
+        decision: Decision,
+        peer: Peer | None,
+        path: str,
+        request: RequestView | None,
+        www_authenticate: str | None = None,
     ) -> None:
         self.decision = decision
         self.peer = peer
         self.path = path
         self.request = request
+        self.www_authenticate = www_authenticate
 
     @property
     def allowed(self) -> bool:
@@ -190,23 +215,32 @@ _COMMON_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"}
 )
 _PATH_CACHE_SIZE = 4096
+_COMBINED_CACHE_SIZE = 4096
+_TOKEN_PROOF = Proof.TOKEN
 
 
 class Guard:
     """Authenticate and authorize requests; shared by every adapter.
 
-    ``policy`` decides; ``authenticators`` are tried in order and the first
-    that finds a peer wins; ``www_authenticate`` is sent with 401 responses
-    when set (or taken from the first authenticator that declares one).
+    ``policy`` decides; ``authenticators`` are tried in order: the first that
+    finds a certificate-based peer wins, and authenticators that declare
+    ``bearer = True`` (bearer tokens) are run as well, their peer attached as
+    ``peer.token`` (or, without a certificate, becoming the peer). Two tokens
+    on one request are refused. ``www_authenticate`` is sent with 401
+    responses when set (or taken from the first authenticator that declares
+    one); a refused credential may bring its own challenge.
     """
 
     __slots__ = (
+        "_combined",
         "_forwarded",
         "_paths",
         "_rewrite_warned",
+        "_runs",
         "authenticators",
         "header_names",
         "policy",
+        "reads_query",
         "responder",
         "www_authenticate",
     )
@@ -234,6 +268,14 @@ class Guard:
             if www_authenticate is None:
                 www_authenticate = getattr(authenticator, "www_authenticate", None)
         self._forwarded = any(a.forwarded for a in self.authenticators)
+        self._runs = tuple((a, bool(getattr(a, "bearer", False))) for a in self.authenticators)
+        #: True when an authenticator reads the query string (adapters pass it then only).
+        self.reads_query = any(getattr(a, "reads_query", False) for a in self.authenticators)
+        # (id(primary), id(token)) -> (primary, token, combined): a repeat caller
+        # gets the same combined Peer object, which the policy's cache relies on.
+        self._combined = BoundedCache[tuple[int, int], tuple[Peer, Peer, Peer]](
+            _COMBINED_CACHE_SIZE
+        )
         if self._forwarded:
             names.append(FORWARDED_FOR)
         self.header_names: frozenset[str] = frozenset(names)
@@ -242,7 +284,7 @@ class Guard:
         self.responder: Responder = responder or default_responder
         self.www_authenticate = www_authenticate
         self._rewrite_warned = False
-        self._paths: dict[str | tuple[str, str], str] = {}
+        self._paths: dict[str | tuple[str, str | None], str] = {}
 
     def check(
         self,
@@ -252,6 +294,7 @@ class Guard:
         client: tuple[str, int] | None,
         headers: dict[str, str],
         route_path: Callable[[str], str] | None = None,
+        query: str = "",
     ) -> Verdict:
         """Run the whole pipeline for one request.
 
@@ -259,7 +302,8 @@ class Guard:
         target as sent when the server provides it. ``route_path`` maps the
         normalised full path to the path rules are written against (it strips
         a mount prefix); identity when ``None``. The verdict's ``path`` is the
-        normalised full path to write back for the router.
+        normalised full path to write back for the router. ``query`` is the
+        raw query string, needed only when :attr:`reads_query` is True.
         """
         request: RequestView | None = None
         normalised = path
@@ -267,16 +311,18 @@ class Guard:
             if method not in _COMMON_METHODS:
                 check_method(method)
             # Paths repeat; their checks are pure, so a bounded cache serves
-            # repeat requests. A raw target equal to the decoded path carries
-            # no escapes and needs no check of its own.
-            key = path if raw_target is None or raw_target == path else (path, raw_target)
+            # repeat requests. The key says whether the raw target was seen:
+            # a path checked without one must not vouch for a raw target.
+            key = path if raw_target == path else (path, raw_target)
             cached = self._paths.get(key)
             if cached is None:
                 if raw_target is not None:
                     check_raw_target(raw_target)
                 cached = normalise_path(path)
                 if len(self._paths) >= _PATH_CACHE_SIZE:
-                    self._paths.clear()
+                    # Evict the oldest entry: a flood of distinct paths
+                    # cannot grow the cache, only cycle it.
+                    self._paths.pop(next(iter(self._paths)), None)
                 self._paths[key] = cached
             normalised = cached
             matched = normalised if route_path is None else route_path(normalised)
@@ -284,16 +330,42 @@ class Guard:
                 forwarded_for = headers.get(FORWARDED_FOR)
                 if forwarded_for is not None or client[1] == 0:
                     client = self._client_if_trustworthy(client, forwarded_for)
-            request = RequestView(method, matched, client, headers)
+            request = RequestView(method, matched, client, headers, query)
             peer: Peer | None = None
-            for authenticator in self.authenticators:
-                peer = authenticator.authenticate(request)
-                if peer is not None:
-                    break
+            token: Peer | None = None
+            untrusted: UntrustedIssuer | None = None
+            for authenticator, bearer in self._runs:
+                if peer is not None and not bearer:
+                    continue
+                try:
+                    found = authenticator.authenticate(request)
+                except UntrustedIssuer as error:
+                    # Another token authenticator may accept this token.
+                    if untrusted is None:
+                        untrusted = error
+                    continue
+                if found is None:
+                    continue
+                if found.proof is _TOKEN_PROOF:
+                    if token is not None:
+                        raise InvalidToken("two bearer tokens on one request")
+                    token = found
+                elif peer is None:
+                    peer = found
+            if token is not None:
+                peer = self._combine(peer, token)
+            elif untrusted is not None:
+                raise untrusted
             decision = self.policy.decide(method, matched, peer)
             verdict = Verdict(decision, peer, normalised, request)
         except RequestRefused as error:
-            verdict = Verdict(_error_decision(error), None, normalised, request)
+            verdict = Verdict(
+                _error_decision(error),
+                None,
+                normalised,
+                request,
+                getattr(error, "www_authenticate", None),
+            )
         except Exception:
             logger.exception("peer_middleware failed while authorizing %s %r", method, path[:200])
             verdict = Verdict(_INTERNAL, None, normalised, request)
@@ -305,6 +377,30 @@ class Guard:
         else:
             self.log(verdict, method, path)
         return verdict
+
+    def _combine(self, primary: Peer | None, token: Peer) -> Peer:
+        """The request's peer from a certificate peer and a token peer."""
+        bound = token.certificate_sha256
+        if primary is None:
+            if bound is not None:
+                # RFC 8705 section 3: a bound token is accepted only with its certificate.
+                raise InvalidToken(
+                    "the token is bound to a client certificate (cnf x5t#S256) and the "
+                    "request presents none"
+                )
+            return token
+        key = (id(primary), id(token))
+        hit = self._combined.get(key)
+        if hit is not None and hit[0] is primary and hit[1] is token:
+            return hit[2]
+        if bound is not None and bound != primary.certificate_sha256:
+            raise InvalidToken(
+                "the token is bound to a client certificate (cnf x5t#S256) other than the "
+                "one presented"
+            )
+        combined = replace(primary, token=token)
+        self._combined.put(key, (primary, token, combined))
+        return combined
 
     def reject(self, error: RequestRefused, method: str, path: str) -> Verdict:
         """A verdict for a request an adapter refused before :meth:`check`."""
@@ -332,7 +428,9 @@ class Guard:
     def refusal(self, verdict: Verdict, method: str) -> ProblemResponse:
         """The response for a refused verdict."""
         decision = verdict.decision
-        www = self.www_authenticate if decision.status == 401 else None
+        www = (
+            (verdict.www_authenticate or self.www_authenticate) if decision.status == 401 else None
+        )
         path = verdict.request.path if verdict.request is not None else verdict.path
         refusal = Refusal(
             decision.status, decision.reason, decision.rule, www, method, path, verdict.peer
@@ -429,7 +527,11 @@ def route_refusal(
             }
         },
     )
-    www = www_authenticate if error.status == 401 else None
+    www = (
+        (getattr(error, "www_authenticate", None) or www_authenticate)
+        if error.status == 401
+        else None
+    )
     refusal = Refusal(error.status, error.reason, None, www, method, path, peer)
     try:
         return responder(refusal)

@@ -10,6 +10,8 @@ One root, split by meaning::
     └── RequestRefused                         a request that must not reach the app
         ├── BadRequest            400  malformed path, method or header
         ├── AuthenticationFailed  401  a credential was presented and is invalid
+        │   └── InvalidToken              a bearer token (``Bearer error="invalid_token"``)
+        │       └── UntrustedIssuer       not from an issuer this authenticator accepts
         └── AccessDenied          403  raised by per-route checks inside handlers
 
 ``RequestRefused`` carries a precise ``reason`` for the log. The response a
@@ -24,6 +26,7 @@ __all__ = [
     "BadRequest",
     "ConfigurationError",
     "InvalidSpiffeIdError",
+    "InvalidToken",
     "PeerMiddlewareError",
     "RequestRefused",
     "SpiffeIdDotSegment",
@@ -39,6 +42,7 @@ __all__ = [
     "SpiffeIdTooLong",
     "SpiffeIdTrailingSlash",
     "SpiffeIdUserInfo",
+    "UntrustedIssuer",
 ]
 
 
@@ -164,14 +168,43 @@ class AuthenticationFailed(RequestRefused):
 
     ``scheme`` names the authentication scheme that a ``WWW-Authenticate``
     header should advertise, when one could help the caller.
+    ``www_authenticate``, when set, is the whole challenge to send with this
+    refusal instead of the middleware's default (RFC 6750 section 3).
     """
 
     status = 401
     problem = "unauthenticated"
 
-    def __init__(self, reason: str, *, scheme: str | None = None) -> None:
+    def __init__(
+        self, reason: str, *, scheme: str | None = None, www_authenticate: str | None = None
+    ) -> None:
         self.scheme = scheme
+        self.www_authenticate = www_authenticate
         super().__init__(reason)
+
+
+#: The challenge sent with a refused bearer token (RFC 6750 section 3.1). It
+#: says only that the token is invalid, never why.
+INVALID_TOKEN_CHALLENGE = 'Bearer error="invalid_token"'
+
+
+class InvalidToken(AuthenticationFailed):
+    """A bearer token is malformed or fails verification (401).
+
+    The response carries ``WWW-Authenticate: Bearer error="invalid_token"``;
+    ``reason`` (for the log) says precisely what was wrong.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, scheme="Bearer", www_authenticate=INVALID_TOKEN_CHALLENGE)
+
+
+class UntrustedIssuer(InvalidToken):
+    """A token names an issuer (or trust domain) this authenticator does not accept.
+
+    When several token authenticators are configured, another one may accept
+    the token; the request is refused with this error only when none does.
+    """
 
 
 class AccessDenied(RequestRefused):

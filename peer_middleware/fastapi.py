@@ -3,7 +3,8 @@
 ::
 
     from typing import Annotated
-    from fastapi import Depends, FastAPI
+    import fastapi.routing
+from fastapi import Depends, FastAPI
     from peer_middleware import Namespace, Policy, XfccAuthenticator, allow, Anyone
     from peer_middleware.fastapi import CurrentPeer, install, require
 
@@ -32,10 +33,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Annotated, Any
 
+import fastapi.routing
 from fastapi import Depends, FastAPI
 from fastapi.routing import APIRoute, APIWebSocketRoute
-from starlette.requests import HTTPConnection, Request
+from starlette.requests import HTTPConnection
 from starlette.responses import Response
+from starlette.websockets import WebSocket
 
 from .asgi import DECISION_SCOPE_KEY, PEER_SCOPE_KEY, PeerMiddleware
 from .core import Authenticator, Guard, Responder, default_responder, route_refusal
@@ -125,40 +128,72 @@ def _requirements(dependant: Any, seen: set[int]) -> Iterable[RouteRequirement]:
         yield from _requirements(sub, seen)
 
 
+def _routes(app: FastAPI) -> Iterable[tuple[Any, str, Any, Any]]:
+    """(route, path, methods, dependant) of every API route, router prefixes applied."""
+    iter_contexts = getattr(fastapi.routing, "iter_route_contexts", None)
+    if iter_contexts is None:  # pragma: no cover - FastAPI before included-router contexts
+        for route in app.routes:
+            if isinstance(route, (APIRoute, APIWebSocketRoute)):
+                yield route, route.path, getattr(route, "methods", None), route.dependant
+        return
+    for context in iter_contexts(app.routes):
+        route = context.original_route
+        if isinstance(route, (APIRoute, APIWebSocketRoute)):
+            yield route, context.path, context.methods, context.dependant
+
+
 def collect_route_rules(app: FastAPI) -> list[Rule]:
-    """ALLOW rules from every route's :func:`require` dependencies."""
+    """ALLOW rules from every route's :func:`require` dependencies.
+
+    A requirement used on several routes gives one rule per route; the
+    second and later rules of a named requirement get the route in their name.
+    """
     rules: list[Rule] = []
-    for route in app.routes:
+    names: set[str] = set()
+    for route, path, route_methods, dependant in _routes(app):
         if isinstance(route, APIRoute):
-            methods: Iterable[str] = sorted(route.methods or ())
+            methods: Iterable[str] = sorted(route_methods or ())
         elif isinstance(route, APIWebSocketRoute):
             methods = ("GET",)
         else:
             continue
-        found = list(_requirements(route.dependant, set()))
+        found = list(_requirements(dependant, set()))
         if not found:
             continue
         who = found[0].who if len(found) == 1 else AllOf(*(r.who for r in found))
+        where = f"{','.join(methods)} {path}"
         named = [r.name for r in found if r.name]
-        name = named[0] if named else f"route {','.join(methods)} {route.path}"
-        rules.append(allow(name, who, methods=methods, paths=route.path))
+        name = named[0] if named else f"route {where}"
+        if name in names:
+            name = f"{name} [{where}]"
+        names.add(name)
+        rules.append(allow(name, who, methods=methods, paths=path))
     return rules
 
 
 def _exception_handler(responder: Responder, www_authenticate: str | None) -> Any:
-    async def handle(request: Request, exc: Exception) -> Response:
+    async def handle(connection: HTTPConnection, exc: Exception) -> Response | None:
         if not isinstance(exc, RequestRefused):  # pragma: no cover - registered for it only
             raise exc
-        peer = request.scope.get(PEER_SCOPE_KEY)
+        peer = connection.scope.get(PEER_SCOPE_KEY)
+        websocket = connection.scope["type"] == "websocket"
         problem = route_refusal(
             exc,
-            method=request.method,
-            path=request.url.path,
+            method="GET" if websocket else connection.scope.get("method", "GET"),
+            path=connection.url.path,
             peer=peer if isinstance(peer, Peer) else None,
             responder=responder,
             www_authenticate=www_authenticate,
         )
-        return Response(problem.body, status_code=problem.status, headers=dict(problem.headers))
+        response = Response(problem.body, status_code=problem.status, headers=dict(problem.headers))
+        if not websocket:
+            return response
+        assert isinstance(connection, WebSocket)
+        if "websocket.http.response" in connection.scope.get("extensions", {}):
+            await connection.send_denial_response(response)
+        else:
+            await connection.close(code=1008)
+        return None
 
     return handle
 

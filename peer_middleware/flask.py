@@ -100,8 +100,13 @@ def _check(requirements: list[tuple[Who, str | None]]) -> None:
 
 
 def collect_view_rules(app: Flask) -> list[Rule]:
-    """ALLOW rules from the :func:`require` declarations of ``app``'s views."""
+    """ALLOW rules from the :func:`require` declarations of ``app``'s views.
+
+    A view under several URL rules gives one rule per URL rule; the second
+    and later rules of a named requirement get the URL rule in their name.
+    """
     rules: list[Rule] = []
+    seen: set[str] = set()
     for url_rule in app.url_map.iter_rules():
         view = app.view_functions.get(url_rule.endpoint)
         requirements = getattr(view, _REQUIREMENTS, None)
@@ -111,7 +116,11 @@ def collect_view_rules(app: Flask) -> list[Rule]:
         names = [name for _, name in requirements if name]
         methods = sorted(url_rule.methods or ())
         who = whos[0] if len(whos) == 1 else AllOf(*whos)
+        where = f"{','.join(methods)} {url_rule.rule}"
         name = names[0] if names else f"view {url_rule.endpoint} {url_rule.rule}"
+        if name in seen:
+            name = f"{name} [{where}]"
+        seen.add(name)
         rules.append(allow(name, who, methods=methods, paths=url_rule.rule))
     return rules
 

@@ -44,7 +44,10 @@ class Peer:
     ``source`` names the authenticator that produced it (``"xfcc"``, ...);
     ``proxy`` is the address of the trusted proxy that vouched for it, if
     any; ``certificate_sha256`` the lower-case hex SHA-256 of the client
-    certificate when one is known; ``claims`` the verified token claims.
+    certificate when one is known (for a token peer: the thumbprint of the
+    certificate the token is bound to, RFC 8705); ``claims`` the verified
+    token claims. ``token`` is the peer proven by a bearer token presented
+    together with a certificate on the same request (``None`` otherwise).
 
     Peers never carry raw certificates or tokens, so they are safe to log.
     """
@@ -55,6 +58,7 @@ class Peer:
     proxy: str | None = None
     certificate_sha256: str | None = None
     claims: Mapping[str, Any] = field(default_factory=lambda: _NO_CLAIMS, compare=False, repr=False)
+    token: Peer | None = None
 
     @property
     def principal(self) -> str:
@@ -74,6 +78,18 @@ class Peer:
     def service_account(self) -> str | None:
         """Kubernetes service account, when the ID follows ``/ns/<ns>/sa/<sa>``."""
         return self.spiffe_id.service_account
+
+    @property
+    def issuer(self) -> str | None:
+        """The verified ``iss`` claim of a token peer, else ``None``."""
+        value = self.claims.get("iss")
+        return value if isinstance(value, str) else None
+
+    @property
+    def subject(self) -> str | None:
+        """The verified ``sub`` claim of a token peer, else ``None``."""
+        value = self.claims.get("sub")
+        return value if isinstance(value, str) else None
 
     def __str__(self) -> str:
         return self.spiffe_id.uri

@@ -54,7 +54,7 @@ import enum
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Literal, TypeVar
 
 from .errors import ConfigurationError, InvalidSpiffeIdError
 from .peer import Peer, Proof
@@ -759,6 +759,29 @@ def _collect(node: _Node, segments: list[str], index: int, out: list[_Terminal])
 
 
 _CACHE_LIMIT = 8192
+_MAX_METHODS = 64
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+def _bounded_put(cache: dict[_K, _V], key: _K, value: _V) -> None:
+    """Insert, evicting the oldest entry when the cache is full."""
+    if len(cache) >= _CACHE_LIMIT:
+        try:
+            del cache[next(iter(cache))]
+        except (StopIteration, KeyError, RuntimeError):  # pragma: no cover - a racing thread
+            cache.clear()
+    cache[key] = value
+
+
+class _Plan:
+    """The buckets that apply to a set of paths, and the decisions made there."""
+
+    __slots__ = ("buckets", "decisions")
+
+    def __init__(self, buckets: tuple[_Bucket, ...]) -> None:
+        self.buckets = buckets
+        self.decisions: dict[int, tuple[Peer | None, Decision]] = {}
 
 
 class Policy:
@@ -769,7 +792,7 @@ class Policy:
     rule names and unknown modes raise :class:`ConfigurationError` here.
     """
 
-    __slots__ = ("_cache", "_decisions", "_root", "has_extras", "mode", "rules")
+    __slots__ = ("_interned", "_paths", "_root", "has_extras", "mode", "rules")
 
     def __init__(
         self, rules: Iterable[Rule], *, mode: Literal["enforce", "shadow"] = "enforce"
@@ -805,11 +828,11 @@ class Policy:
                 node.exact.finish()
         self._root = root
         self.has_extras = any(r.shadow or r.action is Action.AUDIT for r in self.rules)
-        self._cache: dict[tuple[str, str], tuple[_Bucket, ...]] = {}
-        # Repeat callers: (method, path, id(peer)) -> (peer, decision). The
-        # peer is kept in the value so its id cannot be reused while cached;
-        # authenticators hand out the same Peer object for a cached credential.
-        self._decisions: dict[tuple[str, str, int], tuple[Peer | None, Decision]] = {}
+        # method -> path -> plan. Paths are many (one per payment id), plans
+        # few: every path that reaches the same rules shares one plan, and
+        # with it the decisions already made for each caller.
+        self._paths: dict[str, dict[str, _Plan]] = {}
+        self._interned: dict[tuple[int, ...], _Plan] = {}
 
     @staticmethod
     def _decision_for(rule: Rule) -> Decision:
@@ -821,32 +844,42 @@ class Policy:
         """A new policy with ``rules`` appended (same mode)."""
         return Policy((*self.rules, *rules), mode=self.mode)
 
-    def _buckets(self, method: str, path: str) -> tuple[_Bucket, ...]:
-        key = (method, path)
-        buckets = self._cache.get(key)
-        if buckets is None:
-            terminals: list[_Terminal] = []
-            _collect(self._root, path[1:].split("/"), 0, terminals)
-            buckets = tuple(t.bucket(method) for t in dict.fromkeys(terminals))
-            if len(self._cache) >= _CACHE_LIMIT:
-                self._cache.clear()
-            self._cache[key] = buckets
-        return buckets
+    def _plan(self, method: str, path: str) -> _Plan:
+        terminals: list[_Terminal] = []
+        _collect(self._root, path[1:].split("/"), 0, terminals)
+        buckets = tuple(t.bucket(method) for t in dict.fromkeys(terminals))
+        # Buckets live as long as the policy, so their ids are stable keys.
+        key = tuple(map(id, buckets))
+        plan = self._interned.get(key)
+        if plan is None:
+            plan = _Plan(buckets)
+            if len(self._interned) < _CACHE_LIMIT:
+                self._interned[key] = plan
+        paths = self._paths.get(method)
+        if paths is None:
+            if len(self._paths) >= _MAX_METHODS:
+                return plan  # an unusual method: decide without caching
+            paths = self._paths[method] = {}
+        _bounded_put(paths, path, plan)
+        return plan
 
     def decide(self, method: str, path: str, peer: Peer | None) -> Decision:
         """Decide a request. ``path`` must already be normalised."""
-        key = (method, path, id(peer))
-        hit = self._decisions.get(key)
+        paths = self._paths.get(method)
+        plan = paths.get(path) if paths is not None else None
+        if plan is None:
+            plan = self._plan(method, path)
+        # Repeat callers: the peer is kept in the value so its id cannot be
+        # reused while cached; authenticators hand out the same Peer object
+        # for a credential they have cached.
+        hit = plan.decisions.get(id(peer))
         if hit is not None and hit[0] is peer:
             return hit[1]
-        decision = self._decide(method, path, peer)
-        if len(self._decisions) >= _CACHE_LIMIT:
-            self._decisions.clear()
-        self._decisions[key] = (peer, decision)
+        decision = self._decide(plan.buckets, peer)
+        _bounded_put(plan.decisions, id(peer), (peer, decision))
         return decision
 
-    def _decide(self, method: str, path: str, peer: Peer | None) -> Decision:
-        buckets = self._buckets(method, path)
+    def _decide(self, buckets: tuple[_Bucket, ...], peer: Peer | None) -> Decision:
         denied: _Entry | None = None
         for bucket in buckets:
             denied = bucket.deny.first_match(peer, denied)
@@ -887,7 +920,7 @@ class Policy:
     def matching_rules(self, method: str, path: str, peer: Peer | None) -> list[Rule]:
         """Every rule that matches, in order (for explaining a decision)."""
         found: list[_Entry] = []
-        for bucket in self._buckets(method, path):
+        for bucket in self._plan(method, path).buckets:
             found.extend(bucket.deny.all_matches(peer))
             found.extend(bucket.allow.all_matches(peer))
             found.extend(e for e in bucket.extra if e.rule.who(peer))

@@ -8,7 +8,9 @@
         authenticators=[XfccAuthenticator(trusted_proxies=["127.0.0.1", "::1"])],
     )
 
-Allowed requests reach the app with the normalised path in ``PATH_INFO``
+The client address is ``REMOTE_ADDR``, or the original one when Werkzeug's
+``ProxyFix`` has rewritten it. Allowed requests reach the app with the
+normalised path in ``PATH_INFO``
 (and in ``REQUEST_URI``/``RAW_URI`` when present), the
 :class:`~peer_middleware.Peer` (or ``None``) in
 ``environ["peer_middleware.peer"]`` and the decision in
@@ -54,6 +56,8 @@ def _environ_key(header: str) -> str:
 
 def _wsgi_to_text(value: str) -> str:
     # PEP 3333 carries bytes as latin-1 text; paths are UTF-8 on the wire.
+    if value.isascii():
+        return value
     try:
         return value.encode("latin-1").decode("utf-8")
     except (UnicodeEncodeError, UnicodeDecodeError):
@@ -61,6 +65,8 @@ def _wsgi_to_text(value: str) -> str:
 
 
 def _text_to_wsgi(value: str) -> str:
+    if value.isascii():
+        return value
     return value.encode("utf-8").decode("latin-1")
 
 
@@ -116,8 +122,15 @@ class PeerWSGIMiddleware:
             if value is not None:
                 headers[name] = value
         raw_uri = environ.get("REQUEST_URI") or environ.get("RAW_URI")
+        if raw_uri is not None:
+            raw_uri = raw_uri.partition("?")[0]
         client = None
         remote = environ.get("REMOTE_ADDR")
+        original = environ.get("werkzeug.proxy_fix.orig")
+        if original is not None:
+            # Werkzeug's ProxyFix replaced REMOTE_ADDR with a value from
+            # X-Forwarded-For; the connection's own peer is kept here.
+            remote = original.get("REMOTE_ADDR")
         if remote:
             try:
                 client = (remote, int(environ.get("REMOTE_PORT") or -1))
@@ -126,18 +139,20 @@ class PeerWSGIMiddleware:
         path_info = environ.get("PATH_INFO", "")
         try:
             path = _wsgi_to_text(path_info)
+            script_name = _wsgi_to_text(environ.get("SCRIPT_NAME", ""))
         except BadRequest as error:
             return self._refuse(
                 guard, guard.reject(error, method, path_info), method, start_response
             )
-        verdict = guard.check(method, path, raw_uri, client, headers)
+        query_string = environ.get("QUERY_STRING", "") if guard.reads_query else ""
+        verdict = guard.check(method, path, raw_uri, client, headers, None, query_string)
         if not verdict.decision.allowed:
             return self._refuse(guard, verdict, method, start_response)
         if verdict.path != path:
             new_path = _text_to_wsgi(verdict.path)
             environ["PATH_INFO"] = new_path
             query = environ.get("QUERY_STRING")
-            uri = quote_path(_wsgi_to_text(environ.get("SCRIPT_NAME", "")) + verdict.path)
+            uri = quote_path(script_name + verdict.path)
             if query:
                 uri += "?" + query
             for key in ("REQUEST_URI", "RAW_URI"):
