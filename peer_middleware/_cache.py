@@ -42,3 +42,41 @@ class BoundedCache(Generic[K, V]):
 
     def __len__(self) -> int:
         return len(self._data)
+
+
+class GenerationalCache(Generic[K, V]):
+    """A bounded memo for pure results (normalised paths, decisions).
+
+    Two generations of at most ``size`` entries each: new entries go to the
+    young one; when it is full it becomes the old one and the previous old
+    one is dropped; a hit in the old generation is copied back. So memory is
+    bounded by ``2 * size`` entries, hot entries survive a flood of one-off
+    keys, and every operation is O(1) (no scan, no lock; a lost write under a
+    race only costs a recomputation). Hot paths may read ``young`` directly
+    (a plain dict) and fall back to :meth:`get`.
+    """
+
+    __slots__ = ("_old", "size", "young")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.young: dict[K, V] = {}
+        self._old: dict[K, V] = {}
+
+    def get(self, key: K) -> V | None:
+        value = self.young.get(key)
+        if value is None:
+            value = self._old.get(key)
+            if value is not None:
+                self.put(key, value)
+        return value
+
+    def put(self, key: K, value: V) -> None:
+        young = self.young
+        if len(young) >= self.size:
+            self._old = young
+            self.young = young = {}
+        young[key] = value
+
+    def __len__(self) -> int:
+        return len(self.young) + len(self._old)

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol, runtime_checkable
 
-from ._cache import BoundedCache
+from ._cache import BoundedCache, GenerationalCache
 from .errors import ConfigurationError, InvalidToken, RequestRefused, UntrustedIssuer
 from .paths import check_method, check_raw_target, normalise_path
 from .peer import Peer, Proof
@@ -284,7 +284,7 @@ class Guard:
         self.responder: Responder = responder or default_responder
         self.www_authenticate = www_authenticate
         self._rewrite_warned = False
-        self._paths: dict[str | tuple[str, str | None], str] = {}
+        self._paths = GenerationalCache[str | tuple[str, str | None], str](_PATH_CACHE_SIZE)
 
     def check(
         self,
@@ -314,16 +314,12 @@ class Guard:
             # repeat requests. The key says whether the raw target was seen:
             # a path checked without one must not vouch for a raw target.
             key = path if raw_target == path else (path, raw_target)
-            cached = self._paths.get(key)
+            cached = self._paths.young.get(key) or self._paths.get(key)
             if cached is None:
                 if raw_target is not None:
                     check_raw_target(raw_target)
                 cached = normalise_path(path)
-                if len(self._paths) >= _PATH_CACHE_SIZE:
-                    # Evict the oldest entry: a flood of distinct paths
-                    # cannot grow the cache, only cycle it.
-                    self._paths.pop(next(iter(self._paths)), None)
-                self._paths[key] = cached
+                self._paths.put(key, cached)
             normalised = cached
             matched = normalised if route_path is None else route_path(normalised)
             if self._forwarded and client is not None:

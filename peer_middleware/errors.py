@@ -185,7 +185,7 @@ class AuthenticationFailed(RequestRefused):
 
 #: The challenge sent with a refused bearer token (RFC 6750 section 3.1). It
 #: says only that the token is invalid, never why.
-INVALID_TOKEN_CHALLENGE = 'Bearer error="invalid_token"'
+INVALID_TOKEN_CHALLENGE = 'Bearer error="invalid_token"'  # noqa: S105 - not a secret
 
 
 class InvalidToken(AuthenticationFailed):

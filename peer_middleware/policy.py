@@ -52,10 +52,11 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal, TypeVar
+from typing import Literal
 
+from ._cache import GenerationalCache
 from .errors import ConfigurationError, InvalidSpiffeIdError
 from .peer import Peer, Proof
 from .spiffe import SCHEME_PREFIX, SpiffeId, validate_trust_domain
@@ -66,12 +67,17 @@ __all__ = [
     "AnyOf",
     "Anyone",
     "Authenticated",
+    "CertificateBound",
+    "Claim",
     "Decision",
+    "HasToken",
+    "Issuer",
     "Namespace",
     "Not",
     "Policy",
     "Principal",
     "ProvenBy",
+    "RequestPrincipal",
     "Rule",
     "ServiceAccount",
     "TrustDomain",
@@ -396,6 +402,230 @@ class Not(Who):
 
     def describe(self) -> str:
         return f"Not({self.matcher.describe()})"
+
+
+# --------------------------------------------------------------------------
+# Token matchers: they look at the bearer token the peer presented (the
+# token attached to a certificate peer, or the peer itself when a token was
+# its only credential). A request without a token never matches them.
+# --------------------------------------------------------------------------
+
+
+def _token_peer(peer: Peer | None) -> Peer | None:
+    if peer is None:
+        return None
+    if peer.proof is Proof.TOKEN:
+        return peer
+    return peer.token
+
+
+class RequestPrincipal(Who):
+    """Peers whose token's ``<iss>/<sub>`` matches one of the patterns.
+
+    Istio's ``requestPrincipals``: ``"https://issuer.example/spiffe://td/ns/a/sa/b"``
+    exactly, ``"https://issuer.example/*"`` (any subject of that issuer, a
+    prefix glob), ``"*/system:serviceaccount:shop:cart"`` (a suffix glob) or
+    ``"*"`` (any token with both claims).
+    """
+
+    __slots__ = ("_any", "_exact", "_prefixes", "_suffixes", "patterns")
+
+    def __init__(self, *patterns: str) -> None:
+        if not patterns:
+            raise ConfigurationError("RequestPrincipal() needs at least one pattern")
+        exact: set[str] = set()
+        prefixes: list[str] = []
+        suffixes: list[str] = []
+        any_peer = False
+        for pattern in patterns:
+            if not isinstance(pattern, str) or not pattern:
+                raise ConfigurationError(
+                    f"request principal {pattern!r} must be a non-empty string"
+                )
+            stars = pattern.count("*")
+            if pattern == "*":
+                any_peer = True
+            elif stars == 0:
+                if "/" not in pattern:
+                    raise ConfigurationError(
+                        f"request principal {pattern!r} must be '<issuer>/<subject>'"
+                    )
+                exact.add(pattern)
+            elif stars == 1 and pattern.endswith("*"):
+                prefixes.append(pattern[:-1])
+            elif stars == 1 and pattern.startswith("*"):
+                suffixes.append(pattern[1:])
+            else:
+                raise ConfigurationError(
+                    f"request principal {pattern!r}: '*' is allowed only as the whole pattern, "
+                    "its first character or its last character"
+                )
+        self.patterns = tuple(patterns)
+        self._exact = frozenset(exact)
+        self._prefixes = tuple(prefixes)
+        self._suffixes = tuple(suffixes)
+        self._any = any_peer
+
+    def __call__(self, peer: Peer | None) -> bool:
+        token = _token_peer(peer)
+        if token is None:
+            return False
+        issuer = token.issuer
+        subject = token.subject
+        if issuer is None or subject is None:
+            return False
+        value = f"{issuer}/{subject}"
+        if self._any or value in self._exact:
+            return True
+        if self._prefixes and value.startswith(self._prefixes):
+            return True
+        return bool(self._suffixes) and value.endswith(self._suffixes)
+
+    def describe(self) -> str:
+        return f"RequestPrincipal({', '.join(repr(p) for p in self.patterns)})"
+
+
+class Issuer(Who):
+    """Peers whose token was issued by one of ``issuers`` (its verified ``iss``)."""
+
+    __slots__ = ("issuers",)
+
+    def __init__(self, *issuers: str) -> None:
+        if not issuers or not all(isinstance(i, str) and i for i in issuers):
+            raise ConfigurationError("Issuer() needs one or more non-empty strings")
+        self.issuers = frozenset(issuers)
+
+    def __call__(self, peer: Peer | None) -> bool:
+        token = _token_peer(peer)
+        return token is not None and token.issuer in self.issuers
+
+    def describe(self) -> str:
+        return f"Issuer({', '.join(repr(i) for i in sorted(self.issuers))})"
+
+
+_UNSET = object()
+_SCALARS = (str, int, float, bool)
+
+
+def _claim_value(claims: object, path: tuple[str, ...], dotted: bool) -> object:
+    # A dotted name is resolved greedily, longest key first, so that claim
+    # names which themselves contain dots ("kubernetes.io") are found.
+    if not dotted:
+        value: object = claims
+        for part in path:
+            if not isinstance(value, Mapping) or part not in value:
+                return _UNSET
+            value = value[part]
+        return value
+    if not path:
+        return claims
+    if not isinstance(claims, Mapping):
+        return _UNSET
+    for cut in range(len(path), 0, -1):
+        key = ".".join(path[:cut])
+        if key in claims:
+            found = _claim_value(claims[key], path[cut:], True)
+            if found is not _UNSET:
+                return found
+    return _UNSET
+
+
+class Claim(Who):
+    """Peers whose token has claim ``name`` equal to, or containing, a value.
+
+    ``name`` is a claim name; nested claims are written with dots
+    (``"kubernetes.io.namespace"``; names containing dots are found) or as a
+    tuple of names (``("kubernetes.io", "namespace")``). ``equals`` compares
+    the whole value (same type: ``1`` never equals ``"1"`` or ``True``).
+    ``contains`` matches a list claim holding the value, or a string claim
+    of space-separated words holding it (OAuth's ``scope``). Give exactly one.
+    """
+
+    __slots__ = ("_dotted", "_path", "contains", "equals", "name")
+
+    def __init__(
+        self,
+        name: str | tuple[str, ...],
+        *,
+        equals: str | int | float | bool | None = None,
+        contains: str | None = None,
+    ) -> None:
+        if isinstance(name, str):
+            if not name or any(not part for part in name.split(".")):
+                raise ConfigurationError(f"claim name {name!r} must be non-empty dotted names")
+            self._path = tuple(name.split("."))
+            self._dotted = True
+        elif isinstance(name, tuple) and name and all(isinstance(p, str) and p for p in name):
+            self._path = name
+            self._dotted = False
+        else:
+            raise ConfigurationError(f"claim name {name!r} must be a string or a tuple of strings")
+        if (equals is None) == (contains is None):
+            raise ConfigurationError("Claim() needs exactly one of equals= or contains=")
+        if equals is not None and not isinstance(equals, _SCALARS):
+            raise ConfigurationError("Claim(equals=...) must be a string, number or boolean")
+        if contains is not None and (not isinstance(contains, str) or not contains):
+            raise ConfigurationError("Claim(contains=...) must be a non-empty string")
+        if contains is not None and any(c.isspace() for c in contains):
+            raise ConfigurationError("Claim(contains=...) must be one word (no spaces)")
+        self.name = name
+        self.equals = equals
+        self.contains = contains
+
+    def __call__(self, peer: Peer | None) -> bool:
+        token = _token_peer(peer)
+        if token is None:
+            return False
+        value = _claim_value(token.claims, self._path, self._dotted)
+        if value is _UNSET:
+            return False
+        if self.contains is not None:
+            if isinstance(value, str):
+                return self.contains in value.split()
+            if isinstance(value, (list, tuple)):
+                return any(isinstance(v, str) and v == self.contains for v in value)
+            return False
+        return type(value) is type(self.equals) and value == self.equals
+
+    def describe(self) -> str:
+        test = f"equals={self.equals!r}" if self.contains is None else f"contains={self.contains!r}"
+        return f"Claim({self.name!r}, {test})"
+
+
+class HasToken(Who):
+    """Peers that presented a verified bearer token.
+
+    ``ProvenBy(Proof.MTLS, Proof.FORWARDED_CERTIFICATE, Proof.PROXY_ASSERTED) & HasToken()``
+    requires both a certificate identity and a token on the same request.
+    """
+
+    __slots__ = ()
+
+    def __call__(self, peer: Peer | None) -> bool:
+        return _token_peer(peer) is not None
+
+    def describe(self) -> str:
+        return "HasToken()"
+
+
+class CertificateBound(Who):
+    """Peers whose token is bound to the client certificate they presented (RFC 8705).
+
+    The binding (``cnf`` ``x5t#S256``) is checked when the request is
+    authenticated; this matcher makes it mandatory on a route, refusing
+    unbound tokens and requests without a token.
+    """
+
+    __slots__ = ()
+
+    def __call__(self, peer: Peer | None) -> bool:
+        if peer is None or peer.token is None:
+            return False
+        bound = peer.token.certificate_sha256
+        return bound is not None and bound == peer.certificate_sha256
+
+    def describe(self) -> str:
+        return "CertificateBound()"
 
 
 # --------------------------------------------------------------------------
@@ -760,18 +990,7 @@ def _collect(node: _Node, segments: list[str], index: int, out: list[_Terminal])
 
 _CACHE_LIMIT = 8192
 _MAX_METHODS = 64
-_K = TypeVar("_K")
-_V = TypeVar("_V")
-
-
-def _bounded_put(cache: dict[_K, _V], key: _K, value: _V) -> None:
-    """Insert, evicting the oldest entry when the cache is full."""
-    if len(cache) >= _CACHE_LIMIT:
-        try:
-            del cache[next(iter(cache))]
-        except (StopIteration, KeyError, RuntimeError):  # pragma: no cover - a racing thread
-            cache.clear()
-    cache[key] = value
+_DECISIONS_PER_PLAN = 4096
 
 
 class _Plan:
@@ -781,7 +1000,7 @@ class _Plan:
 
     def __init__(self, buckets: tuple[_Bucket, ...]) -> None:
         self.buckets = buckets
-        self.decisions: dict[int, tuple[Peer | None, Decision]] = {}
+        self.decisions = GenerationalCache[int, tuple[Peer | None, Decision]](_DECISIONS_PER_PLAN)
 
 
 class Policy:
@@ -831,7 +1050,7 @@ class Policy:
         # method -> path -> plan. Paths are many (one per payment id), plans
         # few: every path that reaches the same rules shares one plan, and
         # with it the decisions already made for each caller.
-        self._paths: dict[str, dict[str, _Plan]] = {}
+        self._paths: dict[str, GenerationalCache[str, _Plan]] = {}
         self._interned: dict[tuple[int, ...], _Plan] = {}
 
     @staticmethod
@@ -859,24 +1078,28 @@ class Policy:
         if paths is None:
             if len(self._paths) >= _MAX_METHODS:
                 return plan  # an unusual method: decide without caching
-            paths = self._paths[method] = {}
-        _bounded_put(paths, path, plan)
+            paths = self._paths[method] = GenerationalCache(_CACHE_LIMIT)
+        paths.put(path, plan)
         return plan
 
     def decide(self, method: str, path: str, peer: Peer | None) -> Decision:
         """Decide a request. ``path`` must already be normalised."""
         paths = self._paths.get(method)
-        plan = paths.get(path) if paths is not None else None
+        plan = None
+        if paths is not None:
+            plan = paths.young.get(path) or paths.get(path)
         if plan is None:
             plan = self._plan(method, path)
         # Repeat callers: the peer is kept in the value so its id cannot be
         # reused while cached; authenticators hand out the same Peer object
         # for a credential they have cached.
-        hit = plan.decisions.get(id(peer))
+        decisions = plan.decisions
+        key = id(peer)
+        hit = decisions.young.get(key) or decisions.get(key)
         if hit is not None and hit[0] is peer:
             return hit[1]
         decision = self._decide(plan.buckets, peer)
-        _bounded_put(plan.decisions, id(peer), (peer, decision))
+        plan.decisions.put(id(peer), (peer, decision))
         return decision
 
     def _decide(self, buckets: tuple[_Bucket, ...], peer: Peer | None) -> Decision:
