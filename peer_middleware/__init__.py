@@ -1,13 +1,15 @@
 """peer_middleware: which service is calling, and may it call this route?
 
 ASGI and WSGI middleware that authenticates the calling service (a SPIFFE ID
-from a trusted sidecar's forwarded certificate, and more), and enforces
+from a trusted sidecar's forwarded certificate, a JWT-SVID or a Kubernetes
+service-account token), and enforces
 per-route rules before the handler runs. See the README for a tour.
 """
 
 from __future__ import annotations
 
 from .asgi import DECISION_SCOPE_KEY, PEER_SCOPE_KEY, PeerMiddleware
+from .bundles import SpiffeBundleSet, StaticX509Bundle, X509BundleFile, X509BundleSource
 from .core import Authenticator, Guard, ProblemResponse, Refusal, RequestView, default_responder
 from .errors import (
     AccessDenied,
@@ -15,9 +17,12 @@ from .errors import (
     BadRequest,
     ConfigurationError,
     InvalidSpiffeIdError,
+    InvalidToken,
     PeerMiddlewareError,
     RequestRefused,
 )
+from .forwarded import ForwardedCertificateAuthenticator, LinkerdIdentityAuthenticator, Preset
+from .keys import JwksUrl, KeySource, KeysUnavailable, OidcDiscovery, SpiffeJwtBundle, StaticJwks
 from .peer import Peer, Proof
 from .policy import (
     Action,
@@ -25,14 +30,21 @@ from .policy import (
     AnyOf,
     Anyone,
     Authenticated,
+    CertificateBound,
+    CertificateVerified,
+    Claim,
     Decision,
+    HasToken,
+    Issuer,
     Namespace,
     Not,
     Policy,
     Principal,
     ProvenBy,
+    RequestPrincipal,
     Rule,
     ServiceAccount,
+    SidecarAsserted,
     TrustDomain,
     Who,
     allow,
@@ -41,7 +53,9 @@ from .policy import (
 )
 from .proxies import TrustedProxies
 from .spiffe import SpiffeId
+from .tokens import BearerTokenAuthenticator, JwtSvidAuthenticator, KubernetesTokenAuthenticator
 from .wsgi import DECISION_ENVIRON_KEY, PEER_ENVIRON_KEY, PeerWSGIMiddleware
+from .x509 import MtlsAuthenticator, VerifiedSvid, X509SvidVerifier
 from .xfcc import XfccAuthenticator, XfccElement, format_xfcc, parse_xfcc
 
 __version__ = "0.1.0"
@@ -60,30 +74,57 @@ __all__ = [
     "AuthenticationFailed",
     "Authenticator",
     "BadRequest",
+    "BearerTokenAuthenticator",
+    "CertificateBound",
+    "CertificateVerified",
+    "Claim",
     "ConfigurationError",
     "Decision",
+    "ForwardedCertificateAuthenticator",
     "Guard",
+    "HasToken",
     "InvalidSpiffeIdError",
+    "InvalidToken",
+    "Issuer",
+    "JwksUrl",
+    "JwtSvidAuthenticator",
+    "KeySource",
+    "KeysUnavailable",
+    "KubernetesTokenAuthenticator",
+    "LinkerdIdentityAuthenticator",
+    "MtlsAuthenticator",
     "Namespace",
     "Not",
+    "OidcDiscovery",
     "Peer",
     "PeerMiddleware",
     "PeerMiddlewareError",
     "PeerWSGIMiddleware",
     "Policy",
+    "Preset",
     "Principal",
     "ProblemResponse",
     "Proof",
     "ProvenBy",
     "Refusal",
+    "RequestPrincipal",
     "RequestRefused",
     "RequestView",
     "Rule",
     "ServiceAccount",
+    "SidecarAsserted",
+    "SpiffeBundleSet",
     "SpiffeId",
+    "SpiffeJwtBundle",
+    "StaticJwks",
+    "StaticX509Bundle",
     "TrustDomain",
     "TrustedProxies",
+    "VerifiedSvid",
     "Who",
+    "X509BundleFile",
+    "X509BundleSource",
+    "X509SvidVerifier",
     "XfccAuthenticator",
     "XfccElement",
     "__version__",

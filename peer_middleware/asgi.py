@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from functools import lru_cache
+from itertools import islice
 from typing import Any
 
 from .core import Authenticator, Guard, ProblemResponse, Responder, Verdict
@@ -41,6 +42,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 PEER_SCOPE_KEY = "peer_middleware.peer"
 DECISION_SCOPE_KEY = "peer_middleware.decision"
+_MAX_TLS_CHAIN = 1024
 
 
 @lru_cache(maxsize=64)
@@ -57,6 +59,31 @@ def _route_path_for(root_path: str) -> Callable[[str], str]:
         return path
 
     return route_path
+
+
+def _tls_chain(scope: Scope) -> tuple[bytes | str, ...] | None:
+    """The client certificate chain from the ASGI TLS extension, leaf first.
+
+    ``scope["extensions"]["tls"]["client_cert_chain"]`` is a list of PEM
+    strings (ASGI TLS extension); absent or empty when the client sent no
+    certificate or the server does not expose it.
+    """
+    extensions = scope.get("extensions")
+    if not isinstance(extensions, dict):
+        return None
+    tls = extensions.get("tls")
+    if not isinstance(tls, dict):
+        return None
+    chain = tls.get("client_cert_chain")
+    if not chain:
+        return None
+    if isinstance(chain, tuple):
+        return chain
+    if isinstance(chain, (str, bytes)):
+        return (chain,)
+    # A list from any sane server; anything longer than the cap is refused by
+    # the verifier from its length alone, so a few extra entries suffice.
+    return tuple(islice(chain, _MAX_TLS_CHAIN))
 
 
 class PeerMiddleware:
@@ -122,6 +149,7 @@ class PeerMiddleware:
             headers,
             _route_path_for(root_path) if root_path else None,
             scope.get("query_string", b"").decode("latin-1") if guard.reads_query else "",
+            _tls_chain(scope) if guard.reads_tls else None,
         )
         if not verdict.decision.allowed:
             await self._refuse(scope_type, scope, send, verdict, method)

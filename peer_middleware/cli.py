@@ -5,6 +5,12 @@
     under uvicorn, a real Envoy sidecar terminating mTLS in front of it, and a
     table of calls made as several workloads. Exits non-zero if any call's
     status differs from what the example's policy says.
+
+``peer-middleware dev-certs --out DIR [--trust-domain TD] [--svid ID ...] [--server-name NAME ...]``
+    For local work only: mint a throwaway CA, X.509-SVIDs for the given SPIFFE
+    IDs and a TLS server certificate into ``DIR``, with the trust bundle as
+    PEM (``bundle.pem``) and as SPIFFE bundle JSON (``bundle.json``). Private
+    keys are written with mode 0600; the CA's key is not written at all.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TextIO
 
 __all__ = ["main"]
 
@@ -29,13 +37,123 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the ASGI app to serve, as module:attribute (default: %(default)s)",
     )
     demo.add_argument("--envoy", default=None, help="path to the envoy binary")
+    certs = commands.add_parser(
+        "dev-certs",
+        help="mint a throwaway CA and SPIFFE certificates for local work",
+        description="Mint a throwaway CA, X.509-SVIDs and a TLS server certificate for "
+        "local development. Not for production: the keys are unencrypted files.",
+    )
+    certs.add_argument(
+        "--trust-domain", default="cluster.local", help="trust domain (default: %(default)s)"
+    )
+    certs.add_argument(
+        "--out", default="dev-certs", help="folder to write into (default: %(default)s)"
+    )
+    certs.add_argument(
+        "--svid",
+        action="append",
+        default=None,
+        metavar="SPIFFE_ID",
+        help="a SPIFFE ID to mint an X.509-SVID for (repeatable; default: "
+        "spiffe://<trust domain>/ns/default/sa/default)",
+    )
+    certs.add_argument(
+        "--server-name",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="a DNS name for the TLS server certificate (repeatable; default: localhost)",
+    )
     args = parser.parse_args(argv)
+    if args.command == "dev-certs":
+        try:
+            dev_certs(
+                Path(args.out),
+                trust_domain=args.trust_domain,
+                svids=args.svid or (),
+                server_names=args.server_name or ("localhost",),
+            )
+        except ValueError as exc:
+            parser.error(str(exc))
+        return 0
     if args.command == "demo":
         from ._demo import run_demo
 
         return run_demo(app_spec=args.app, envoy_binary=args.envoy)
     parser.error(f"unknown command {args.command!r}")  # pragma: no cover - argparse exits first
     return 2  # pragma: no cover
+
+
+def _file_name(spiffe_id: str) -> str:
+    # spiffe://td/ns/shop/sa/cart -> ns-shop-sa-cart; path characters are [A-Za-z0-9._-].
+    return spiffe_id.split("/", 3)[3].replace("/", "-")
+
+
+def dev_certs(
+    out: Path,
+    *,
+    trust_domain: str = "cluster.local",
+    svids: Sequence[str] = (),
+    server_names: Sequence[str] = ("localhost",),
+    stdout: TextIO | None = None,
+) -> list[Path]:
+    """Write a throwaway CA's bundle, SVIDs and a server certificate into ``out``.
+
+    Returns the paths written. Raises :class:`ValueError` for an invalid trust
+    domain or SPIFFE ID, an ID of another trust domain, or a duplicate.
+    """
+    from .bundles import spiffe_bundle_json
+    from .errors import InvalidSpiffeIdError
+    from .spiffe import SpiffeId, validate_trust_domain
+    from .testing.pki import TestCA
+
+    stdout = sys.stdout if stdout is None else stdout
+    try:
+        validate_trust_domain(trust_domain)
+    except InvalidSpiffeIdError as exc:
+        raise ValueError(f"--trust-domain {trust_domain!r}: {exc}") from None
+    ids = list(svids) or [f"spiffe://{trust_domain}/ns/default/sa/default"]
+    names: dict[str, str] = {}
+    for value in ids:
+        try:
+            spiffe_id = SpiffeId.parse(value)
+        except InvalidSpiffeIdError as exc:
+            raise ValueError(f"--svid {value!r}: {exc}") from None
+        if spiffe_id.trust_domain != trust_domain:
+            raise ValueError(f"--svid {value!r} is not in trust domain {trust_domain!r}")
+        if spiffe_id.is_trust_domain_id:
+            raise ValueError(f"--svid {value!r} names the trust domain, not a workload")
+        name = _file_name(spiffe_id.uri)
+        if name in names or name in ("bundle", "server"):
+            raise ValueError(f"--svid {value!r} would overwrite another file ({name}.pem)")
+        names[name] = spiffe_id.uri
+    for host in server_names:
+        if not host or any(c.isspace() or c in "/\\" for c in host):
+            raise ValueError(f"--server-name {host!r} is not a host name")
+    out.mkdir(parents=True, exist_ok=True)
+    ca = TestCA.create(trust_domain, common_name=f"peer-middleware dev CA ({trust_domain})")
+    written: list[tuple[Path, str]] = []
+    bundle_pem = out / "bundle.pem"
+    bundle_pem.write_bytes(ca.pem)
+    written.append((bundle_pem, f"trust bundle for {trust_domain}, PEM"))
+    bundle_json = out / "bundle.json"
+    bundle_json.write_text(spiffe_bundle_json([ca.certificate], sequence=1), encoding="ascii")
+    written.append((bundle_json, f"trust bundle for {trust_domain}, SPIFFE bundle JSON"))
+    for name, uri in names.items():
+        cert_path, key_path = ca.issue_svid(uri).write(out, name)
+        written.append((cert_path, f"X.509-SVID {uri}"))
+        written.append((key_path, f"private key of {uri} (mode 0600)"))
+    server = ca.issue_server_cert(tuple(server_names))
+    cert_path, key_path = server.write(out, "server")
+    written.append((cert_path, f"TLS server certificate for {', '.join(server_names)}"))
+    written.append((key_path, "private key of the server certificate (mode 0600)"))
+    for path, what in written:
+        print(f"wrote {path}  ({what})", file=stdout)
+    print(
+        "the CA's private key was not kept: run dev-certs again to mint more. For local work only.",
+        file=stdout,
+    )
+    return [path for path, _ in written]
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -63,9 +63,12 @@ class RequestView:
     or when it cannot be trusted (rewritten from ``X-Forwarded-For``).
     ``query`` is the raw query string (latin-1 text, no ``?``), provided only
     when some authenticator declares ``reads_query = True``; else ``""``.
+    ``tls_chain`` is the client certificate chain of this connection, leaf
+    first (DER ``bytes`` or PEM text), provided only when some authenticator
+    declares ``reads_tls = True`` and the server exposes it; else ``None``.
     """
 
-    __slots__ = ("client", "headers", "method", "notes", "path", "query")
+    __slots__ = ("client", "headers", "method", "notes", "path", "query", "tls_chain")
 
     def __init__(
         self,
@@ -74,12 +77,14 @@ class RequestView:
         client: tuple[str, int] | None,
         headers: dict[str, str],
         query: str = "",
+        tls_chain: tuple[bytes | str, ...] | None = None,
     ) -> None:
         self.method = method
         self.path = path
         self.client = client
         self.headers = headers
         self.query = query
+        self.tls_chain = tls_chain
         self.notes: list[str] | None = None
 
     def note(self, text: str) -> None:
@@ -241,6 +246,7 @@ class Guard:
         "header_names",
         "policy",
         "reads_query",
+        "reads_tls",
         "responder",
         "www_authenticate",
     )
@@ -271,6 +277,8 @@ class Guard:
         self._runs = tuple((a, bool(getattr(a, "bearer", False))) for a in self.authenticators)
         #: True when an authenticator reads the query string (adapters pass it then only).
         self.reads_query = any(getattr(a, "reads_query", False) for a in self.authenticators)
+        #: True when an authenticator reads the TLS client chain (adapters pass it then only).
+        self.reads_tls = any(getattr(a, "reads_tls", False) for a in self.authenticators)
         # (id(primary), id(token)) -> (primary, token, combined): a repeat caller
         # gets the same combined Peer object, which the policy's cache relies on.
         self._combined = BoundedCache[tuple[int, int], tuple[Peer, Peer, Peer]](
@@ -295,6 +303,7 @@ class Guard:
         headers: dict[str, str],
         route_path: Callable[[str], str] | None = None,
         query: str = "",
+        tls_chain: tuple[bytes | str, ...] | None = None,
     ) -> Verdict:
         """Run the whole pipeline for one request.
 
@@ -303,7 +312,9 @@ class Guard:
         normalised full path to the path rules are written against (it strips
         a mount prefix); identity when ``None``. The verdict's ``path`` is the
         normalised full path to write back for the router. ``query`` is the
-        raw query string, needed only when :attr:`reads_query` is True.
+        raw query string, needed only when :attr:`reads_query` is True;
+        ``tls_chain`` the connection's client certificate chain (leaf first),
+        needed only when :attr:`reads_tls` is True.
         """
         request: RequestView | None = None
         normalised = path
@@ -326,7 +337,7 @@ class Guard:
                 forwarded_for = headers.get(FORWARDED_FOR)
                 if forwarded_for is not None or client[1] == 0:
                     client = self._client_if_trustworthy(client, forwarded_for)
-            request = RequestView(method, matched, client, headers, query)
+            request = RequestView(method, matched, client, headers, query, tls_chain)
             peer: Peer | None = None
             token: Peer | None = None
             untrusted: UntrustedIssuer | None = None
@@ -349,7 +360,10 @@ class Guard:
                 elif peer is None:
                     peer = found
             if token is not None:
-                peer = self._combine(peer, token)
+                if peer is None and token.certificate_sha256 is None:
+                    peer = token  # a token alone, bound to no certificate
+                else:
+                    peer = self._combine(peer, token)
             elif untrusted is not None:
                 raise untrusted
             decision = self.policy.decide(method, matched, peer)

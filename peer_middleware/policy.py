@@ -68,6 +68,7 @@ __all__ = [
     "Anyone",
     "Authenticated",
     "CertificateBound",
+    "CertificateVerified",
     "Claim",
     "Decision",
     "HasToken",
@@ -80,6 +81,7 @@ __all__ = [
     "RequestPrincipal",
     "Rule",
     "ServiceAccount",
+    "SidecarAsserted",
     "TrustDomain",
     "Who",
     "allow",
@@ -334,6 +336,41 @@ class ProvenBy(Who):
 
     def describe(self) -> str:
         return f"ProvenBy({', '.join(sorted(p.name for p in self.proofs))})"
+
+
+class CertificateVerified(ProvenBy):
+    """mTLS-grade identity: a client certificate verified by the app itself.
+
+    The certificate came on this connection (:attr:`Proof.MTLS`) or was
+    forwarded by a trusted proxy and verified against the trust bundle
+    (:attr:`Proof.FORWARDED_CERTIFICATE`). A sidecar's word alone does not
+    match. ``allow("pay", Namespace("shop") & CertificateVerified(), ...)``.
+    """
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        super().__init__(Proof.MTLS, Proof.FORWARDED_CERTIFICATE)
+
+    def describe(self) -> str:
+        return "CertificateVerified()"
+
+
+class SidecarAsserted(ProvenBy):
+    """An identity a trusted sidecar asserted, its certificate checked by the sidecar only.
+
+    :attr:`Proof.PROXY_ASSERTED`: for example the ``URI`` of Envoy's
+    ``x-forwarded-client-cert`` with no ``Cert`` verified here. To accept a
+    sidecar's word *or* better, write ``CertificateVerified() | SidecarAsserted()``.
+    """
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        super().__init__(Proof.PROXY_ASSERTED)
+
+    def describe(self) -> str:
+        return "SidecarAsserted()"
 
 
 def _check_matchers(name: str, matchers: Sequence[Who]) -> tuple[Who, ...]:

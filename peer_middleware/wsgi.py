@@ -70,6 +70,42 @@ def _text_to_wsgi(value: str) -> str:
     return value.encode("utf-8").decode("latin-1")
 
 
+_MAX_TLS_CHAIN = 1024
+
+
+def _tls_chain(environ: WSGIEnvironment) -> tuple[bytes | str, ...] | None:
+    """The client certificate chain of this connection, leaf first, if the server exposes it.
+
+    ``SSL_CLIENT_CERT`` is the leaf in PEM (Werkzeug's development server with
+    an SSL context, mod_wsgi with ``SSLOptions +ExportCertData``);
+    ``SSL_CLIENT_CERT_CHAIN_0``, ``_1``, ... are the intermediates (Apache
+    mod_ssl). gunicorn exposes only its socket: the leaf, DER, from
+    ``getpeercert(binary_form=True)``.
+    """
+    leaf = environ.get("SSL_CLIENT_CERT")
+    if leaf:
+        if not isinstance(leaf, (str, bytes)):
+            return None
+        chain: list[bytes | str] = [leaf]
+        index = 0
+        while index < _MAX_TLS_CHAIN:
+            extra = environ.get(f"SSL_CLIENT_CERT_CHAIN_{index}")
+            if not extra:
+                break
+            chain.append(extra)
+            index += 1
+        return tuple(chain)
+    sock = environ.get("gunicorn.socket")
+    getpeercert = getattr(sock, "getpeercert", None)
+    if getpeercert is None:
+        return None
+    try:
+        der = getpeercert(binary_form=True)
+    except (OSError, ValueError):
+        return None
+    return (der,) if isinstance(der, bytes) and der else None
+
+
 class PeerWSGIMiddleware:
     """Authenticate the calling service and enforce ``policy`` on every request.
 
@@ -145,7 +181,8 @@ class PeerWSGIMiddleware:
                 guard, guard.reject(error, method, path_info), method, start_response
             )
         query_string = environ.get("QUERY_STRING", "") if guard.reads_query else ""
-        verdict = guard.check(method, path, raw_uri, client, headers, None, query_string)
+        tls_chain = _tls_chain(environ) if guard.reads_tls else None
+        verdict = guard.check(method, path, raw_uri, client, headers, None, query_string, tls_chain)
         if not verdict.decision.allowed:
             return self._refuse(guard, verdict, method, start_response)
         if verdict.path != path:

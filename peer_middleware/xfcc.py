@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
+from urllib.parse import unquote
 
 from ._cache import BoundedCache
 from .core import RequestView
@@ -30,6 +31,7 @@ from .errors import AuthenticationFailed, ConfigurationError, InvalidSpiffeIdErr
 from .peer import Peer, Proof
 from .proxies import TrustedProxies
 from .spiffe import SpiffeId
+from .x509 import MAX_CERTIFICATE_BYTES, VerifiedSvid, X509SvidVerifier, split_pem_chain
 
 __all__ = [
     "MAX_XFCC_ELEMENTS",
@@ -249,9 +251,24 @@ class XfccAuthenticator:
     this app's own SPIFFE ID: the element's ``By`` must name it, proving the
     proxy terminated TLS *for this app*.
 
-    The certificate itself is not verified here (the proxy did that): the peer's
-    proof is :attr:`Proof.PROXY_ASSERTED`. Parsed headers are cached (bounded),
-    so a repeat caller costs one dictionary look-up.
+    Without ``verifier`` the certificate itself is not verified here (the
+    proxy did that): the peer's proof is :attr:`Proof.PROXY_ASSERTED`.
+
+    With ``verifier`` (an :class:`~peer_middleware.x509.X509SvidVerifier`), the
+    element's ``Cert`` (and ``Chain``, leaf first, when the proxy sends it:
+    Envoy ``set_current_client_cert_details: {cert: true, chain: true}``) is
+    verified against the trust bundle, its ``Hash`` must be the SHA-256 of
+    that certificate and its ``URI``, when present, the certificate's SPIFFE
+    ID; the peer's proof is then :attr:`Proof.FORWARDED_CERTIFICATE`. An
+    element without ``Cert`` is refused (401) unless
+    ``allow_sidecar_asserted=True``, which accepts the sidecar's word for
+    such elements (:attr:`Proof.PROXY_ASSERTED`, as without a verifier):
+    routes can then tell the two apart with ``CertificateVerified()`` and
+    ``SidecarAsserted()``.
+
+    Parsed headers are cached (bounded), so a repeat caller costs one
+    dictionary look-up (plus the verifier's own cache look-up, which expires
+    with the certificate or when the trust bundle changes).
     """
 
     forwarded = True
@@ -265,7 +282,18 @@ class XfccAuthenticator:
         header: str = "x-forwarded-client-cert",
         forward_client_cert: Literal["sanitize_set", "append_forward"] = "sanitize_set",
         cache_size: int = 1024,
+        verifier: X509SvidVerifier | None = None,
+        allow_sidecar_asserted: bool = False,
     ) -> None:
+        if verifier is not None and not isinstance(verifier, X509SvidVerifier):
+            raise ConfigurationError(f"verifier {verifier!r} is not an X509SvidVerifier")
+        if allow_sidecar_asserted and verifier is None:
+            raise ConfigurationError(
+                "allow_sidecar_asserted=True only makes sense with a verifier: without one, "
+                "every identity is sidecar-asserted"
+            )
+        self.verifier = verifier
+        self.allow_sidecar_asserted = bool(allow_sidecar_asserted)
         if forward_client_cert not in ("sanitize_set", "append_forward"):
             raise ConfigurationError(
                 f"forward_client_cert {forward_client_cert!r} must be 'sanitize_set' or "
@@ -290,7 +318,10 @@ class XfccAuthenticator:
         self.name = "xfcc"
         if not isinstance(cache_size, int) or cache_size < 0:
             raise ConfigurationError("cache_size must be a non-negative integer")
-        self._cache = BoundedCache[tuple[str, str], Peer](cache_size)
+        # (proxy, value) -> (peer, the verified chain and its result, when a Cert was verified)
+        self._cache = BoundedCache[
+            tuple[str, str], tuple[Peer, tuple[tuple[str, ...], VerifiedSvid] | None]
+        ](cache_size)
 
     def authenticate(self, request: RequestView) -> Peer | None:
         value = request.headers.get(self.header)
@@ -301,13 +332,23 @@ class XfccAuthenticator:
             request.note(f"ignored {self.header} from an untrusted peer")
             return None
         key = (proxy, value)
-        peer = self._cache.get(key)
-        if peer is None:
-            peer = self._verify(value, proxy)
-            self._cache.put(key, peer)
-        return peer
+        hit = self._cache.get(key)
+        if hit is not None:
+            verified = hit[1]
+            if verified is None:
+                return hit[0]
+            # The verifier's cache answers; it expires with the certificate
+            # and when the bundle changes, and a re-verified chain gives a
+            # new result, so a new Peer.
+            if self.verifier is not None and self.verifier.verify(verified[0]) is verified[1]:
+                return hit[0]
+        entry = self._verify(value, proxy)
+        self._cache.put(key, entry)
+        return entry[0]
 
-    def _verify(self, value: str, proxy: str) -> Peer:
+    def _verify(
+        self, value: str, proxy: str
+    ) -> tuple[Peer, tuple[tuple[str, ...], VerifiedSvid] | None]:
         elements = parse_xfcc(value)
         if self.single_element and len(elements) != 1:
             raise AuthenticationFailed(
@@ -315,6 +356,17 @@ class XfccAuthenticator:
                 "(sanitize_set) and writes exactly one"
             )
         element = elements[-1]
+        if self.verifier is not None:
+            if element.cert is not None or element.chain is not None:
+                return self._verify_certificate(element, proxy, self.verifier)
+            if not self.allow_sidecar_asserted:
+                raise AuthenticationFailed(
+                    f"{self.header}: the proxy's element has no Cert to verify, and "
+                    "sidecar-asserted identities are not allowed (allow_sidecar_asserted)"
+                )
+        return self._asserted(element, proxy), None
+
+    def _asserted(self, element: XfccElement, proxy: str) -> Peer:
         if not element.uri:
             raise AuthenticationFailed(f"{self.header}: the proxy's element has no URI")
         if len(element.uri) > 1:
@@ -344,6 +396,68 @@ class XfccAuthenticator:
             proxy=proxy,
             certificate_sha256=fingerprint,
         )
+
+    def _unquote(self, key: str, value: str) -> str:
+        try:
+            return unquote(value, errors="strict")
+        except UnicodeDecodeError:
+            raise AuthenticationFailed(
+                f"{self.header}: {key} is not URL-encoded UTF-8 text"
+            ) from None
+
+    def _verify_certificate(
+        self, element: XfccElement, proxy: str, verifier: X509SvidVerifier
+    ) -> tuple[Peer, tuple[tuple[str, ...], VerifiedSvid]]:
+        """Verify the forwarded ``Cert``/``Chain`` and check ``Hash`` and ``URI`` against it."""
+        limit = verifier.max_chain_length
+        # URL-encoding at most triples the PEM; refuse oversized values before decoding.
+        encoded_limit = 3 * MAX_CERTIFICATE_BYTES * limit
+        leaf: str | None = None
+        if element.cert is not None:
+            if len(element.cert) > 3 * MAX_CERTIFICATE_BYTES:
+                raise AuthenticationFailed(
+                    f"{self.header}: Cert is larger than {MAX_CERTIFICATE_BYTES} bytes"
+                )
+            certs = split_pem_chain(self._unquote("Cert", element.cert), max_certificates=1)
+            leaf = certs[0]
+        if element.chain is not None:
+            if len(element.chain) > encoded_limit:
+                raise AuthenticationFailed(f"{self.header}: Chain is too large")
+            chain = tuple(
+                split_pem_chain(self._unquote("Chain", element.chain), max_certificates=limit)
+            )
+            # Envoy's Chain is the whole chain, leaf first; it must start with Cert.
+            if leaf is not None and chain[0].strip() != leaf.strip():
+                raise AuthenticationFailed(
+                    f"{self.header}: Chain does not start with the certificate in Cert"
+                )
+        elif leaf is not None:
+            chain = (leaf,)
+        else:  # pragma: no cover - the caller checks that Cert or Chain is present
+            raise AuthenticationFailed(f"{self.header}: no Cert or Chain")
+        svid = verifier.verify(chain)
+        fingerprint = element.hash
+        if fingerprint is not None and fingerprint.lower() != svid.sha256:
+            raise AuthenticationFailed(
+                f"{self.header}: Hash is not the SHA-256 of the forwarded certificate"
+            )
+        if element.uri and element.uri != (svid.spiffe_id.uri,):
+            raise AuthenticationFailed(
+                f"{self.header}: URI does not match the forwarded certificate's SPIFFE ID "
+                f"({svid.spiffe_id.uri})"
+            )
+        if self.expected_by is not None and self.expected_by not in element.by:
+            raise AuthenticationFailed(
+                f"{self.header}: By does not name this app ({self.expected_by})"
+            )
+        peer = Peer(
+            svid.spiffe_id,
+            Proof.FORWARDED_CERTIFICATE,
+            source=self.name,
+            proxy=proxy,
+            certificate_sha256=svid.sha256,
+        )
+        return peer, (chain, svid)
 
     def __repr__(self) -> str:
         return f"XfccAuthenticator(trusted_proxies={self.trusted_proxies!r})"

@@ -15,6 +15,9 @@ Environment:
 ``PEER_MIDDLEWARE_FORWARD_CLIENT_CERT``
     the sidecar's XFCC mode: ``sanitize_set`` (default; one element) or
     ``append_forward`` (Istio's sidecars; the rightmost element is used).
+``PEER_MIDDLEWARE_TOKEN_AUDIENCE`` (and the other ``PEER_MIDDLEWARE_TOKEN_*``)
+    accept a Kubernetes service-account token as an alternative to the
+    sidecar's certificate (see ``examples/README.md``); off when unset.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import uuid
 
 from flask import Flask, g
 
+from examples.token_config import token_authenticators
 from peer_middleware import Anyone, Namespace, Policy, Principal, XfccAuthenticator, allow, deny
 from peer_middleware.flask import PeerAuth, current_peer, require
 
@@ -54,7 +58,9 @@ peer_auth = PeerAuth(
             ).split(","),
             expected_by=os.environ.get("PEER_MIDDLEWARE_EXPECTED_BY") or None,
             forward_client_cert=XFCC_MODE,
-        )
+        ),
+        # Kubernetes service-account tokens, only when configured (see examples/README.md).
+        *token_authenticators(TRUST_DOMAIN),
     ],
 )
 

@@ -1,0 +1,518 @@
+"""X.509 trust bundles: the CA certificates each trust domain's SVIDs chain to.
+
+A *bundle source* answers one question, "which CA certificates sign X.509-SVIDs
+of this trust domain?", and says when its answer changed (``generation``), so
+verifiers can drop what they cached. Sources:
+
+* :class:`StaticX509Bundle`: fixed certificates, per trust domain;
+* :class:`X509BundleFile`: a PEM file (one trust domain) or a SPIFFE bundle
+  JSON file (one trust domain, or an object mapping several), reloaded when it
+  changes, from a daemon thread: a bad new file keeps the last good bundle
+  and logs an error;
+* :class:`SpiffeBundleSet`: several sources at once (federation);
+* :class:`~peer_middleware.workload.WorkloadApiX509Source`: the SPIFFE
+  Workload API (SPIRE agent), with the optional ``spiffe`` package.
+
+SPIFFE bundle JSON is a JWK set (SPIFFE Trust Domain and Bundle
+specification, section 4): the keys with ``"use": "x509-svid"`` each carry one
+CA certificate, base64 DER, in ``x5c``; keys for JWT-SVIDs and keys with an
+unknown ``use`` are ignored. Example::
+
+    bundles = SpiffeBundleSet(
+        X509BundleFile("/etc/spiffe/bundle.pem", trust_domain="cluster.local"),
+        X509BundleFile("/etc/spiffe/federated.json"),  # {"partner.example": {"keys": [...]}}
+    )
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import os
+import threading
+import weakref
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from cryptography import x509
+
+from .errors import ConfigurationError, InvalidSpiffeIdError
+from .spiffe import SCHEME_PREFIX, validate_trust_domain
+
+__all__ = [
+    "MAX_BUNDLE_BYTES",
+    "SpiffeBundleSet",
+    "StaticX509Bundle",
+    "X509BundleFile",
+    "X509BundleSource",
+    "parse_pem_bundle",
+    "parse_spiffe_bundle",
+    "parse_trust_bundles",
+    "spiffe_bundle_json",
+]
+
+logger = logging.getLogger("peer_middleware")
+
+#: Largest bundle file read (bytes); a bigger file is refused, not truncated.
+MAX_BUNDLE_BYTES = 4 * 1024 * 1024
+
+_Authorities = Mapping[str, tuple[x509.Certificate, ...]]
+
+
+@runtime_checkable
+class X509BundleSource(Protocol):
+    """Where X.509 trust anchors come from, per trust domain.
+
+    ``x509_authorities`` returns the CA certificates for ``trust_domain``, or
+    ``None`` when the source knows nothing of it. ``generation`` changes
+    whenever the trust material changes: verifiers cache by it. Both are
+    called on the request path, so they must be cheap and never block.
+    """
+
+    def x509_authorities(self, trust_domain: str) -> Sequence[x509.Certificate] | None: ...
+
+    @property
+    def generation(self) -> int: ...
+
+
+def _trust_domain(name: str) -> str:
+    if not isinstance(name, str):
+        raise ConfigurationError(f"trust domain {name!r} must be a string")
+    if name.startswith(SCHEME_PREFIX):
+        name = name[len(SCHEME_PREFIX) :]
+    try:
+        return validate_trust_domain(name)
+    except InvalidSpiffeIdError as exc:
+        raise ConfigurationError(f"trust domain {name!r}: {exc}") from exc
+
+
+def _freeze(authorities: Mapping[str, Iterable[x509.Certificate]]) -> _Authorities:
+    frozen: dict[str, tuple[x509.Certificate, ...]] = {}
+    if not isinstance(authorities, Mapping):
+        raise ConfigurationError("authorities must map trust domain names to certificates")
+    for name, certificates in authorities.items():
+        domain = _trust_domain(name)
+        if isinstance(certificates, x509.Certificate):
+            certificates = (certificates,)
+        certs = tuple(certificates)
+        if not certs:
+            raise ConfigurationError(f"trust domain {domain!r} has no CA certificate")
+        for cert in certs:
+            if not isinstance(cert, x509.Certificate):
+                raise ConfigurationError(
+                    f"trust domain {domain!r}: {cert!r} is not an x509.Certificate"
+                )
+        if domain in frozen:
+            raise ConfigurationError(f"trust domain {domain!r} given twice")
+        frozen[domain] = certs
+    return frozen
+
+
+def parse_pem_bundle(data: bytes | str) -> tuple[x509.Certificate, ...]:
+    """The certificates of a PEM bundle; raises :class:`ValueError` if there are none."""
+    raw = data.encode("ascii", "strict") if isinstance(data, str) else data
+    if len(raw) > MAX_BUNDLE_BYTES:
+        raise ValueError(f"bundle is larger than {MAX_BUNDLE_BYTES} bytes")
+    certs = tuple(x509.load_pem_x509_certificates(raw))
+    if not certs:  # pragma: no cover - cryptography raises for an empty bundle
+        raise ValueError("no certificate in the PEM bundle")
+    return certs
+
+
+def parse_spiffe_bundle(document: bytes | str | Mapping[str, Any]) -> tuple[x509.Certificate, ...]:
+    """The X.509 authorities of one SPIFFE bundle (a JWK set).
+
+    Keys whose ``use`` is ``x509-svid`` must carry exactly one certificate in
+    ``x5c`` (SPIFFE Trust Domain and Bundle, section 4.2.2); others are
+    ignored. Raises :class:`ValueError` when the document is malformed or holds
+    no X.509 authority.
+    """
+    value = _load_json(document) if not isinstance(document, Mapping) else document
+    keys = value.get("keys")
+    if not isinstance(keys, list):
+        raise ValueError("SPIFFE bundle has no 'keys' array")
+    certs: list[x509.Certificate] = []
+    for index, key in enumerate(keys):
+        if not isinstance(key, Mapping):
+            raise ValueError(f"SPIFFE bundle key {index} is not an object")
+        if key.get("use") != "x509-svid":
+            continue
+        x5c = key.get("x5c")
+        if not isinstance(x5c, list) or len(x5c) != 1 or not isinstance(x5c[0], str):
+            raise ValueError(f"SPIFFE bundle key {index}: x5c must hold exactly one certificate")
+        try:
+            der = base64.b64decode(x5c[0], validate=True)
+            certs.append(x509.load_der_x509_certificate(der))
+        except (binascii.Error, ValueError) as exc:
+            reason = f"SPIFFE bundle key {index}: x5c is not a certificate: {exc}"
+            raise ValueError(reason) from None
+    if not certs:
+        raise ValueError("SPIFFE bundle holds no x509-svid key")
+    return tuple(certs)
+
+
+def _load_json(document: bytes | str) -> Mapping[str, Any]:
+    if len(document) > MAX_BUNDLE_BYTES:
+        raise ValueError(f"bundle is larger than {MAX_BUNDLE_BYTES} bytes")
+    try:
+        value = json.loads(document)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError("a SPIFFE bundle must be a JSON object")
+    return value
+
+
+def parse_trust_bundles(
+    data: bytes, *, trust_domain: str | None = None
+) -> dict[str, tuple[x509.Certificate, ...]]:
+    """Parse a bundle file's contents into ``{trust domain: certificates}``.
+
+    Accepted forms: PEM certificates (``trust_domain`` required); one SPIFFE
+    bundle, a JWK set (``trust_domain`` required); a JSON object mapping trust
+    domain names (``cluster.local`` or ``spiffe://cluster.local``) to SPIFFE
+    bundles. Raises :class:`ValueError` on anything else.
+    """
+    if len(data) > MAX_BUNDLE_BYTES:
+        raise ValueError(f"bundle is larger than {MAX_BUNDLE_BYTES} bytes")
+    text = data.lstrip()
+    if not text.startswith(b"{"):
+        if trust_domain is None:
+            raise ValueError("a PEM bundle needs trust_domain=")
+        return {trust_domain: parse_pem_bundle(data)}
+    value = _load_json(data)
+    if "keys" in value:
+        if trust_domain is None:
+            raise ValueError("a single SPIFFE bundle needs trust_domain=")
+        return {trust_domain: parse_spiffe_bundle(value)}
+    if not value:
+        raise ValueError("empty JSON object: no trust domain")
+    result: dict[str, tuple[x509.Certificate, ...]] = {}
+    for name, bundle in value.items():
+        try:
+            domain = _trust_domain(name)
+        except ConfigurationError as exc:
+            raise ValueError(str(exc)) from None
+        if trust_domain is not None and domain != trust_domain:
+            continue
+        if not isinstance(bundle, Mapping):
+            raise ValueError(f"bundle for {domain!r} is not a JSON object")
+        try:
+            result[domain] = parse_spiffe_bundle(bundle)
+        except ValueError as exc:
+            raise ValueError(f"trust domain {domain!r}: {exc}") from None
+    if not result:
+        raise ValueError(f"no bundle for trust domain {trust_domain!r}")
+    return result
+
+
+class StaticX509Bundle:
+    """Fixed X.509 authorities: ``StaticX509Bundle({"cluster.local": [ca_cert, ...]})``.
+
+    Trust domain names may be given bare or as ``spiffe://<name>``.
+    """
+
+    __slots__ = ("_authorities",)
+
+    def __init__(self, authorities: Mapping[str, Iterable[x509.Certificate]]) -> None:
+        self._authorities = _freeze(authorities)
+
+    @classmethod
+    def from_pem(cls, trust_domain: str, pem: bytes | str) -> StaticX509Bundle:
+        """One trust domain's authorities from PEM text (one or more certificates)."""
+        try:
+            certs = parse_pem_bundle(pem)
+        except ValueError as exc:
+            raise ConfigurationError(f"bundle for {trust_domain!r}: {exc}") from exc
+        return cls({trust_domain: certs})
+
+    @classmethod
+    def from_spiffe_bundle(
+        cls, document: bytes | str, *, trust_domain: str | None = None
+    ) -> StaticX509Bundle:
+        """Authorities from SPIFFE bundle JSON (see :func:`parse_trust_bundles`)."""
+        raw = document.encode("utf-8") if isinstance(document, str) else document
+        domain = None if trust_domain is None else _trust_domain(trust_domain)
+        try:
+            return cls(parse_trust_bundles(raw, trust_domain=domain))
+        except ValueError as exc:
+            raise ConfigurationError(f"SPIFFE bundle: {exc}") from exc
+
+    @property
+    def generation(self) -> int:
+        return 0
+
+    @property
+    def trust_domains(self) -> frozenset[str]:
+        return frozenset(self._authorities)
+
+    def x509_authorities(self, trust_domain: str) -> Sequence[x509.Certificate] | None:
+        return self._authorities.get(trust_domain)
+
+    def __repr__(self) -> str:
+        return f"StaticX509Bundle(trust_domains={sorted(self._authorities)!r})"
+
+
+def _watch(ref: weakref.ReferenceType[X509BundleFile], stop: threading.Event, every: float) -> None:
+    # Holds only a weak reference, so an abandoned source is collected and its
+    # thread ends at the next tick.
+    while not stop.wait(every):
+        source = ref()
+        if source is None:
+            return
+        try:
+            source.reload()
+        except Exception:  # pragma: no cover - reload() logs and never raises
+            logger.exception("trust bundle reload failed")
+        del source
+
+
+class X509BundleFile:
+    """Authorities read from a file, reloaded when it changes.
+
+    ``path`` holds PEM certificates (then ``trust_domain`` is required), one
+    SPIFFE bundle (``trust_domain`` required) or a JSON object mapping trust
+    domain names to SPIFFE bundles (``trust_domain``, if given, selects one).
+    The file is read once here, and a bad file raises
+    :class:`ConfigurationError`: a service must not start without trust.
+
+    Every ``reload_interval`` seconds a daemon thread compares the file's
+    identity (inode, size, modification time) and, when that changed, its
+    SHA-256; new contents are parsed off the request path and swapped in
+    atomically, and :attr:`generation` increases. A file that cannot be read or
+    parsed keeps the last good bundle and logs an error (once per distinct
+    content). ``reload_interval=None`` starts no thread: call :meth:`reload`.
+    Replacing the file with a rename (as Kubernetes does for mounted
+    ConfigMaps and Secrets) is seen like any other change.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        trust_domain: str | None = None,
+        reload_interval: float | None = 5.0,
+    ) -> None:
+        self.path = Path(path)
+        self.trust_domain = None if trust_domain is None else _trust_domain(trust_domain)
+        if reload_interval is not None and (
+            isinstance(reload_interval, bool)
+            or not isinstance(reload_interval, (int, float))
+            or not reload_interval > 0
+        ):
+            raise ConfigurationError("reload_interval must be a positive number of seconds or None")
+        self.reload_interval = reload_interval
+        self._lock = threading.Lock()
+        self._signature: tuple[int, ...] | None = None
+        self._digest: bytes | None = None
+        self._failed_digest: bytes | None = None
+        self._generation = 0
+        self._authorities: _Authorities = {}
+        try:
+            data, signature = self._read()
+            authorities = parse_trust_bundles(data, trust_domain=self.trust_domain)
+        except (OSError, ValueError) as exc:
+            raise ConfigurationError(f"trust bundle {str(self.path)!r}: {exc}") from exc
+        self._authorities = _freeze(authorities)
+        self._signature = signature
+        self._digest = hashlib.sha256(data).digest()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if reload_interval is not None:
+            self._thread = threading.Thread(
+                target=_watch,
+                args=(weakref.ref(self), self._stop, float(reload_interval)),
+                name=f"peer_middleware bundle watcher {self.path.name}",
+                daemon=True,
+            )
+            self._thread.start()
+
+    def _read(self) -> tuple[bytes, tuple[int, ...]]:
+        with open(self.path, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if info.st_size > MAX_BUNDLE_BYTES:
+                raise ValueError(f"file is larger than {MAX_BUNDLE_BYTES} bytes")
+            data = handle.read(MAX_BUNDLE_BYTES + 1)
+        if len(data) > MAX_BUNDLE_BYTES:
+            raise ValueError(f"file is larger than {MAX_BUNDLE_BYTES} bytes")
+        return data, (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    @property
+    def trust_domains(self) -> frozenset[str]:
+        return frozenset(self._authorities)
+
+    def x509_authorities(self, trust_domain: str) -> Sequence[x509.Certificate] | None:
+        return self._authorities.get(trust_domain)
+
+    def reload(self, *, force: bool = False) -> bool:
+        """Re-read the file if it changed; True when new authorities were swapped in.
+
+        Never raises: a missing, unreadable or invalid file is logged at ERROR
+        and the last good authorities stay in use.
+        """
+        with self._lock:
+            try:
+                info = os.stat(self.path)
+                signature: tuple[int, ...] = (
+                    info.st_dev,
+                    info.st_ino,
+                    info.st_size,
+                    info.st_mtime_ns,
+                )
+                if not force and signature == self._signature:
+                    return False
+                data, signature = self._read()
+            except (OSError, ValueError) as exc:
+                logger.error(
+                    "trust bundle %r cannot be read, keeping the last good bundle: %s",
+                    str(self.path),
+                    exc,
+                )
+                return False
+            digest = hashlib.sha256(data).digest()
+            self._signature = signature
+            if digest == self._digest and not force:
+                return False
+            try:
+                authorities = _freeze(parse_trust_bundles(data, trust_domain=self.trust_domain))
+            except (ValueError, ConfigurationError) as exc:
+                if digest != self._failed_digest:
+                    logger.error(
+                        "trust bundle %r is invalid, keeping the last good bundle: %s",
+                        str(self.path),
+                        exc,
+                    )
+                self._failed_digest = digest
+                return False
+            self._failed_digest = None
+            self._digest = digest
+            self._authorities = authorities
+            self._generation += 1
+            logger.info(
+                "trust bundle %r reloaded: trust domains %s",
+                str(self.path),
+                ", ".join(sorted(authorities)),
+            )
+            return True
+
+    def close(self) -> None:
+        """Stop watching the file (the current authorities stay usable)."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)
+
+    def __enter__(self) -> X509BundleFile:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        stop = getattr(self, "_stop", None)
+        if stop is not None:
+            stop.set()
+
+    def __repr__(self) -> str:
+        return f"X509BundleFile({str(self.path)!r}, trust_domains={sorted(self._authorities)!r})"
+
+
+class SpiffeBundleSet:
+    """Several bundle sources at once, for federation: ``SpiffeBundleSet(a, b, ...)``.
+
+    A trust domain's authorities come from the first source that knows it.
+    :attr:`generation` changes whenever any source's does.
+    """
+
+    __slots__ = ("_generation", "_lock", "_seen", "sources")
+
+    def __init__(self, *sources: X509BundleSource) -> None:
+        if not sources:
+            raise ConfigurationError("SpiffeBundleSet() needs at least one bundle source")
+        for source in sources:
+            if not isinstance(source, X509BundleSource):
+                raise ConfigurationError(f"{source!r} is not an X509BundleSource")
+        self.sources = tuple(sources)
+        self._seen = tuple(source.generation for source in self.sources)
+        self._generation = 0
+        self._lock = threading.Lock()
+
+    @property
+    def generation(self) -> int:
+        seen = tuple(source.generation for source in self.sources)
+        if seen != self._seen:
+            with self._lock:
+                if seen != self._seen:
+                    self._seen = seen
+                    self._generation += 1
+        return self._generation
+
+    def x509_authorities(self, trust_domain: str) -> Sequence[x509.Certificate] | None:
+        for source in self.sources:
+            found = source.x509_authorities(trust_domain)
+            if found:
+                return found
+        return None
+
+    def __repr__(self) -> str:
+        return f"SpiffeBundleSet{self.sources!r}"
+
+
+def _b64url_uint(value: int, length: int) -> str:
+    return base64.urlsafe_b64encode(value.to_bytes(length, "big")).rstrip(b"=").decode("ascii")
+
+
+def spiffe_bundle_json(
+    authorities: Iterable[x509.Certificate], *, sequence: int | None = None
+) -> str:
+    """A SPIFFE bundle (JWK set) holding ``authorities`` as ``x509-svid`` keys.
+
+    The inverse of :func:`parse_spiffe_bundle`; each key carries its public
+    parameters and the certificate in ``x5c`` (SPIFFE Trust Domain and Bundle,
+    section 4.2.2). Supports EC (P-256, P-384, P-521) and RSA keys.
+    """
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    keys: list[dict[str, Any]] = []
+    for cert in authorities:
+        public = cert.public_key()
+        jwk: dict[str, Any]
+        if isinstance(public, ec.EllipticCurvePublicKey):
+            size = (public.curve.key_size + 7) // 8
+            crv = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}.get(
+                public.curve.name
+            )
+            if crv is None:
+                raise ConfigurationError(f"unsupported curve {public.curve.name}")
+            numbers = public.public_numbers()
+            jwk = {
+                "kty": "EC",
+                "crv": crv,
+                "x": _b64url_uint(numbers.x, size),
+                "y": _b64url_uint(numbers.y, size),
+            }
+        elif isinstance(public, rsa.RSAPublicKey):
+            rsa_numbers = public.public_numbers()
+            jwk = {
+                "kty": "RSA",
+                "n": _b64url_uint(rsa_numbers.n, (rsa_numbers.n.bit_length() + 7) // 8),
+                "e": _b64url_uint(rsa_numbers.e, (rsa_numbers.e.bit_length() + 7) // 8),
+            }
+        else:
+            raise ConfigurationError(f"unsupported CA key type {type(public).__name__}")
+        jwk["use"] = "x509-svid"
+        jwk["x5c"] = [base64.b64encode(cert.public_bytes(Encoding.DER)).decode("ascii")]
+        keys.append(jwk)
+    document: dict[str, Any] = {"keys": keys}
+    if sequence is not None:
+        document["spiffe_sequence"] = sequence
+    return json.dumps(document, indent=2) + "\n"

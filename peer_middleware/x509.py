@@ -1,0 +1,428 @@
+"""X.509-SVID verification, in the app, against SPIFFE trust bundles.
+
+:class:`X509SvidVerifier` authenticates a certificate chain (leaf first) the
+way go-spiffe's ``x509svid.Verify`` does, and nothing more; authorization is
+the policy's job:
+
+1. bounded input: at most ``max_chain_length`` certificates of at most
+   :data:`MAX_CERTIFICATE_BYTES` each, checked before anything is parsed;
+2. the leaf's SPIFFE rules (X.509-SVID specification, sections 2, 4.1-4.3):
+   exactly one URI SAN, a valid SPIFFE ID naming a workload (not the bare
+   trust domain), no NUL byte in any SAN, not a CA, no ``keyCertSign`` or
+   ``cRLSign``, ``digitalSignature`` present;
+3. path validation by :mod:`cryptography.x509.verification` (RFC 5280,
+   signatures, validity at the injectable clock's time, CA constraints)
+   against the bundle of the *leaf's* trust domain only, the other presented
+   certificates serving as intermediates.
+
+cryptography's defaults are the web PKI's (CA/Browser Forum) profile. One of
+its end-entity rules would refuse valid SVIDs, and is relaxed: the
+authorityKeyIdentifier extension is required there but optional for SVIDs.
+Everything else stays as strict as the web PKI: an empty subject needs a
+critical subjectAltName (RFC 5280 section 4.2.1.6; Istio's SVIDs do this), an
+extendedKeyUsage, when present, must include ``clientAuth``, and CA
+certificates need a critical basicConstraints and keyUsage with
+``keyCertSign``. CAs with URI name constraints are not supported by
+cryptography's verifier and are refused.
+
+Verified chains are cached (bounded, keyed by the exact values presented)
+until the earliest ``notAfter`` in the chain or until the bundle's generation
+changes, so a repeat caller costs a dictionary look-up.
+"""
+
+from __future__ import annotations
+
+import binascii
+import hashlib
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from cryptography import x509
+from cryptography.x509.verification import (
+    Criticality,
+    ExtensionPolicy,
+    PolicyBuilder,
+    Store,
+    VerificationError,
+)
+
+from ._cache import BoundedCache
+from .bundles import X509BundleSource
+from .core import RequestView
+from .errors import AuthenticationFailed, ConfigurationError, InvalidSpiffeIdError
+from .peer import Peer, Proof
+from .spiffe import SpiffeId
+
+__all__ = [
+    "MAX_CERTIFICATE_BYTES",
+    "MAX_CHAIN_LENGTH",
+    "MtlsAuthenticator",
+    "VerifiedSvid",
+    "X509SvidVerifier",
+    "split_pem_chain",
+    "svid_extension_policies",
+]
+
+#: Largest certificate accepted, as DER or PEM text (a 4096-bit RSA leaf is about 2 KB).
+MAX_CERTIFICATE_BYTES = 16 * 1024
+#: Upper bound for ``max_chain_length`` (leaf included).
+MAX_CHAIN_LENGTH = 16
+
+_PEM_BEGIN = "-----BEGIN CERTIFICATE-----"
+_PEM_END = "-----END CERTIFICATE-----"
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedSvid:
+    """What a verified X.509-SVID proved.
+
+    ``spiffe_id`` is the leaf's SPIFFE ID, ``sha256`` the lower-case hex SHA-256
+    of the leaf's DER (Envoy's XFCC ``Hash``), ``not_after`` the moment the
+    verification stops holding: the earliest ``notAfter`` of the verified
+    chain (the leaf's, unless a CA expires first).
+    """
+
+    spiffe_id: SpiffeId
+    sha256: str
+    not_after: datetime
+
+
+def svid_extension_policies() -> tuple[ExtensionPolicy, ExtensionPolicy]:
+    """``(ca_policy, ee_policy)`` for :meth:`PolicyBuilder.extension_policies`.
+
+    The web PKI's defaults, except that a leaf's authorityKeyIdentifier is
+    optional (the X.509-SVID profile does not require it). Leaf rules specific
+    to SPIFFE are checked by :class:`X509SvidVerifier` itself.
+    """
+    ca_policy = ExtensionPolicy.webpki_defaults_ca()
+    ee_policy = ExtensionPolicy.webpki_defaults_ee().may_be_present(
+        x509.AuthorityKeyIdentifier, Criticality.NON_CRITICAL, None
+    )
+    return ca_policy, ee_policy
+
+
+def split_pem_chain(text: str, *, max_certificates: int = MAX_CHAIN_LENGTH) -> list[str]:
+    """Split concatenated PEM certificates into one string each, in order.
+
+    Raises :class:`AuthenticationFailed` when there is text outside the
+    blocks, a block is not terminated, or there are more than
+    ``max_certificates`` blocks (counted before anything is parsed).
+    """
+    if text.count(_PEM_BEGIN) > max_certificates:
+        raise AuthenticationFailed(f"certificate chain has more than {max_certificates} entries")
+    blocks: list[str] = []
+    position = 0
+    length = len(text)
+    while True:
+        start = text.find(_PEM_BEGIN, position)
+        if start == -1:
+            if text[position:].strip():
+                raise AuthenticationFailed("certificate chain has text outside PEM blocks")
+            break
+        if text[position:start].strip():
+            raise AuthenticationFailed("certificate chain has text outside PEM blocks")
+        end = text.find(_PEM_END, start)
+        if end == -1:
+            raise AuthenticationFailed("certificate chain has a truncated PEM block")
+        position = end + len(_PEM_END)
+        blocks.append(text[start:position])
+        if position >= length:
+            break
+    if not blocks:
+        raise AuthenticationFailed("certificate chain holds no PEM certificate")
+    return blocks
+
+
+_BASE64_BODY = re.compile(r"[A-Za-z0-9+/=\r\n\t ]+")
+
+
+def _load(item: bytes | str, index: int, count: int) -> tuple[x509.Certificate, bytes]:
+    """Parse one presented certificate (DER bytes or one PEM block); return it and its DER.
+
+    PEM is decoded here rather than by cryptography's PEM loader so that the
+    DER (hashed for the certificate's fingerprint) is at hand without
+    re-encoding the certificate.
+    """
+    where = "client certificate" if count == 1 else f"certificate {index + 1} of {count}"
+    if isinstance(item, str):
+        if not item.isascii():
+            raise AuthenticationFailed(f"{where} is not ASCII PEM text")
+        text: str | None = item
+        size = len(item)
+    elif isinstance(item, (bytes, bytearray, memoryview)):
+        data = bytes(item)
+        size = len(data)
+        text = None
+        if data[:5] == b"-----" or data[:1].isspace():
+            if not data.isascii():
+                raise AuthenticationFailed(f"{where} is not ASCII PEM text")
+            text = data.decode("ascii")
+    else:
+        raise AuthenticationFailed(f"{where} is a {type(item).__name__}, not bytes or str")
+    if not size:
+        raise AuthenticationFailed(f"{where} is empty")
+    if size > MAX_CERTIFICATE_BYTES:
+        raise AuthenticationFailed(f"{where} is larger than {MAX_CERTIFICATE_BYTES} bytes")
+    if text is not None:
+        text = text.strip()
+        # Exactly one PEM block: text before or after it, or a second block,
+        # is refused rather than ignored.
+        if (
+            not text.startswith(_PEM_BEGIN)
+            or not text.endswith(_PEM_END)
+            or text.count("-----") != 4
+        ):
+            raise AuthenticationFailed(f"{where} is not exactly one PEM certificate")
+        body = text[len(_PEM_BEGIN) : -len(_PEM_END)]
+        if _BASE64_BODY.fullmatch(body) is None:
+            raise AuthenticationFailed(f"{where} is not valid PEM: bad base64")
+        try:
+            data = binascii.a2b_base64(body)
+        except binascii.Error as exc:
+            raise AuthenticationFailed(f"{where} is not valid PEM: {exc}") from None
+    try:
+        return x509.load_der_x509_certificate(data), data
+    except ValueError as exc:
+        raise AuthenticationFailed(f"{where} is not a valid certificate: {exc}") from None
+
+
+def _leaf_rules(leaf: x509.Certificate) -> SpiffeId:
+    """The X.509-SVID leaf rules; return the leaf's SPIFFE ID."""
+    try:
+        extensions = leaf.extensions
+    except ValueError as exc:
+        raise AuthenticationFailed(f"leaf certificate has malformed extensions: {exc}") from None
+    try:
+        san = extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        reason = "leaf certificate has no subjectAltName (no SPIFFE ID)"
+        raise AuthenticationFailed(reason) from None
+    for name in san:
+        value = getattr(name, "value", None)
+        if isinstance(value, str) and "\x00" in value:
+            raise AuthenticationFailed("leaf certificate has a NUL byte in a subjectAltName")
+    uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+    if not uris:
+        raise AuthenticationFailed("leaf certificate has no URI SAN (no SPIFFE ID)")
+    if len(uris) > 1:
+        raise AuthenticationFailed(
+            f"leaf certificate has {len(uris)} URI SANs; an X.509-SVID has exactly one"
+        )
+    try:
+        spiffe_id = SpiffeId.parse(uris[0])
+    except InvalidSpiffeIdError as exc:
+        raise AuthenticationFailed(f"leaf certificate URI SAN is not a SPIFFE ID: {exc}") from None
+    if spiffe_id.is_trust_domain_id:
+        raise AuthenticationFailed(
+            f"leaf certificate URI SAN {spiffe_id.uri} names a trust domain, not a workload"
+        )
+    try:
+        constraints = extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        constraints = None
+    if constraints is not None and constraints.ca:
+        raise AuthenticationFailed("leaf certificate is a CA (basicConstraints CA=TRUE)")
+    try:
+        usage = extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        raise AuthenticationFailed(
+            "leaf certificate has no keyUsage; an X.509-SVID needs digitalSignature"
+        ) from None
+    if usage.key_cert_sign:
+        raise AuthenticationFailed("leaf certificate has keyUsage keyCertSign")
+    if usage.crl_sign:
+        raise AuthenticationFailed("leaf certificate has keyUsage cRLSign")
+    if not usage.digital_signature:
+        raise AuthenticationFailed("leaf certificate lacks keyUsage digitalSignature")
+    return spiffe_id
+
+
+def _utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+# A cache entry: the result, its bundle generation, and its validity as POSIX seconds.
+_Entry = tuple[VerifiedSvid, int, float, float]
+
+
+class X509SvidVerifier:
+    """Verify X.509-SVID chains against the bundle of the leaf's trust domain.
+
+    ``bundles`` supplies the trust anchors; ``clock`` returns the current time
+    (timezone-aware; the system clock by default); ``cache_size`` bounds the
+    cache of verified chains (0 disables it); ``max_chain_length`` bounds the
+    presented chain, leaf included (at most :data:`MAX_CHAIN_LENGTH`).
+
+    ``verify`` takes the chain leaf first, each certificate DER ``bytes`` or
+    PEM text, and returns a :class:`VerifiedSvid` or raises
+    :class:`AuthenticationFailed` with a precise reason. Thread-safe.
+    """
+
+    __slots__ = (
+        "_cache",
+        "_clock",
+        "_policies",
+        "_stores",
+        "bundles",
+        "max_chain_length",
+    )
+
+    def __init__(
+        self,
+        bundles: X509BundleSource,
+        *,
+        clock: Callable[[], datetime] | None = None,
+        cache_size: int = 1024,
+        max_chain_length: int = 8,
+    ) -> None:
+        if not isinstance(bundles, X509BundleSource):
+            raise ConfigurationError(f"{bundles!r} is not an X509BundleSource")
+        if clock is not None and not callable(clock):
+            raise ConfigurationError("clock must be callable")
+        if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
+            raise ConfigurationError("cache_size must be a non-negative integer")
+        if (
+            isinstance(max_chain_length, bool)
+            or not isinstance(max_chain_length, int)
+            or not 1 <= max_chain_length <= MAX_CHAIN_LENGTH
+        ):
+            raise ConfigurationError(f"max_chain_length must be between 1 and {MAX_CHAIN_LENGTH}")
+        self.bundles = bundles
+        self._clock = clock
+        self.max_chain_length = max_chain_length
+        self._cache = BoundedCache[tuple[bytes | str, ...], _Entry](cache_size)
+        self._policies = svid_extension_policies()
+        # trust domain -> (generation, store)
+        self._stores: dict[str, tuple[int, Store]] = {}
+
+    def _now(self) -> float:
+        clock = self._clock
+        return time.time() if clock is None else _utc(clock()).timestamp()
+
+    def verify(self, chain: Sequence[bytes | str]) -> VerifiedSvid:
+        """Verify ``chain`` (leaf first); see the class docstring."""
+        if isinstance(chain, (str, bytes)):
+            raise AuthenticationFailed("certificate chain must be a sequence of certificates")
+        count = len(chain)
+        if count == 0:
+            raise AuthenticationFailed("no client certificate presented")
+        if count > self.max_chain_length:
+            raise AuthenticationFailed(
+                f"certificate chain has {count} entries; at most {self.max_chain_length} "
+                "are accepted"
+            )
+        key = tuple(chain)
+        entry = self._cache.get(key)
+        if entry is not None:
+            now = self._now()
+            if entry[1] == self.bundles.generation and entry[2] <= now <= entry[3]:
+                return entry[0]
+        generation = self.bundles.generation
+        result, not_before = self._verify(key, count)
+        self._cache.put(key, (result, generation, not_before, result.not_after.timestamp()))
+        return result
+
+    def _store(self, trust_domain: str, generation: int) -> Store | None:
+        cached = self._stores.get(trust_domain)
+        if cached is not None and cached[0] == generation:
+            return cached[1]
+        authorities = self.bundles.x509_authorities(trust_domain)
+        if not authorities:
+            return None
+        store = Store(list(authorities))
+        if len(self._stores) > 4096:  # pragma: no cover - bounded by configured trust domains
+            self._stores.clear()
+        self._stores[trust_domain] = (generation, store)
+        return store
+
+    def _verify(self, chain: tuple[bytes | str, ...], count: int) -> tuple[VerifiedSvid, float]:
+        parsed = [_load(item, index, count) for index, item in enumerate(chain)]
+        leaf, leaf_der = parsed[0]
+        spiffe_id = _leaf_rules(leaf)
+        trust_domain = spiffe_id.trust_domain
+        store = self._store(trust_domain, self.bundles.generation)
+        if store is None:
+            raise AuthenticationFailed(f"no trust bundle for trust domain {trust_domain!r}")
+        clock = self._clock
+        now = datetime.now(timezone.utc) if clock is None else _utc(clock())
+        if now < leaf.not_valid_before_utc:
+            raise AuthenticationFailed(
+                f"leaf certificate is not valid before {leaf.not_valid_before_utc.isoformat()}"
+            )
+        if now > leaf.not_valid_after_utc:
+            raise AuthenticationFailed(
+                f"leaf certificate expired at {leaf.not_valid_after_utc.isoformat()}"
+            )
+        ca_policy, ee_policy = self._policies
+        verifier = (
+            PolicyBuilder()
+            .store(store)
+            .time(now)
+            .max_chain_depth(self.max_chain_length)
+            .extension_policies(ca_policy=ca_policy, ee_policy=ee_policy)
+            .build_client_verifier()
+        )
+        try:
+            verified = verifier.verify(leaf, [cert for cert, _ in parsed[1:]])
+        except VerificationError as exc:
+            raise AuthenticationFailed(
+                f"certificate chain does not verify against the trust bundle of "
+                f"{trust_domain!r}: {exc}"
+            ) from None
+        not_after = min(cert.not_valid_after_utc for cert in verified.chain)
+        not_before = max(cert.not_valid_before_utc for cert in verified.chain)
+        digest = hashlib.sha256(leaf_der).hexdigest()
+        return VerifiedSvid(spiffe_id, digest, not_after), not_before.timestamp()
+
+    def __repr__(self) -> str:
+        return f"X509SvidVerifier({self.bundles!r})"
+
+
+class MtlsAuthenticator:
+    """Identity from the client certificate of this very connection (direct mTLS).
+
+    The server terminates TLS and hands the client's chain to the app (ASGI
+    ``scope["extensions"]["tls"]["client_cert_chain"]``; WSGI
+    ``SSL_CLIENT_CERT`` and ``SSL_CLIENT_CERT_CHAIN_n``, or gunicorn's
+    socket); ``verifier`` checks it against the trust bundle. The peer's proof
+    is :attr:`Proof.MTLS`. A request without a client certificate yields no
+    peer (the policy decides); an invalid one is refused with 401.
+
+    The server must *request* a client certificate (``ssl.CERT_OPTIONAL`` or
+    ``CERT_REQUIRED``); what it accepted is verified again here, against the
+    SPIFFE bundle of the leaf's trust domain.
+    """
+
+    forwarded = False
+    reads_tls = True
+    bearer = False
+    www_authenticate = None
+    header_names: tuple[str, ...] = ()
+
+    def __init__(self, verifier: X509SvidVerifier, *, cache_size: int = 1024) -> None:
+        if not isinstance(verifier, X509SvidVerifier):
+            raise ConfigurationError(f"{verifier!r} is not an X509SvidVerifier")
+        self.verifier = verifier
+        self.name = "mtls"
+        # id(VerifiedSvid) -> (svid, peer): a repeat caller gets the same Peer object.
+        self._peers = BoundedCache[int, tuple[VerifiedSvid, Peer]](cache_size)
+
+    def authenticate(self, request: RequestView) -> Peer | None:
+        chain = request.tls_chain
+        if not chain:
+            return None
+        svid = self.verifier.verify(chain)
+        hit = self._peers.get(id(svid))
+        if hit is not None and hit[0] is svid:
+            return hit[1]
+        peer = Peer(svid.spiffe_id, Proof.MTLS, source=self.name, certificate_sha256=svid.sha256)
+        self._peers.put(id(svid), (svid, peer))
+        return peer
+
+    def __repr__(self) -> str:
+        return f"MtlsAuthenticator({self.verifier!r})"
