@@ -122,7 +122,8 @@ INVALID: list[tuple[str, Callable[[Svid, TestCA], str], str]] = [
     (
         "two-uris",
         lambda s, c: element(s, URI=[CART, CART]),
-        f"x-forwarded-client-cert: URI does not match the forwarded certificate's SPIFFE ID ({CART})",
+        "x-forwarded-client-cert: URI does not match the forwarded certificate's SPIFFE ID "
+        f"({CART})",
     ),
     (
         "chain-does-not-start-with-cert",
@@ -161,7 +162,7 @@ INVALID: list[tuple[str, Callable[[Svid, TestCA], str], str]] = [
             Cert=enc(s.cert_pem[:100] + b"\n-----END CERTIFICATE-----\n"),
             Chain=None,
         ),
-        "client certificate is not a valid certificate: ...",
+        "client certificate is not valid PEM: Incorrect padding",
     ),
     (
         "bad-utf8-escape",
@@ -174,9 +175,14 @@ INVALID: list[tuple[str, Callable[[Svid, TestCA], str], str]] = [
         "certificate chain has more than 1 entries",
     ),
     (
+        "chain-of-twenty",
+        lambda s, c: element(s, Chain=enc(s.chain_pem * 10)),
+        "certificate chain has more than 8 entries",
+    ),
+    (
         "chain-of-a-thousand",
         lambda s, c: element(s, Chain=enc(s.chain_pem * 500)),
-        "certificate chain has more than 8 entries",
+        "malformed x-forwarded-client-cert header: longer than 262144 characters",
     ),
     (
         "huge-cert",
@@ -243,8 +249,9 @@ def test_untrusted_peer_is_still_ignored(ca: TestCA, cart: Svid) -> None:
 
 def test_repeat_caller_is_cached_until_the_bundle_changes(cart: Svid, ca: TestCA) -> None:
     class Rotating:
-        generation = 0
-        authorities = [ca.certificate]
+        def __init__(self) -> None:
+            self.generation = 0
+            self.authorities = [ca.certificate]
 
         def x509_authorities(self, trust_domain: str) -> Any:
             return self.authorities
