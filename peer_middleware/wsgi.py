@@ -36,6 +36,7 @@ from .core import Authenticator, Guard, Responder, Verdict
 from .errors import BadRequest
 from .paths import quote_path
 from .policy import Policy, Rule
+from .servers import peer_certificate_chain
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -79,8 +80,9 @@ def _tls_chain(environ: WSGIEnvironment) -> tuple[bytes | str, ...] | None:
     ``SSL_CLIENT_CERT`` is the leaf in PEM (Werkzeug's development server with
     an SSL context, mod_wsgi with ``SSLOptions +ExportCertData``);
     ``SSL_CLIENT_CERT_CHAIN_0``, ``_1``, ... are the intermediates (Apache
-    mod_ssl). gunicorn exposes only its socket: the leaf, DER, from
-    ``getpeercert(binary_form=True)``.
+    mod_ssl). gunicorn exposes only its socket: the chain the client sent,
+    DER, on Python 3.13+, the leaf alone before (see
+    :func:`peer_middleware.servers.peer_certificate_chain`).
     """
     leaf = environ.get("SSL_CLIENT_CERT")
     if leaf:
@@ -95,15 +97,14 @@ def _tls_chain(environ: WSGIEnvironment) -> tuple[bytes | str, ...] | None:
             chain.append(extra)
             index += 1
         return tuple(chain)
-    sock = environ.get("gunicorn.socket")
-    getpeercert = getattr(sock, "getpeercert", None)
-    if getpeercert is None:
+    sock: Any = environ.get("gunicorn.socket")
+    if getattr(sock, "getpeercert", None) is None:
         return None
     try:
-        der = getpeercert(binary_form=True)
-    except (OSError, ValueError):
+        presented = peer_certificate_chain(sock)
+    except (OSError, ValueError, TypeError):
         return None
-    return (der,) if isinstance(der, bytes) and der else None
+    return tuple(presented) or None
 
 
 class PeerWSGIMiddleware:

@@ -707,12 +707,12 @@ def test_mtls_intermediate_needs_the_whole_chain(server: tuple[str, int], pki: P
     The bundle holds the root alone. Python 3.13+ reports the chain the
     client sent (the uvicorn classes put it in the TLS extension, the
     Werkzeug handler in ``SSL_CLIENT_CERT_CHAIN_0``); earlier versions report
-    the leaf only, and gunicorn's socket is read for the leaf only.
+    the leaf only (gunicorn's socket is read the same way).
     """
     _require_authenticator()
     name, port = server
     response = get(pki, port, "via-intermediate", "/payments/1")
-    if FULL_CHAIN and name in {"uvicorn-h11", "uvicorn-httptools", "werkzeug"}:
+    if FULL_CHAIN and name in {"uvicorn-h11", "uvicorn-httptools", "werkzeug", "gunicorn"}:
         assert response.status_code == 200
         assert response.json()["principal"] == CART
     else:
