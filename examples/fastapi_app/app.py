@@ -18,6 +18,9 @@ Environment:
 ``PEER_MIDDLEWARE_TOKEN_AUDIENCE`` (and the other ``PEER_MIDDLEWARE_TOKEN_*``)
     accept a Kubernetes service-account token as an alternative to the
     sidecar's certificate (see ``examples/README.md``); off when unset.
+``PEER_MIDDLEWARE_BUNDLE_FILE``
+    a trust bundle file (PEM CA certificates of ``cluster.local``); when set,
+    the sidecar's ``Cert=`` must verify against it (re-read when it changes).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import uuid
 
 from fastapi import FastAPI
 
+from examples.bundle_config import xfcc_verifier
 from examples.token_config import token_authenticators
 from peer_middleware import Anyone, Namespace, Policy, Principal, XfccAuthenticator, allow, deny
 from peer_middleware.fastapi import CurrentPeer, OptionalPeer, install, require
@@ -88,6 +92,8 @@ install(
             ).split(","),
             expected_by=os.environ.get("PEER_MIDDLEWARE_EXPECTED_BY") or None,
             forward_client_cert=XFCC_MODE,
+            # Envoy's Cert= verified against a trust bundle file, only when configured.
+            verifier=xfcc_verifier(TRUST_DOMAIN),
         ),
         # Kubernetes service-account tokens, only when configured (see examples/README.md).
         *token_authenticators(TRUST_DOMAIN),

@@ -47,6 +47,8 @@ from typing import Any, TypedDict
 
 from cryptography import x509
 
+from peer_middleware.x509 import has_non_positive_serial
+
 __all__ = [
     "TlsExtension",
     "add_tls_extension",
@@ -125,6 +127,8 @@ def _cipher_suite(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> int | None:
 
 
 def _subject_name(der: bytes) -> str | None:
+    if has_non_positive_serial(der):
+        return None  # the authenticator refuses the certificate itself
     try:
         return x509.load_der_x509_certificate(der).subject.rfc4514_string()
     except ValueError:

