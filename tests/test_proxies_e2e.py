@@ -246,10 +246,9 @@ def test_app_sees_only_the_proxys_copy_of_each_header(deployment: Deployment, pk
         assert anonymous.get(name, []) == expected, (name, anonymous.get(name))
 
 
+@pytest.mark.parametrize("deployment", [_param("traefik")], indirect=True)
 def test_traefik_replaces_a_forged_client_certificate(deployment: Deployment, pki: Pki) -> None:
     """Traefik: the entry point drops the client's copy, passTLSClientCert writes its own."""
-    if deployment.preset is not Preset.TRAEFIK:
-        pytest.skip("Traefik only")
     ca, certs = pki
     forged = {
         **_forged(Preset.TRAEFIK, ca),
