@@ -1,4 +1,4 @@
-"""Development tasks: ``nox -s tests``, ``nox -s lint``, ``nox -s demo``, ``nox -s bench``."""
+"""Development tasks: ``nox -s tests``, ``lint``, ``demo``, ``bench``, ``soak``."""
 
 from __future__ import annotations
 
@@ -56,7 +56,16 @@ def demo(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def bench(session: nox.Session) -> None:
-    """In-process cost of the middleware over bare apps (``-- --quick`` for a smoke run)."""
-    session.install("-e", ".[fastapi,flask]")
+    """The benchmark suite, written to benchmarks/RESULTS.md (``-- --quick``: a smoke run)."""
+    # uvicorn for the real-server section (driven by wrk, from Debian), and the
+    # fastapi-client-cert-auth alternative for the comparison rows.
+    session.install("-e", ".[fastapi,flask]", "uvicorn>=0.30", "fastapi-client-cert-auth")
     args = session.posargs or ["--output", "benchmarks/RESULTS.md"]
     session.run("python", "benchmarks/bench.py", *args)
+
+
+@nox.session(python="3.11")
+def soak(session: nox.Session) -> None:
+    """The example app under uvicorn workers behind Envoy, under load and faults."""
+    session.install("-e", ".[demo]")
+    session.run("python", "benchmarks/soak.py", *session.posargs)

@@ -184,7 +184,7 @@ from .errors import AuthenticationFailed, ConfigurationError, InvalidSpiffeIdErr
 from .peer import Peer, Proof
 from .proxies import TrustedProxies
 from .spiffe import SpiffeId
-from .x509 import has_non_positive_serial
+from .x509 import CERTIFICATE_ERRORS, has_non_positive_serial
 
 __all__ = [
     "MAX_FORWARDED_HEADER_LENGTH",
@@ -571,7 +571,7 @@ def _check_intermediates(certs: list[bytes]) -> None:
             constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
         except x509.ExtensionNotFound:
             constraints = None
-        except ValueError:
+        except CERTIFICATE_ERRORS:
             raise AuthenticationFailed(f"chain: certificate {index} is not DER") from None
         if constraints is None or not constraints.ca:
             raise AuthenticationFailed(
@@ -691,23 +691,24 @@ class ForwardedCertificateAuthenticator:
 
     def authenticate(self, request: RequestView) -> Peer | None:
         headers = request.headers
-        values = tuple(headers.get(name) for name in self.header_names)
-        if all(value is None for value in values):
+        values = tuple(map(headers.get, self.header_names))
+        if values.count(None) == len(values):
             return None
         proxy = request.trusted_proxy(self.trusted_proxies)
         if proxy is None:
             present = [n for n, v in zip(self.header_names, values, strict=True) if v is not None]
             request.note(f"ignored {', '.join(present)} from an untrusted peer")
             return None
-        for name, value in zip(self.header_names, values, strict=True):
-            if value is not None and len(value) > self.max_header_length:
-                raise AuthenticationFailed(
-                    f"{name}: {len(value)} characters, more than the limit of "
-                    f"{self.max_header_length}"
-                )
         key = (proxy, values)
         hit = self._cache.get(key)
         if hit is None:
+            # Only values that passed this check are ever cached, so a hit skips it.
+            for name, value in zip(self.header_names, values, strict=True):
+                if value is not None and len(value) > self.max_header_length:
+                    raise AuthenticationFailed(
+                        f"{name}: {len(value)} characters, more than the limit of "
+                        f"{self.max_header_length}"
+                    )
             chain = self._chain(headers)
             if chain is None:
                 return None

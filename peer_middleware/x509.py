@@ -137,6 +137,13 @@ def split_pem_chain(text: str, *, max_certificates: int = MAX_CHAIN_LENGTH) -> l
 
 
 _BASE64_BODY = re.compile(r"[A-Za-z0-9+/=\r\n\t ]+")
+#: What cryptography raises for a certificate it cannot parse (only some are ValueErrors).
+CERTIFICATE_ERRORS: tuple[type[Exception], ...] = (
+    ValueError,
+    x509.InvalidVersion,
+    x509.DuplicateExtension,
+    x509.UnsupportedGeneralNameType,
+)
 
 
 def _der_header(data: bytes, position: int) -> tuple[int, int, int]:
@@ -228,7 +235,7 @@ def _load(item: bytes | str, index: int, count: int) -> tuple[x509.Certificate, 
         raise AuthenticationFailed(f"{where} has a serial number that is not positive")
     try:
         return x509.load_der_x509_certificate(data), data
-    except ValueError as exc:
+    except CERTIFICATE_ERRORS as exc:
         raise AuthenticationFailed(f"{where} is not a valid certificate: {exc}") from None
 
 
@@ -236,7 +243,7 @@ def _leaf_rules(leaf: x509.Certificate) -> SpiffeId:
     """The X.509-SVID leaf rules; return the leaf's SPIFFE ID."""
     try:
         extensions = leaf.extensions
-    except ValueError as exc:
+    except CERTIFICATE_ERRORS as exc:
         raise AuthenticationFailed(f"leaf certificate has malformed extensions: {exc}") from None
     try:
         san = extensions.get_extension_for_class(x509.SubjectAlternativeName).value
@@ -417,6 +424,9 @@ class X509SvidVerifier:
                 f"certificate chain does not verify against the trust bundle of "
                 f"{trust_domain!r}: {exc}"
             ) from None
+        except CERTIFICATE_ERRORS as exc:
+            # Fields cryptography parses only when path validation reads them.
+            raise AuthenticationFailed(f"certificate chain is malformed: {exc}") from None
         not_after = min(cert.not_valid_after_utc for cert in verified.chain)
         not_before = max(cert.not_valid_before_utc for cert in verified.chain)
         digest = hashlib.sha256(leaf_der).hexdigest()

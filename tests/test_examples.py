@@ -5,11 +5,15 @@ from __future__ import annotations
 import importlib
 import json
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
+
+from peer_middleware.testing import xfcc_header
+from peer_middleware.testing.pki import TestCA
 
 MODULES = {"fastapi": "examples.fastapi_app.app", "flask": "examples.flask_app.app"}
 FRAMEWORKS = list(MODULES)
@@ -17,6 +21,7 @@ ENV_VARS = (
     "PEER_MIDDLEWARE_TRUSTED_PROXIES",
     "PEER_MIDDLEWARE_EXPECTED_BY",
     "PEER_MIDDLEWARE_FORWARD_CLIENT_CERT",
+    "PEER_MIDDLEWARE_BUNDLE_FILE",
 )
 
 CHECKOUT = "spiffe://cluster.local/ns/shop/sa/checkout"
@@ -269,6 +274,34 @@ def test_forward_client_cert_mode_from_environment(
     send = sender(framework, module.app, ("127.0.0.1", 50000))
 
     assert send("GET", "/payments/42", principal)[0] == status
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_bundle_file_from_environment(
+    framework: str, tmp_path: Path, load_example: Callable[..., ModuleType]
+) -> None:
+    ca = TestCA.create("cluster.local")
+    other_ca = TestCA.create("cluster.local")
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(ca.pem)
+    module = load_example(framework, PEER_MIDDLEWARE_BUNDLE_FILE=str(bundle))
+
+    def status(xfcc_value: str) -> int:
+        headers = {"x-forwarded-client-cert": xfcc_value}
+        if framework == "fastapi":
+            with TestClient(module.app, client=("127.0.0.1", 50000)) as client:
+                return client.get("/payments/42", headers=headers).status_code
+        environ = {"REMOTE_ADDR": "127.0.0.1", "REMOTE_PORT": "50000"}
+        response = module.app.test_client().get(
+            "/payments/42", headers=headers, environ_base=environ
+        )
+        return int(response.status_code)
+
+    reader = ca.issue_svid(READER)
+    assert status(xfcc_header(reader, by=SELF, include_cert=True)) == 200
+    # the sidecar's word alone, or a certificate of a CA not in the file
+    assert status(xfcc_header(READER, by=SELF)) == 401
+    assert status(xfcc_header(other_ca.issue_svid(READER), by=SELF, include_cert=True)) == 401
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)

@@ -47,7 +47,7 @@ from typing import Any, TypedDict
 
 from cryptography import x509
 
-from peer_middleware.x509 import has_non_positive_serial
+from peer_middleware.x509 import CERTIFICATE_ERRORS, has_non_positive_serial
 
 __all__ = [
     "TlsExtension",
@@ -131,7 +131,7 @@ def _subject_name(der: bytes) -> str | None:
         return None  # the authenticator refuses the certificate itself
     try:
         return x509.load_der_x509_certificate(der).subject.rfc4514_string()
-    except ValueError:
+    except CERTIFICATE_ERRORS:
         # OpenSSL accepted what cryptography cannot parse: report no name
         # and let the authenticator refuse the certificate itself.
         return None
