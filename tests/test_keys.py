@@ -85,9 +85,18 @@ def test_unknown_kid_triggers_one_rate_limited_refresh(
         server.set_jwks({"keys": [new.jwk()]})
         fetched = server.count("/jwks.json")
         token = issuer.kubernetes("shop", "a", AUDIENCE, key=new)
-        for _ in range(20):  # a burst of unknown-kid requests: one refresh at most
-            with pytest.raises(InvalidToken, match="unknown kid 'rotated'"):
+        # A burst of unknown-kid requests: the first is refused and signals a
+        # refresh; the rest are refused until the refresh lands (a loaded
+        # machine may let it land mid-burst), and one fetch serves them all.
+        outcomes = []
+        for _ in range(20):
+            try:
                 auth.authenticate(bearer(token))
+                outcomes.append("accepted")
+            except InvalidToken as error:
+                outcomes.append("refused" if "unknown kid 'rotated'" in str(error) else str(error))
+        assert outcomes[0] == "refused"
+        assert outcomes == sorted(outcomes, key=lambda o: o == "accepted")
         assert wait_for(lambda: "rotated" in source.key_set().by_kid)
         assert server.count("/jwks.json") == fetched + 1
         assert auth.authenticate(bearer(token)) is not None
