@@ -32,11 +32,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Protocol
 
 from .pki import write_private
-from .processes import ManagedProcess
+from .processes import ManagedProcess, ProcessLauncher
 
 __all__ = ["DEFAULT_CERT_DETAILS", "EnvoySidecar", "ServerCertificate", "find_envoy"]
 
@@ -129,7 +128,7 @@ def _scalar(value: Any) -> str:
     raise TypeError(f"cannot render {type(value).__name__} as YAML")
 
 
-class EnvoySidecar:
+class EnvoySidecar(ProcessLauncher):
     """An Envoy process terminating mTLS in front of ``127.0.0.1:upstream_port``.
 
     Use as a context manager; :attr:`url`, :attr:`admin_url`, :attr:`listen_port`
@@ -141,6 +140,8 @@ class EnvoySidecar:
     ``listen_port=None`` lets Envoy bind port 0 and reads the port it got from the
     admin interface, so parallel sidecars never race for ports.
     """
+
+    label = "Envoy sidecar"
 
     def __init__(
         self,
@@ -191,7 +192,7 @@ class EnvoySidecar:
         self._requested_port = 0 if listen_port is None else listen_port
         self._listen_port: int | None = None
         self._admin_port: int | None = None
-        self._process: ManagedProcess | None = None
+        super().__init__()
         self.directory: Path | None = None
 
     # -- properties -------------------------------------------------------------
@@ -214,17 +215,6 @@ class EnvoySidecar:
         if self._admin_port is None:
             raise RuntimeError("the Envoy sidecar has not been started")
         return f"http://{_LOOPBACK}:{self._admin_port}"
-
-    @property
-    def pid(self) -> int:
-        """Envoy's process id."""
-        if self._process is None:
-            raise RuntimeError("the Envoy sidecar has not been started")
-        return self._process.pid
-
-    def log_text(self) -> str:
-        """Envoy's output so far (empty before start)."""
-        return "" if self._process is None else self._process.log_text()
 
     # -- configuration -----------------------------------------------------------
 
@@ -417,23 +407,6 @@ class EnvoySidecar:
                 port = listener["local_address"]["socket_address"]["port_value"]
                 return int(port)
         raise RuntimeError(f"Envoy admin /listeners does not list the listener: {body!r}")
-
-    def stop(self) -> None:
-        """Stop Envoy (SIGTERM to its pid, then SIGKILL to its process group)."""
-        if self._process is not None:
-            self._process.stop()
-
-    def __enter__(self) -> EnvoySidecar:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         where = "not started" if self._listen_port is None else self.url

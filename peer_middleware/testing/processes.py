@@ -19,12 +19,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     import uvicorn
 
-__all__ = ["ManagedProcess", "UvicornThread", "free_port", "wait_for_port"]
+__all__ = ["ManagedProcess", "ProcessLauncher", "UvicornThread", "free_port", "wait_for_port"]
 
 
 def _family(host: str) -> socket.AddressFamily:
@@ -342,3 +342,50 @@ class UvicornThread:
             error, self._error = self._error, None
             if not isinstance(error, SystemExit) or error.code not in (0, None):
                 raise RuntimeError(f"uvicorn on {self.url} failed: {error!r}") from error
+
+
+_Launcher = TypeVar("_Launcher", bound="ProcessLauncher")
+
+
+class ProcessLauncher:
+    """Shared plumbing of the proxy launchers: one :class:`ManagedProcess`, stopped by pid.
+
+    Subclasses implement :meth:`start` (which sets ``_process``) and name
+    themselves in ``label`` for error messages.
+    """
+
+    label = "process"
+
+    def __init__(self) -> None:
+        self._process: ManagedProcess | None = None
+
+    def start(self) -> None:  # pragma: no cover - every launcher overrides it
+        raise NotImplementedError
+
+    @property
+    def pid(self) -> int:
+        """The process id."""
+        if self._process is None:
+            raise RuntimeError(f"the {self.label} has not been started")
+        return self._process.pid
+
+    def log_text(self) -> str:
+        """The process's output so far (empty before start)."""
+        return "" if self._process is None else self._process.log_text()
+
+    def stop(self) -> None:
+        """Stop the process (SIGTERM to its pid, then SIGKILL to its process group)."""
+        if self._process is not None:
+            self._process.stop()
+
+    def __enter__(self: _Launcher) -> _Launcher:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

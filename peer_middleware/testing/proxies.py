@@ -29,12 +29,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Any, ClassVar
 
 from .envoy import ServerCertificate
 from .pki import write_private
-from .processes import ManagedProcess, free_port, wait_for_port
+from .processes import ManagedProcess, ProcessLauncher, free_port, wait_for_port
 
 __all__ = [
     "ApacheProxy",
@@ -95,7 +94,7 @@ def find_apache() -> str | None:
     )
 
 
-class ProxyProcess:
+class ProxyProcess(ProcessLauncher):
     """Common life cycle of the proxy launchers; use a subclass as a context manager.
 
     Raises :class:`FileNotFoundError` at construction without a binary,
@@ -135,7 +134,8 @@ class ProxyProcess:
         self.listen_port = 0
         self.directory: Path | None = None
         self.config_text = ""
-        self._process: ManagedProcess | None = None
+        super().__init__()
+        self.label = f"{self.name} proxy"
 
     @staticmethod
     def find() -> str | None:  # pragma: no cover - overridden
@@ -147,17 +147,6 @@ class ProxyProcess:
         if not self.listen_port:
             raise RuntimeError(f"the {self.name} proxy has not been started")
         return f"https://{_LOOPBACK}:{self.listen_port}"
-
-    @property
-    def pid(self) -> int:
-        """The proxy's process id."""
-        if self._process is None:
-            raise RuntimeError(f"the {self.name} proxy has not been started")
-        return self._process.pid
-
-    def log_text(self) -> str:
-        """The proxy's output so far (empty before start)."""
-        return "" if self._process is None else self._process.log_text()
 
     def configure(self, directory: Path, ca: Path, cert: Path, key: Path) -> tuple[str, list[str]]:
         """The configuration text and the command line (written to ``directory``)."""
@@ -201,23 +190,6 @@ class ProxyProcess:
     def environment(self, directory: Path) -> dict[str, str] | None:
         """The process environment (``None``: inherit)."""
         return None
-
-    def stop(self) -> None:
-        """Stop the proxy (SIGTERM to its pid, then SIGKILL to its process group)."""
-        if self._process is not None:
-            self._process.stop()
-
-    def __enter__(self) -> ProxyProcess:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         where = "not started" if not self.listen_port else self.url
