@@ -1,4 +1,4 @@
-"""Development tasks: ``nox -s tests``, ``lint``, ``demo``, ``bench``, ``soak``."""
+"""Development tasks: ``nox -s tests``, ``lint``, ``demo``, ``bench``, ``soak``, ``fuzz``."""
 
 from __future__ import annotations
 
@@ -69,3 +69,11 @@ def soak(session: nox.Session) -> None:
     """The example app under uvicorn workers behind Envoy, under load and faults."""
     session.install("-e", ".[demo]")
     session.run("python", "benchmarks/soak.py", *session.posargs)
+
+
+@nox.session(python="3.11")
+def fuzz(session: nox.Session) -> None:
+    """Coverage-guided fuzzing of every parser and the middleware (``-- 10``: seconds each)."""
+    session.install("-e", ".[test,fuzz]")
+    seconds = session.posargs[0] if session.posargs else "60"
+    session.run("python", "fuzz/run.py", seconds, *session.posargs[1:])

@@ -20,15 +20,16 @@ from the repository root) does, all on 127.0.0.1, in a temporary directory:
    asyncio tasks (one httpx connection pool per client certificate) for
    ``--warmup`` then ``--duration`` seconds, comparing every status with the
    one the example's policy promises;
-5. meanwhile stops the JWKS server (port closed) at 25 % of the run and
-   restarts it on the same port at 65 %, and at 50 % replaces the bundle file
+5. meanwhile stops the JWKS server (port closed) at 20 % of the run and
+   restarts it on the same port at 60 %, and at 40 % replaces the bundle file
    (by rename) with one holding both CAs.
 
 It prints requests per class and status, 5xx, wrong decisions, transport
 errors and the resident memory (VmRSS) of each uvicorn worker after the
 warm-up and at the end, and exits 1 on any 5xx, wrong decision, transport
 error of a trusted caller, worker restart, or RSS growth over
-``--max-rss-growth`` MiB in any worker. See ``benchmarks/README.md``.
+``--max-rss-growth`` MiB in any worker. Linux only (it reads ``/proc``).
+See ``benchmarks/README.md``.
 """
 
 from __future__ import annotations
@@ -386,7 +387,9 @@ class Timeline:
     """Monotonic times of the faults (None until they happen)."""
 
     rotated_at: float | None = None
-    grace: float = 10.0
+    # X509BundleFile looks at the file every 5 s; 3 s more for a busy worker
+    grace: float = 8.0
+    ended_at: float | None = None
     jwks_served: list[int] = field(default_factory=list)  # at the stop, at the restart
     events: list[tuple[float, str]] = field(default_factory=list)
 
@@ -512,9 +515,9 @@ async def _faults(
 ) -> None:
     start = time.monotonic()
     plan = [
-        (0.25, "JWKS server stopped (port closed)"),
-        (0.50, "trust bundle file replaced: old CA + new CA"),
-        (0.65, "JWKS server restarted on the same port"),
+        (0.2, "JWKS server stopped (port closed)"),
+        (0.4, "trust bundle file replaced: old CA + new CA"),
+        (0.6, "JWKS server restarted on the same port"),
     ]
     for fraction, event in plan:
         delay = start + fraction * seconds - time.monotonic()
@@ -566,6 +569,7 @@ async def _soak(
             _faults(args.duration, jwks, bundle, both_cas, timeline),
             _sample_rss(args.duration, workers, samples),
         )
+        timeline.ended_at = time.monotonic()
         end_rss = [rss_kib(pid) for pid in workers]
         samples.append((args.duration, end_rss))
         stats.warmup_requests = sum(warmup.requests.values())
@@ -662,6 +666,12 @@ def _report(
         trend = " ".join(_mib(s[1][workers.index(pid)]) for s in samples)
         shown = "n/a" if growth is None else f"{growth:+.1f}"
         print(f"  worker {pid}: start {_mib(start)}, end {_mib(end)}, growth {shown}  [{trend}]")
+    known = [g for g in growths if g is not None]
+    if known and total:
+        per_request = sum(known) * 1024 * 1024 / total
+        print(
+            f"  together {sum(known):+.1f} MiB over {total} requests: {per_request:+.0f} B/request"
+        )
     failures = []
     if stats.server_errors:
         failures.append(f"{stats.server_errors} 5xx responses")
@@ -676,7 +686,9 @@ def _report(
             failures.append(f"worker {pid} gone")
         elif growth > args.max_rss_growth:
             failures.append(f"worker {pid} grew {growth:.1f} MiB (> {args.max_rss_growth:g})")
-    if timeline.rotated_at is not None and args.duration >= 20 and not stats.rotated_ok_after:
+    rotated, ended = timeline.rotated_at, timeline.ended_at
+    checked = rotated is not None and ended is not None and ended - rotated > timeline.grace + 2
+    if checked and not stats.rotated_ok_after:
         failures.append("the CA added to the bundle was never accepted")
     if failures:
         print("\nFAIL: " + "; ".join(failures))

@@ -9,6 +9,7 @@ Anything else is a crash.
 
 from __future__ import annotations
 
+import contextlib
 from urllib.parse import unquote
 
 from _common import fuzz, instrumented, latin1, lines
@@ -33,10 +34,8 @@ SEEDS = [
 def test_one_input(data: bytes) -> None:
     fields = [*lines(data), b"", b""]
     raw, path, method = latin1(fields[0]), fields[1].decode("utf-8", "replace"), latin1(fields[2])
-    try:
+    with contextlib.suppress(BadRequest):
         check_raw_target(raw)
-    except BadRequest:
-        pass
     try:
         normal = normalise_path(path)
     except BadRequest:
@@ -51,10 +50,8 @@ def test_one_input(data: bytes) -> None:
         quoted = quote_path(normal)
         assert unquote(quoted) == normal
         check_raw_target(quoted)  # a canonical path always passes as a raw target
-    try:
+    with contextlib.suppress(BadRequest):
         assert check_method(method) == method
-    except BadRequest:
-        pass
 
 
 if __name__ == "__main__":

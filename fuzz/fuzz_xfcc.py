@@ -17,6 +17,8 @@ with instrumented():
     from peer_middleware.x509 import X509SvidVerifier
     from peer_middleware.xfcc import XfccAuthenticator, XfccSyntaxError, format_xfcc, parse_xfcc
 
+import contextlib
+
 from peer_middleware.testing import TestCA, xfcc_header
 
 CA = TestCA.create("cluster.local")
@@ -27,12 +29,7 @@ AUTHENTICATORS = [
     XfccAuthenticator(trusted_proxies=["127.0.0.1"], cache_size=0),
     XfccAuthenticator(
         trusted_proxies=["127.0.0.1"],
-        forward_client_cert="append_forward",
         expected_by="spiffe://cluster.local/ns/shop/sa/payments",
-        cache_size=0,
-    ),
-    XfccAuthenticator(
-        trusted_proxies=["127.0.0.1"],
         verifier=VERIFIER,
         allow_sidecar_asserted=True,
         forward_client_cert="append_forward",
@@ -64,10 +61,8 @@ def test_one_input(data: bytes) -> None:
         assert parse_xfcc(format_xfcc(elements)) == elements, value
     headers = {"x-forwarded-client-cert": value}
     for authenticator in AUTHENTICATORS:
-        try:
+        with contextlib.suppress(AuthenticationFailed):
             authenticator.authenticate(RequestView("GET", "/", ("127.0.0.1", 1), headers))
-        except AuthenticationFailed:
-            pass
 
 
 if __name__ == "__main__":

@@ -94,7 +94,7 @@ class PeerMiddleware:
     rules declared on routes). Configuration errors raise here.
     """
 
-    __slots__ = ("_wanted", "_wanted_items", "app", "guard")
+    __slots__ = ("_wanted", "app", "guard")
 
     def __init__(
         self,
@@ -116,7 +116,6 @@ class PeerMiddleware:
             www_authenticate=www_authenticate,
         )
         self._wanted = {name.encode("latin-1"): name for name in self.guard.header_names}
-        self._wanted_items = tuple(self._wanted.items())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope_type = scope["type"]
@@ -130,21 +129,12 @@ class PeerMiddleware:
             # ASGI servers send header names in lower case (ASGI spec, HTTP
             # connection scope); a name in any other case is not matched, as
             # Starlette's own Headers would not match it either.
-            raw_headers = scope["headers"]
-            table = dict(raw_headers) if type(raw_headers) is list else None
-            if table is not None and len(table) == len(raw_headers):
-                # No name repeats: one pass in C, then one look-up per wanted name.
-                for wanted_name, header in self._wanted_items:
-                    found = table.get(wanted_name)
-                    if found is not None:
-                        headers[header] = found.decode("latin-1")
-            else:
-                for name, value in raw_headers:
-                    key = wanted.get(name)
-                    if key is not None:
-                        text = value.decode("latin-1")
-                        previous = headers.get(key)
-                        headers[key] = text if previous is None else previous + "," + text
+            for name, value in scope["headers"]:
+                key = wanted.get(name)
+                if key is not None:
+                    text = value.decode("latin-1")
+                    previous = headers.get(key)
+                    headers[key] = text if previous is None else previous + "," + text
         path: str = scope.get("path", "")
         raw = scope.get("raw_path")
         raw_target = raw.decode("latin-1") if raw is not None else None

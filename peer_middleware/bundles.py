@@ -112,12 +112,29 @@ def _freeze(authorities: Mapping[str, Iterable[x509.Certificate]]) -> _Authoriti
     return frozen
 
 
+#: What cryptography raises for a certificate it cannot parse (only some are ValueErrors;
+#: a name attribute of the wrong type is a TypeError, raised when the name is first read).
+CERTIFICATE_ERRORS: tuple[type[Exception], ...] = (
+    ValueError,
+    TypeError,
+    x509.InvalidVersion,
+    x509.DuplicateExtension,
+    x509.UnsupportedGeneralNameType,
+)
+
+
+_BUNDLE_ENTRY_ERRORS: tuple[type[Exception], ...] = (binascii.Error, *CERTIFICATE_ERRORS)
+
+
 def parse_pem_bundle(data: bytes | str) -> tuple[x509.Certificate, ...]:
     """The certificates of a PEM bundle; raises :class:`ValueError` if there are none."""
     raw = data.encode("ascii", "strict") if isinstance(data, str) else data
     if len(raw) > MAX_BUNDLE_BYTES:
         raise ValueError(f"bundle is larger than {MAX_BUNDLE_BYTES} bytes")
-    certs = tuple(x509.load_pem_x509_certificates(raw))
+    try:
+        certs = tuple(x509.load_pem_x509_certificates(raw))
+    except CERTIFICATE_ERRORS as exc:
+        raise ValueError(f"PEM bundle holds a certificate that cannot be parsed: {exc}") from None
     if not certs:  # pragma: no cover - cryptography raises for an empty bundle
         raise ValueError("no certificate in the PEM bundle")
     return certs
@@ -147,7 +164,7 @@ def parse_spiffe_bundle(document: bytes | str | Mapping[str, Any]) -> tuple[x509
         try:
             der = base64.b64decode(x5c[0], validate=True)
             certs.append(x509.load_der_x509_certificate(der))
-        except (binascii.Error, ValueError) as exc:
+        except _BUNDLE_ENTRY_ERRORS as exc:
             reason = f"SPIFFE bundle key {index}: x5c is not a certificate: {exc}"
             raise ValueError(reason) from None
     if not certs:

@@ -179,12 +179,13 @@ from urllib.parse import unquote
 from cryptography import x509
 
 from ._cache import BoundedCache
+from .bundles import CERTIFICATE_ERRORS
 from .core import RequestView
 from .errors import AuthenticationFailed, ConfigurationError, InvalidSpiffeIdError
 from .peer import Peer, Proof
 from .proxies import TrustedProxies
 from .spiffe import SpiffeId
-from .x509 import CERTIFICATE_ERRORS, has_non_positive_serial
+from .x509 import has_non_positive_serial
 
 __all__ = [
     "MAX_FORWARDED_HEADER_LENGTH",
@@ -694,7 +695,9 @@ class ForwardedCertificateAuthenticator:
         values = tuple(map(headers.get, self.header_names))
         if values.count(None) == len(values):
             return None
-        proxy = request.trusted_proxy(self.trusted_proxies)
+        # RequestView.trusted_proxy, inlined: this runs on every request.
+        client = request.client
+        proxy = client[0] if client is not None and client[0] in self.trusted_proxies else None
         if proxy is None:
             present = [n for n, v in zip(self.header_names, values, strict=True) if v is not None]
             request.note(f"ignored {', '.join(present)} from an untrusted peer")

@@ -13,7 +13,7 @@ guessing at it:
 2. :func:`normalise_path` turns the *decoded* path (what the router routes
    on) into one canonical form: repeated slashes merged, ``.`` and ``..``
    resolved (never above the root), per-segment ``;params`` removed. It
-   refuses a literal backslash, NUL or control character.
+   refuses a literal backslash, NUL or control character, or a lone surrogate.
 
 The adapters then write the canonical path back into the ASGI scope or the
 WSGI environ, so the router and the handler see exactly the path the rules
@@ -44,7 +44,10 @@ _METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _PERCENT = re.compile(r"%(?P<hex>[0-9A-Fa-f]{2})?")
 # Bytes a path may not carry in encoded form: control characters, "/", "\\".
 _FORBIDDEN_ENCODED = frozenset(range(0x20)) | {0x2F, 0x5C, 0x7F}
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\\]")
+# Characters a decoded path may not hold: control characters, "\\" and lone
+# surrogates (no UTF-8 request target decodes to one, and none can be written
+# back as raw_path).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\\\ud800-\udfff]")
 # Characters left unencoded when a canonical path is written back as raw_path.
 _SAFE_RAW = "/!$&'()*+,;=:@~"
 

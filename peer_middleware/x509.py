@@ -50,7 +50,7 @@ from cryptography.x509.verification import (
 )
 
 from ._cache import BoundedCache
-from .bundles import X509BundleSource
+from .bundles import CERTIFICATE_ERRORS, X509BundleSource
 from .core import RequestView
 from .errors import AuthenticationFailed, ConfigurationError, InvalidSpiffeIdError
 from .peer import Peer, Proof
@@ -137,13 +137,6 @@ def split_pem_chain(text: str, *, max_certificates: int = MAX_CHAIN_LENGTH) -> l
 
 
 _BASE64_BODY = re.compile(r"[A-Za-z0-9+/=\r\n\t ]+")
-#: What cryptography raises for a certificate it cannot parse (only some are ValueErrors).
-CERTIFICATE_ERRORS: tuple[type[Exception], ...] = (
-    ValueError,
-    x509.InvalidVersion,
-    x509.DuplicateExtension,
-    x509.UnsupportedGeneralNameType,
-)
 
 
 def _der_header(data: bytes, position: int) -> tuple[int, int, int]:
@@ -350,10 +343,6 @@ class X509SvidVerifier:
         # trust domain -> (generation, store)
         self._stores: dict[str, tuple[int, Store]] = {}
 
-    def _now(self) -> float:
-        clock = self._clock
-        return time.time() if clock is None else _utc(clock()).timestamp()
-
     def verify(self, chain: Sequence[bytes | str]) -> VerifiedSvid:
         """Verify ``chain`` (leaf first); see the class docstring."""
         if isinstance(chain, (str, bytes)):
@@ -369,7 +358,8 @@ class X509SvidVerifier:
         key = tuple(chain)
         entry = self._cache.get(key)
         if entry is not None:
-            now = self._now()
+            clock = self._clock
+            now = time.time() if clock is None else _utc(clock()).timestamp()
             if entry[1] == self.bundles.generation and entry[2] <= now <= entry[3]:
                 return entry[0]
         generation = self.bundles.generation

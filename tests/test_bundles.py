@@ -22,6 +22,7 @@ from peer_middleware.bundles import (
     StaticX509Bundle,
     X509BundleFile,
     X509BundleSource,
+    parse_pem_bundle,
     parse_spiffe_bundle,
     parse_trust_bundles,
     spiffe_bundle_json,
@@ -503,3 +504,26 @@ def test_workload_api_source_open_waits_off_the_event_loop(tmp_path: Path) -> No
         listener.close()
     # The loop kept running while the source waited for the (absent) agent.
     assert len(ticks) > 10
+
+
+def _bad_version_der(ca: TestCA) -> bytes:
+    # The TBSCertificate's explicit version [0] INTEGER 2 (v3) becomes 5, which
+    # cryptography refuses with InvalidVersion rather than a ValueError.
+    der = ca.certificate.public_bytes(Encoding.DER)
+    marker = bytes.fromhex("a003020102")
+    assert marker in der
+    return der.replace(marker, bytes.fromhex("a003020105"), 1)
+
+
+def test_unparseable_certificates_in_a_bundle_are_configuration_errors(
+    cas: dict[str, TestCA],
+) -> None:
+    der = _bad_version_der(cas["a"])
+    document = {"keys": [{"use": "x509-svid", "x5c": [base64.b64encode(der).decode()]}]}
+    with pytest.raises(ValueError, match="x5c is not a certificate"):
+        parse_spiffe_bundle(document)
+    pem = (
+        b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(der) + b"-----END CERTIFICATE-----\n"
+    )
+    with pytest.raises(ValueError, match="cannot be parsed"):
+        parse_pem_bundle(pem)
