@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -172,6 +172,65 @@ def _principal_pattern(pattern: str) -> str:
     return pattern
 
 
+def _exact_spiffe_id(pattern: str, shown: str) -> str:
+    try:
+        return SpiffeId.parse(pattern).uri
+    except InvalidSpiffeIdError as exc:
+        raise ConfigurationError(f"principal {shown!r}: {exc}") from exc
+
+
+class _Globs:
+    """Istio-style string patterns: exact values, ``prefix*``, ``*suffix`` and ``*``.
+
+    ``patterns`` pairs each pattern with the text the user wrote (for error
+    messages). ``exact`` validates (and may canonicalise) an exact pattern; it
+    raises :class:`ConfigurationError` for one it refuses. ``what`` names the
+    patterns in error messages.
+    """
+
+    __slots__ = ("any", "exact", "prefixes", "suffixes")
+
+    def __init__(
+        self,
+        patterns: Sequence[tuple[str, str]],
+        what: str,
+        exact: Callable[[str, str], str],
+    ) -> None:
+        exact_values: set[str] = set()
+        prefixes: list[str] = []
+        suffixes: list[str] = []
+        self.any = False
+        for pattern, shown in patterns:
+            stars = pattern.count("*")
+            if pattern == "*":
+                self.any = True
+            elif stars == 0:
+                exact_values.add(exact(pattern, shown))
+            elif stars == 1 and pattern.endswith("*"):
+                prefixes.append(pattern[:-1])
+            elif stars == 1 and pattern.startswith("*"):
+                suffixes.append(pattern[1:])
+            else:
+                raise ConfigurationError(
+                    f"{what} {shown!r}: '*' is allowed only as the whole pattern, "
+                    "its first character or its last character"
+                )
+        self.exact = frozenset(exact_values)
+        self.prefixes = tuple(prefixes)
+        self.suffixes = tuple(suffixes)
+
+    @property
+    def only_exact(self) -> bool:
+        return not (self.any or self.prefixes or self.suffixes)
+
+    def match(self, value: str) -> bool:
+        if self.any or value in self.exact:
+            return True
+        if self.prefixes and value.startswith(self.prefixes):
+            return True
+        return bool(self.suffixes) and value.endswith(self.suffixes)
+
+
 class Principal(Who):
     """Peers whose SPIFFE ID matches one of the patterns.
 
@@ -182,56 +241,22 @@ class Principal(Who):
     is built.
     """
 
-    __slots__ = ("_any", "_exact", "_prefixes", "_suffixes", "patterns")
+    __slots__ = ("_globs", "patterns")
 
     def __init__(self, *patterns: str) -> None:
         if not patterns:
             raise ConfigurationError("Principal() needs at least one pattern")
-        exact: set[str] = set()
-        prefixes: list[str] = []
-        suffixes: list[str] = []
-        any_peer = False
-        normalised: list[str] = []
-        for raw in patterns:
-            pattern = _principal_pattern(raw)
-            normalised.append(pattern)
-            stars = pattern.count("*")
-            if pattern == "*":
-                any_peer = True
-            elif stars == 0:
-                try:
-                    exact.add(SpiffeId.parse(pattern).uri)
-                except InvalidSpiffeIdError as exc:
-                    raise ConfigurationError(f"principal {raw!r}: {exc}") from exc
-            elif stars == 1 and pattern.endswith("*"):
-                prefixes.append(pattern[:-1])
-            elif stars == 1 and pattern.startswith("*"):
-                suffixes.append(pattern[1:])
-            else:
-                raise ConfigurationError(
-                    f"principal pattern {raw!r}: '*' is allowed only as the whole pattern, "
-                    "its first character or its last character"
-                )
-        self.patterns = tuple(normalised)
-        self._exact = frozenset(exact)
-        self._prefixes = tuple(prefixes)
-        self._suffixes = tuple(suffixes)
-        self._any = any_peer
+        pairs = [(_principal_pattern(raw), raw) for raw in patterns]
+        self.patterns = tuple(pattern for pattern, _ in pairs)
+        self._globs = _Globs(pairs, "principal pattern", _exact_spiffe_id)
 
     def __call__(self, peer: Peer | None) -> bool:
-        if peer is None:
-            return False
-        uri = peer.spiffe_id.uri
-        if self._any or uri in self._exact:
-            return True
-        if self._prefixes and uri.startswith(self._prefixes):
-            return True
-        return bool(self._suffixes) and uri.endswith(self._suffixes)
+        return peer is not None and self._globs.match(peer.spiffe_id.uri)
 
     def index_keys(self) -> frozenset[tuple[str, str]] | None:
-        if self._any or self._prefixes or self._suffixes:
+        if not self._globs.only_exact:
             return None
-        return frozenset(("id", uri) for uri in self._exact)
+        return frozenset(("id", uri) for uri in self._globs.exact)
 
     def describe(self) -> str:
         return f"Principal({', '.join(repr(p) for p in self.patterns)})"
@@ -456,6 +481,12 @@ def _token_peer(peer: Peer | None) -> Peer | None:
     return peer.token
 
 
+def _issuer_subject(pattern: str, shown: str) -> str:
+    if "/" not in pattern:
+        raise ConfigurationError(f"request principal {pattern!r} must be '<issuer>/<subject>'")
+    return pattern
+
+
 class RequestPrincipal(Who):
     """Peers whose token's ``<iss>/<sub>`` matches one of the patterns.
 
@@ -465,43 +496,18 @@ class RequestPrincipal(Who):
     ``"*"`` (any token with both claims).
     """
 
-    __slots__ = ("_any", "_exact", "_prefixes", "_suffixes", "patterns")
+    __slots__ = ("_globs", "patterns")
 
     def __init__(self, *patterns: str) -> None:
         if not patterns:
             raise ConfigurationError("RequestPrincipal() needs at least one pattern")
-        exact: set[str] = set()
-        prefixes: list[str] = []
-        suffixes: list[str] = []
-        any_peer = False
         for pattern in patterns:
             if not isinstance(pattern, str) or not pattern:
                 raise ConfigurationError(
                     f"request principal {pattern!r} must be a non-empty string"
                 )
-            stars = pattern.count("*")
-            if pattern == "*":
-                any_peer = True
-            elif stars == 0:
-                if "/" not in pattern:
-                    raise ConfigurationError(
-                        f"request principal {pattern!r} must be '<issuer>/<subject>'"
-                    )
-                exact.add(pattern)
-            elif stars == 1 and pattern.endswith("*"):
-                prefixes.append(pattern[:-1])
-            elif stars == 1 and pattern.startswith("*"):
-                suffixes.append(pattern[1:])
-            else:
-                raise ConfigurationError(
-                    f"request principal {pattern!r}: '*' is allowed only as the whole pattern, "
-                    "its first character or its last character"
-                )
         self.patterns = tuple(patterns)
-        self._exact = frozenset(exact)
-        self._prefixes = tuple(prefixes)
-        self._suffixes = tuple(suffixes)
-        self._any = any_peer
+        self._globs = _Globs([(p, p) for p in self.patterns], "request principal", _issuer_subject)
 
     def __call__(self, peer: Peer | None) -> bool:
         token = _token_peer(peer)
@@ -511,12 +517,7 @@ class RequestPrincipal(Who):
         subject = token.subject
         if issuer is None or subject is None:
             return False
-        value = f"{issuer}/{subject}"
-        if self._any or value in self._exact:
-            return True
-        if self._prefixes and value.startswith(self._prefixes):
-            return True
-        return bool(self._suffixes) and value.endswith(self._suffixes)
+        return self._globs.match(f"{issuer}/{subject}")
 
     def describe(self) -> str:
         return f"RequestPrincipal({', '.join(repr(p) for p in self.patterns)})"
