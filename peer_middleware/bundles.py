@@ -40,8 +40,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from cryptography import x509
 
-from .errors import ConfigurationError, InvalidSpiffeIdError
-from .spiffe import SCHEME_PREFIX, validate_trust_domain
+from .errors import ConfigurationError
+from .spiffe import SCHEME_PREFIX, configured_trust_domain
 
 __all__ = [
     "MAX_BUNDLE_BYTES",
@@ -84,10 +84,7 @@ def _trust_domain(name: str) -> str:
         raise ConfigurationError(f"trust domain {name!r} must be a string")
     if name.startswith(SCHEME_PREFIX):
         name = name[len(SCHEME_PREFIX) :]
-    try:
-        return validate_trust_domain(name)
-    except InvalidSpiffeIdError as exc:
-        raise ConfigurationError(f"trust domain {name!r}: {exc}") from exc
+    return configured_trust_domain(name)
 
 
 def _freeze(authorities: Mapping[str, Iterable[x509.Certificate]]) -> _Authorities:

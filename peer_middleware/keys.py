@@ -56,8 +56,8 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from .errors import ConfigurationError, InvalidSpiffeIdError, PeerMiddlewareError
-from .spiffe import validate_trust_domain
+from .errors import ConfigurationError, PeerMiddlewareError
+from .spiffe import configured_trust_domain
 
 __all__ = [
     "ASYMMETRIC_ALGORITHMS",
@@ -283,10 +283,7 @@ class StaticJwks:
 
 
 def _check_trust_domain(name: str) -> None:
-    try:
-        validate_trust_domain(name)
-    except InvalidSpiffeIdError as exc:
-        raise ConfigurationError(f"trust domain {name!r}: {exc}") from exc
+    configured_trust_domain(name)
 
 
 def _positive(name: str, value: float) -> float:

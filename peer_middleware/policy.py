@@ -59,7 +59,7 @@ from typing import Literal
 from ._cache import GenerationalCache
 from .errors import ConfigurationError, InvalidSpiffeIdError
 from .peer import Peer, Proof
-from .spiffe import SCHEME_PREFIX, SpiffeId, validate_trust_domain
+from .spiffe import SCHEME_PREFIX, SpiffeId, configured_trust_domain
 
 __all__ = [
     "Action",
@@ -287,10 +287,7 @@ class TrustDomain(Who):
         if not names:
             raise ConfigurationError("TrustDomain() needs at least one name")
         for name in names:
-            try:
-                validate_trust_domain(name)
-            except (InvalidSpiffeIdError, TypeError) as exc:
-                raise ConfigurationError(f"trust domain {name!r}: {exc}") from exc
+            configured_trust_domain(name)
         self.names = frozenset(names)
 
     def __call__(self, peer: Peer | None) -> bool:
@@ -320,10 +317,7 @@ class Namespace(Who):
         for name in names:
             if not isinstance(name, str) or _SEGMENT.fullmatch(name) is None:
                 raise ConfigurationError(f"namespace {name!r} is not a valid path segment")
-        try:
-            validate_trust_domain(trust_domain)
-        except (InvalidSpiffeIdError, TypeError) as exc:
-            raise ConfigurationError(f"trust domain {trust_domain!r}: {exc}") from exc
+        configured_trust_domain(trust_domain)
         self.names = frozenset(names)
         self.trust_domain = trust_domain
         self._keys = frozenset(f"{trust_domain}/{name}" for name in names)

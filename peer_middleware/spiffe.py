@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from .errors import (
+    ConfigurationError,
     InvalidSpiffeIdError,
     SpiffeIdDotSegment,
     SpiffeIdEmpty,
@@ -46,7 +47,7 @@ from .errors import (
     SpiffeIdUserInfo,
 )
 
-__all__ = ["SpiffeId", "validate_trust_domain"]
+__all__ = ["SpiffeId", "configured_trust_domain", "validate_trust_domain"]
 
 SCHEME_PREFIX = "spiffe://"
 MAX_ID_LENGTH = 2048
@@ -74,6 +75,14 @@ def validate_trust_domain(name: str) -> str:
             raise SpiffeIdPort(name)
         raise SpiffeIdInvalidTrustDomainCharacter(name)
     return name
+
+
+def configured_trust_domain(name: str) -> str:
+    """Validate a trust domain given in configuration; raise :class:`ConfigurationError`."""
+    try:
+        return validate_trust_domain(name)
+    except InvalidSpiffeIdError as exc:
+        raise ConfigurationError(f"trust domain {name!r}: {exc}") from exc
 
 
 def _validate_path(value: str, path: str) -> None:

@@ -76,7 +76,7 @@ from .core import RequestView
 from .errors import ConfigurationError, InvalidSpiffeIdError, InvalidToken, UntrustedIssuer
 from .keys import ASYMMETRIC_ALGORITHMS, KeySet, KeySource, KeysUnavailable, VerificationKey
 from .peer import Peer, Proof
-from .spiffe import SpiffeId, validate_trust_domain
+from .spiffe import SpiffeId, configured_trust_domain
 
 __all__ = [
     "DEFAULT_ALGORITHMS",
@@ -525,10 +525,7 @@ class JwtSvidAuthenticator(BearerTokenAuthenticator):
             if not domains:
                 raise ConfigurationError("trust_domains must name at least one trust domain")
             for domain in domains:
-                try:
-                    validate_trust_domain(domain)
-                except InvalidSpiffeIdError as exc:
-                    raise ConfigurationError(f"trust domain {domain!r}: {exc}") from exc
+                configured_trust_domain(domain)
             self.trust_domains: frozenset[str] | None = frozenset(domains)
         else:
             self.trust_domains = None
@@ -616,10 +613,7 @@ class KubernetesTokenAuthenticator(BearerTokenAuthenticator):
     ) -> None:
         if issuers is None:
             raise ConfigurationError("KubernetesTokenAuthenticator needs issuers")
-        try:
-            validate_trust_domain(trust_domain)
-        except InvalidSpiffeIdError as exc:
-            raise ConfigurationError(f"trust domain {trust_domain!r}: {exc}") from exc
+        configured_trust_domain(trust_domain)
         self.trust_domain = trust_domain
         super().__init__(
             keys=keys,
