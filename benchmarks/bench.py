@@ -1125,7 +1125,7 @@ def environment_lines(argv: list[str], n: int, reps: int, no_gc: bool) -> list[s
     except OSError:
         load = "unknown"
     return [
-        f"- Command: `python benchmarks/bench.py {shlex.join(argv)}`".replace(" `", " `", 1),
+        f"- Command: `python benchmarks/bench.py {shlex.join(argv)}`",
         f"- Python {platform.python_implementation()} {platform.python_version()}; "
         f"peer_middleware {peer_middleware.__version__} (git {git_revision()})",
         f"- {versions}; {wrk_version()}",
