@@ -445,39 +445,17 @@ class Guard:
         refusal = Refusal(
             decision.status, decision.reason, decision.rule, www, method, path, verdict.peer
         )
-        try:
-            return self.responder(refusal)
-        except Exception:
-            logger.exception("custom responder failed; sending the default refusal")
-            return default_responder(refusal)
+        return _respond(self.responder, refusal)
 
     def log(self, verdict: Verdict, method: str, raw_path: str) -> None:
         decision = verdict.decision
-        level = (
-            logging.INFO
-            if (not decision.allowed or decision.dry_run or decision.audit or decision.shadow)
-            else logging.DEBUG
-        )
+        level = logging.DEBUG if decision.quiet else logging.INFO
         if not logger.isEnabledFor(level):
             return
         request = verdict.request
-        peer = verdict.peer
         path = request.path if request is not None else raw_path[:200]
-        fields = {
-            "outcome": "allowed" if decision.allowed else "refused",
-            "status": decision.enforced_status,
-            "rule": decision.rule,
-            "reason": decision.reason,
-            "principal": peer.principal if peer is not None else None,
-            "proof": peer.proof.value if peer is not None else None,
-            "proxy": peer.proxy if peer is not None else None,
-            "method": method[:32],
-            "path": path,
-            "dry_run": decision.dry_run,
-            "shadow": decision.shadow,
-            "audit": decision.audit,
-            "notes": tuple(request.notes) if request is not None and request.notes else (),
-        }
+        notes = tuple(request.notes) if request is not None and request.notes else ()
+        fields = _log_fields(decision, verdict.peer, method, path, notes)
         message = "%s %s %r status=%s rule=%s principal=%s proxy=%s reason=%r"
         args: tuple[object, ...] = (
             fields["outcome"] if not decision.dry_run else "would-refuse(dry-run)",
@@ -512,30 +490,15 @@ def route_refusal(
     www_authenticate: str | None,
 ) -> ProblemResponse:
     """Log a refusal raised inside a route (a per-route requirement) and build its response."""
+    fields = _log_fields(_error_decision(error), peer, method, path[:200], ())
     logger.info(
         "refused %s %r status=%s by a route requirement principal=%s reason=%r",
-        method[:32],
-        path[:200],
+        fields["method"],
+        fields["path"],
         error.status,
-        peer.principal if peer is not None else None,
+        fields["principal"],
         error.reason,
-        extra={
-            "peer_middleware": {
-                "outcome": "refused",
-                "status": error.status,
-                "rule": None,
-                "reason": error.reason,
-                "principal": peer.principal if peer is not None else None,
-                "proof": peer.proof.value if peer is not None else None,
-                "proxy": peer.proxy if peer is not None else None,
-                "method": method[:32],
-                "path": path[:200],
-                "dry_run": False,
-                "shadow": (),
-                "audit": (),
-                "notes": (),
-            }
-        },
+        extra={"peer_middleware": fields},
     )
     www = (
         (getattr(error, "www_authenticate", None) or www_authenticate)
@@ -543,8 +506,34 @@ def route_refusal(
         else None
     )
     refusal = Refusal(error.status, error.reason, None, www, method, path, peer)
+    return _respond(responder, refusal)
+
+
+def _respond(responder: Responder, refusal: Refusal) -> ProblemResponse:
+    """The responder's answer; the default one if a custom responder fails."""
     try:
         return responder(refusal)
     except Exception:
         logger.exception("custom responder failed; sending the default refusal")
         return default_responder(refusal)
+
+
+def _log_fields(
+    decision: Decision, peer: Peer | None, method: str, path: str, notes: tuple[str, ...]
+) -> dict[str, object]:
+    """The structured fields of a decision record (``record.peer_middleware``)."""
+    return {
+        "outcome": "allowed" if decision.allowed else "refused",
+        "status": decision.enforced_status,
+        "rule": decision.rule,
+        "reason": decision.reason,
+        "principal": peer.principal if peer is not None else None,
+        "proof": peer.proof.value if peer is not None else None,
+        "proxy": peer.proxy if peer is not None else None,
+        "method": method[:32],
+        "path": path,
+        "dry_run": decision.dry_run,
+        "shadow": decision.shadow,
+        "audit": decision.audit,
+        "notes": notes,
+    }
