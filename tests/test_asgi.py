@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 import pytest
+from decision_fields import fields
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -94,37 +95,6 @@ OK_MESSAGES = [
     {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]},
     {"type": "http.response.body", "body": b"ok"},
 ]
-
-
-def fields(
-    *,
-    outcome: str,
-    status: int,
-    reason: str,
-    path: str,
-    rule: str | None = None,
-    principal: str | None = None,
-    method: str = "GET",
-    dry_run: bool = False,
-    shadow: tuple[str, ...] = (),
-    audit: tuple[str, ...] = (),
-    notes: tuple[str, ...] = (),
-) -> dict[str, Any]:
-    return {
-        "outcome": outcome,
-        "status": status,
-        "rule": rule,
-        "reason": reason,
-        "principal": principal,
-        "proof": "proxy-asserted" if principal is not None else None,
-        "proxy": "127.0.0.1" if principal is not None else None,
-        "method": method,
-        "path": path,
-        "dry_run": dry_run,
-        "shadow": shadow,
-        "audit": audit,
-        "notes": notes,
-    }
 
 
 class Recorder:

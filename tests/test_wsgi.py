@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import pytest
+from decision_fields import fields
 from werkzeug.test import Client
 
 from peer_middleware import (
@@ -76,36 +77,6 @@ def problem_headers(status: int) -> list[tuple[str, str]]:
         ("cache-control", "no-store"),
         ("content-length", str(len(BODIES[status]))),
     ]
-
-
-def fields(
-    *,
-    outcome: str,
-    status: int,
-    reason: str,
-    path: str,
-    rule: str | None = None,
-    principal: str | None = None,
-    method: str = "GET",
-    dry_run: bool = False,
-    audit: tuple[str, ...] = (),
-    notes: tuple[str, ...] = (),
-) -> dict[str, Any]:
-    return {
-        "outcome": outcome,
-        "status": status,
-        "rule": rule,
-        "reason": reason,
-        "principal": principal,
-        "proof": "proxy-asserted" if principal is not None else None,
-        "proxy": "127.0.0.1" if principal is not None else None,
-        "method": method,
-        "path": path,
-        "dry_run": dry_run,
-        "shadow": (),
-        "audit": audit,
-        "notes": notes,
-    }
 
 
 class Recorder:
