@@ -24,7 +24,6 @@ other scope types pass straight through.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from functools import lru_cache
 from itertools import islice
 from typing import Any
 
@@ -43,22 +42,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 PEER_SCOPE_KEY = "peer_middleware.peer"
 DECISION_SCOPE_KEY = "peer_middleware.decision"
 _MAX_TLS_CHAIN = 1024
-
-
-@lru_cache(maxsize=64)
-def _route_path_for(root_path: str) -> Callable[[str], str]:
-    # Mirrors Starlette's get_route_path(): rules are written against the
-    # path the router matches, which excludes the mount point.
-    def route_path(path: str) -> str:
-        if not path.startswith(root_path):
-            return path
-        if path == root_path:
-            return "/"
-        if path[len(root_path)] == "/":
-            return path[len(root_path) :]
-        return path
-
-    return route_path
 
 
 def _tls_chain(scope: Scope) -> tuple[bytes | str, ...] | None:
@@ -147,7 +130,7 @@ class PeerMiddleware:
             raw_target,
             tuple(client) if client is not None else None,
             headers,
-            _route_path_for(root_path) if root_path else None,
+            root_path,
             scope.get("query_string", b"").decode("latin-1") if guard.reads_query else "",
             _tls_chain(scope) if guard.reads_tls else None,
         )

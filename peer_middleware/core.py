@@ -112,6 +112,15 @@ class Authenticator(Protocol):
     :class:`AuthenticationFailed` when a credential is present but invalid.
     It must not keep per-request state and must be safe to call from several
     threads.
+
+    An authenticator may declare ``memoizable = True``: its answer depends
+    only on the client's host (and port), the headers it declared, the query
+    string (when it declares ``reads_query``) and the TLS chain, and it stays
+    the same for as long as the returned peer's ``still_valid`` check (when
+    set) returns True. When every authenticator of a guard declares it, the
+    guard remembers the identity proven by each distinct credential (bounded,
+    authenticated callers only) and skips the authenticators for a caller it
+    has seen, until ``still_valid`` says otherwise.
     """
 
     @property
@@ -185,25 +194,30 @@ Responder = Callable[[Refusal], ProblemResponse]
 class Verdict:
     """What the core decided for one request.
 
-    ``www_authenticate`` is the challenge of the credential that was refused,
-    when it names one (an invalid bearer token); it replaces the guard's
-    default challenge in the 401 response.
+    ``path`` is the normalised full path (what the router gets); ``route`` the
+    path the rules saw (``None`` when the request was refused before its path
+    was normalised); ``notes`` what the authenticators asked the log to
+    mention. ``www_authenticate`` is the challenge of the credential that was
+    refused, when it names one (an invalid bearer token); it replaces the
+    guard's default challenge in the 401 response.
     """
 
-    __slots__ = ("decision", "path", "peer", "request", "www_authenticate")
+    __slots__ = ("decision", "notes", "path", "peer", "route", "www_authenticate")
 
     def __init__(
         self,
         decision: Decision,
         peer: Peer | None,
         path: str,
-        request: RequestView | None,
+        route: str | None,
+        notes: tuple[str, ...] = (),
         www_authenticate: str | None = None,
     ) -> None:
         self.decision = decision
         self.peer = peer
         self.path = path
-        self.request = request
+        self.route = route
+        self.notes = notes
         self.www_authenticate = www_authenticate
 
     @property
@@ -221,7 +235,22 @@ _COMMON_METHODS = frozenset(
 )
 _PATH_CACHE_SIZE = 4096
 _COMBINED_CACHE_SIZE = 4096
+#: Identities remembered per generation (two generations), and the most
+#: characters of credentials (headers, query, TLS chain) an entry may hold.
+_IDENTITY_CACHE_SIZE = 1024
+_IDENTITY_MAX_CHARS = 16 * 1024
 _TOKEN_PROOF = Proof.TOKEN
+
+# An identity: the peer (or None), the checks that must all still hold for it
+# to be reused, the notes for the log.
+_Identity = tuple[Peer | None, tuple[Callable[[], bool], ...], tuple[str, ...]]
+
+
+def _never() -> bool:
+    return False
+
+
+_NEVER_AGAIN: tuple[Callable[[], bool], ...] = (_never,)
 
 
 class Guard:
@@ -239,9 +268,11 @@ class Guard:
     __slots__ = (
         "_combined",
         "_forwarded",
+        "_identities",
         "_paths",
         "_rewrite_warned",
         "_runs",
+        "_verdicts",
         "authenticators",
         "header_names",
         "policy",
@@ -293,6 +324,18 @@ class Guard:
         self.www_authenticate = www_authenticate
         self._rewrite_warned = False
         self._paths = GenerationalCache[str | tuple[str, str | None], str](_PATH_CACHE_SIZE)
+        # When every authenticator is memoizable: credentials -> identity, and
+        # (method, path, raw target, root path, credentials) -> allowed verdict.
+        # Both hold authenticated callers only, and entries of bounded size.
+        self._identities = (
+            GenerationalCache[tuple[object, ...], _Identity](_IDENTITY_CACHE_SIZE)
+            if self.authenticators
+            and all(getattr(a, "memoizable", False) is True for a in self.authenticators)
+            else None
+        )
+        self._verdicts = GenerationalCache[
+            tuple[object, ...], tuple[Verdict, tuple[Callable[[], bool], ...]]
+        ](_IDENTITY_CACHE_SIZE)
 
     def check(
         self,
@@ -301,24 +344,61 @@ class Guard:
         raw_target: str | None,
         client: tuple[str, int] | None,
         headers: dict[str, str],
-        route_path: Callable[[str], str] | None = None,
+        root_path: str = "",
         query: str = "",
         tls_chain: tuple[bytes | str, ...] | None = None,
     ) -> Verdict:
         """Run the whole pipeline for one request.
 
         ``path`` is the decoded path the router will see, ``raw_target`` the
-        target as sent when the server provides it. ``route_path`` maps the
-        normalised full path to the path rules are written against (it strips
-        a mount prefix); identity when ``None``. The verdict's ``path`` is the
-        normalised full path to write back for the router. ``query`` is the
-        raw query string, needed only when :attr:`reads_query` is True;
-        ``tls_chain`` the connection's client certificate chain (leaf first),
-        needed only when :attr:`reads_tls` is True.
+        target as sent when the server provides it. ``root_path`` is the
+        mount point the app is served under (ASGI ``root_path``): rules are
+        written against the path without it, as the router matches it. The
+        verdict's ``path`` is the normalised full path to write back for the
+        router. ``query`` is the raw query string, needed only when
+        :attr:`reads_query` is True; ``tls_chain`` the connection's client
+        certificate chain (leaf first), needed only when :attr:`reads_tls` is
+        True.
         """
-        request: RequestView | None = None
         normalised = path
+        matched: str | None = None
+        notes: tuple[str, ...] = ()
+        credentials: tuple[object, ...] | None = None
+        request_key: tuple[object, ...] | None = None
         try:
+            identities = self._identities
+            if identities is not None:
+                # Everything memoizable authenticators read: the client's host
+                # (with its port when the address may have been rewritten),
+                # the declared headers in order, the query and the TLS chain.
+                if client is None:
+                    where: object = None
+                elif client[1] == 0 or (self._forwarded and FORWARDED_FOR in headers):
+                    where = client
+                else:
+                    where = client[0]
+                credentials = (where, query, tls_chain, *headers.items())
+                # A request seen before, byte for byte, from a caller whose
+                # proof still holds: the verdict is the one made then.
+                request_key = (method, path, raw_target, root_path, credentials)
+                try:
+                    seen = self._verdicts.young.get(request_key) or self._verdicts.get(request_key)
+                except TypeError:
+                    # A server handed over something unhashable (a TLS chain
+                    # of odd objects): no reuse; the authenticator says why.
+                    seen = credentials = request_key = None
+                if seen is not None:
+                    for still_valid in seen[1]:
+                        if not still_valid():
+                            break
+                    else:
+                        verdict = seen[0]
+                        if verdict.decision.quiet:
+                            if logger.isEnabledFor(logging.DEBUG):
+                                self.log(verdict, method, path)
+                        else:
+                            self.log(verdict, method, path)
+                        return verdict
             if method not in _COMMON_METHODS:
                 check_method(method)
             # Paths repeat; their checks are pure, so a bounded cache serves
@@ -332,61 +412,115 @@ class Guard:
                 cached = normalise_path(path)
                 self._paths.put(key, cached)
             normalised = cached
-            matched = normalised if route_path is None else route_path(normalised)
-            if self._forwarded and client is not None:
-                forwarded_for = headers.get(FORWARDED_FOR)
-                if forwarded_for is not None or client[1] == 0:
-                    client = self._client_if_trustworthy(client, forwarded_for)
-            request = RequestView(method, matched, client, headers, query, tls_chain)
-            peer: Peer | None = None
-            token: Peer | None = None
-            untrusted: UntrustedIssuer | None = None
-            for authenticator, bearer in self._runs:
-                if peer is not None and not bearer:
-                    continue
-                try:
-                    found = authenticator.authenticate(request)
-                except UntrustedIssuer as error:
-                    # Another token authenticator may accept this token.
-                    if untrusted is None:
-                        untrusted = error
-                    continue
-                if found is None:
-                    continue
-                if found.proof is _TOKEN_PROOF:
-                    if token is not None:
-                        raise InvalidToken("two bearer tokens on one request")
-                    token = found
-                elif peer is None:
-                    peer = found
-            if token is not None:
-                if peer is None and token.certificate_sha256 is None:
-                    peer = token  # a token alone, bound to no certificate
-                else:
-                    peer = self._combine(peer, token)
-            elif untrusted is not None:
-                raise untrusted
+            matched = route_path(normalised, root_path) if root_path else normalised
+            known = None
+            if identities is not None and credentials is not None:
+                known = identities.young.get(credentials) or identities.get(credentials)
+                if known is not None:
+                    for still_valid in known[1]:
+                        if not still_valid():
+                            known = None
+                            break
+            if known is None:
+                known = self._authenticate(method, matched, client, headers, query, tls_chain)
+                if (
+                    identities is not None
+                    and credentials is not None
+                    and known[0] is not None
+                    and _chars(headers, query, tls_chain) <= _IDENTITY_MAX_CHARS
+                ):
+                    identities.put(credentials, known)
+            peer, checks, notes = known
             decision = self.policy.decide(method, matched, peer)
-            verdict = Verdict(decision, peer, normalised, request)
+            verdict = Verdict(decision, peer, normalised, matched, notes)
+            if (
+                request_key is not None
+                and decision.allowed
+                and peer is not None
+                and len(path) + _chars(headers, query, tls_chain) <= _IDENTITY_MAX_CHARS
+            ):
+                self._verdicts.put(request_key, (verdict, checks))
         except RequestRefused as error:
             verdict = Verdict(
                 _error_decision(error),
                 None,
                 normalised,
-                request,
+                matched,
+                notes,
                 getattr(error, "www_authenticate", None),
             )
         except Exception:
             logger.exception("peer_middleware failed while authorizing %s %r", method, path[:200])
-            verdict = Verdict(_INTERNAL, None, normalised, request)
-        decision = verdict.decision
-        if decision.quiet:
+            verdict = Verdict(_INTERNAL, None, normalised, matched, notes)
+        if verdict.decision.quiet:
             # An allow with nothing to report is logged at DEBUG only.
             if logger.isEnabledFor(logging.DEBUG):
                 self.log(verdict, method, path)
         else:
             self.log(verdict, method, path)
         return verdict
+
+    def _authenticate(
+        self,
+        method: str,
+        path: str,
+        client: tuple[str, int] | None,
+        headers: dict[str, str],
+        query: str,
+        tls_chain: tuple[bytes | str, ...] | None,
+    ) -> _Identity:
+        """Run the authenticators: the request's peer, the checks that must
+        hold for it to be reused, and the notes for the log.
+
+        A result is reusable (``checks`` meaningful) only when no token was
+        refused as untrusted on the way; otherwise ``checks`` holds one that
+        always fails.
+        """
+        if self._forwarded and client is not None:
+            forwarded_for = headers.get(FORWARDED_FOR)
+            if forwarded_for is not None or client[1] == 0:
+                client = self._client_if_trustworthy(client, forwarded_for)
+        request = RequestView(method, path, client, headers, query, tls_chain)
+        primary: Peer | None = None
+        token: Peer | None = None
+        untrusted: UntrustedIssuer | None = None
+        for authenticator, bearer in self._runs:
+            if primary is not None and not bearer:
+                continue
+            try:
+                found = authenticator.authenticate(request)
+            except UntrustedIssuer as error:
+                # Another token authenticator may accept this token.
+                if untrusted is None:
+                    untrusted = error
+                continue
+            if found is None:
+                continue
+            if found.proof is _TOKEN_PROOF:
+                if token is not None:
+                    raise InvalidToken("two bearer tokens on one request")
+                token = found
+            elif primary is None:
+                primary = found
+        peer = primary
+        if token is not None:
+            if primary is None and token.certificate_sha256 is None:
+                peer = token  # a token alone, bound to no certificate
+            else:
+                peer = self._combine(primary, token)
+        elif untrusted is not None:
+            raise untrusted
+        notes = tuple(request.notes) if request.notes else ()
+        if untrusted is not None:
+            # Another authenticator might accept the token once its keys
+            # change: never reuse this result.
+            return peer, _NEVER_AGAIN, notes
+        checks = tuple(
+            found.still_valid
+            for found in (primary, token)
+            if found is not None and found.still_valid is not None
+        )
+        return peer, checks, notes
 
     def _combine(self, primary: Peer | None, token: Peer) -> Peer:
         """The request's peer from a certificate peer and a token peer."""
@@ -441,7 +575,7 @@ class Guard:
         www = (
             (verdict.www_authenticate or self.www_authenticate) if decision.status == 401 else None
         )
-        path = verdict.request.path if verdict.request is not None else verdict.path
+        path = verdict.route if verdict.route is not None else verdict.path
         refusal = Refusal(
             decision.status, decision.reason, decision.rule, www, method, path, verdict.peer
         )
@@ -452,10 +586,8 @@ class Guard:
         level = logging.DEBUG if decision.quiet else logging.INFO
         if not logger.isEnabledFor(level):
             return
-        request = verdict.request
-        path = request.path if request is not None else raw_path[:200]
-        notes = tuple(request.notes) if request is not None and request.notes else ()
-        fields = _log_fields(decision, verdict.peer, method, path, notes)
+        path = verdict.route if verdict.route is not None else raw_path[:200]
+        fields = _log_fields(decision, verdict.peer, method, path, verdict.notes)
         message = "%s %s %r status=%s rule=%s principal=%s proxy=%s reason=%r"
         args: tuple[object, ...] = (
             fields["outcome"] if not decision.dry_run else "would-refuse(dry-run)",
@@ -507,6 +639,29 @@ def route_refusal(
     )
     refusal = Refusal(error.status, error.reason, None, www, method, path, peer)
     return _respond(responder, refusal)
+
+
+def route_path(path: str, root_path: str) -> str:
+    """The path the router matches under mount point ``root_path``.
+
+    Mirrors Starlette's ``get_route_path()``: rules are written against the
+    path without the mount point.
+    """
+    if not root_path or not path.startswith(root_path):
+        return path
+    if path == root_path:
+        return "/"
+    if path[len(root_path)] == "/":
+        return path[len(root_path) :]
+    return path
+
+
+def _chars(headers: dict[str, str], query: str, tls_chain: tuple[bytes | str, ...] | None) -> int:
+    """How many characters of credentials an identity-cache entry would keep."""
+    size = len(query) + sum(map(len, headers.values()))
+    if tls_chain:
+        size += sum(map(len, tls_chain))
+    return size
 
 
 def _respond(responder: Responder, refusal: Refusal) -> ProblemResponse:

@@ -185,7 +185,7 @@ from .errors import AuthenticationFailed, ConfigurationError, InvalidSpiffeIdErr
 from .peer import Peer, Proof
 from .proxies import TrustedProxies
 from .spiffe import SpiffeId
-from .x509 import has_non_positive_serial
+from .x509 import has_non_positive_serial, still_valid_of
 
 __all__ = [
     "MAX_FORWARDED_HEADER_LENGTH",
@@ -226,7 +226,11 @@ class Preset(str, enum.Enum):
 
 
 class VerifiedCertificate(Protocol):
-    """What a chain verifier proved (:class:`peer_middleware.x509.VerifiedSvid`)."""
+    """What a chain verifier proved (:class:`peer_middleware.x509.VerifiedSvid`).
+
+    A result may also carry ``still_valid``, a zero-argument check that is True
+    while it holds; without it the verifier is asked again on every request.
+    """
 
     @property
     def spiffe_id(self) -> SpiffeId: ...
@@ -635,6 +639,7 @@ class ForwardedCertificateAuthenticator:
     """
 
     forwarded = True
+    memoizable = True
     www_authenticate = None
 
     def __init__(
@@ -729,6 +734,7 @@ class ForwardedCertificateAuthenticator:
             source=self.name,
             proxy=proxy,
             certificate_sha256=verified.sha256,
+            still_valid=still_valid_of(verified),
         )
         self._cache.put(key, (chain, verified, peer))
         return peer
@@ -849,6 +855,7 @@ class LinkerdIdentityAuthenticator:
     """
 
     forwarded = True
+    memoizable = True
     www_authenticate = None
 
     def __init__(

@@ -99,11 +99,11 @@ _DNS_SUBDOMAIN = re.compile(
 _SERVICE_ACCOUNT_PREFIX = "system:serviceaccount:"
 _MAX_KID = 256
 
-# One cached verification: the peer, the time after which it is no longer
-# valid, the index of the key source, the key's fingerprint and the token's
-# signed part (header.payload, which is not a usable credential without its
-# signature; the cache is keyed by the SHA-256 of the signature).
-_Entry = tuple[Peer, float, int, str, str]
+# One cached verification: the peer (whose ``still_valid`` knows the expiry,
+# the key source and the key's fingerprint) and the token's signed part
+# (header.payload, which is not a usable credential without its signature; the
+# cache is keyed by the SHA-256 of the signature).
+_Entry = tuple[Peer, str]
 
 
 def _shown(value: object) -> str:
@@ -205,6 +205,7 @@ class BearerTokenAuthenticator:
     #: Token authenticators are run even after a certificate peer was found.
     bearer = True
     forwarded = False
+    memoizable = True
     www_authenticate = "Bearer"
     kind = "bearer"
 
@@ -343,17 +344,28 @@ class BearerTokenAuthenticator:
         signed, _, signature = token.rpartition(".")
         digest = hashlib.sha256(signature.encode("utf-8", "surrogatepass")).digest()
         entry = self._cache.get(digest)
-        now = self._clock()
-        if entry is not None and now < entry[1] and entry[4] == signed:
-            try:
-                current = self.sources[entry[2]].key_set()
-            except KeysUnavailable as exc:
-                raise InvalidToken(f"{self.name}: no trusted keys: {exc}") from exc
-            if entry[3] in current.fingerprints:
-                return entry[0]
-        entry = self._verify(token, signed, now)
+        if entry is not None and entry[1] == signed:
+            peer = entry[0]
+            if peer.still_valid is not None and peer.still_valid():
+                return peer
+        entry = self._verify(token, signed, self._clock())
         self._cache.put(digest, entry)
         return entry[0]
+
+    def _validity(self, expires: float, source: KeySource, fingerprint: str) -> Callable[[], bool]:
+        """The ``still_valid`` check of a verified token: unexpired, its key still
+        published by ``source``, and ``source``'s keys fresh."""
+        clock = self._clock
+
+        def still_valid() -> bool:
+            if clock() >= expires:
+                return False
+            try:
+                return fingerprint in source.key_set().fingerprints
+            except KeysUnavailable:
+                return False
+
+        return still_valid
 
     def _key_set(self, source: KeySource, *, refresh: bool = False) -> KeySet:
         try:
@@ -432,8 +444,9 @@ class BearerTokenAuthenticator:
             source=self.name,
             certificate_sha256=bound,
             claims=_freeze(claims),
+            still_valid=self._validity(exp + leeway, self.sources[index], key.fingerprint),
         )
-        return (peer, exp + leeway, index, key.fingerprint, signed)
+        return (peer, signed)
 
     def _choose_key(self, token: str, kid: str, alg: str, what: str) -> tuple[int, VerificationKey]:
         candidates: list[tuple[int, VerificationKey]] = []

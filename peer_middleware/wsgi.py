@@ -183,7 +183,7 @@ class PeerWSGIMiddleware:
             )
         query_string = environ.get("QUERY_STRING", "") if guard.reads_query else ""
         tls_chain = _tls_chain(environ) if guard.reads_tls else None
-        verdict = guard.check(method, path, raw_uri, client, headers, None, query_string, tls_chain)
+        verdict = guard.check(method, path, raw_uri, client, headers, "", query_string, tls_chain)
         if not verdict.decision.allowed:
             return self._refuse(guard, verdict, method, start_response)
         if verdict.path != path:

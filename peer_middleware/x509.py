@@ -37,7 +37,7 @@ import hashlib
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from cryptography import x509
@@ -82,12 +82,33 @@ class VerifiedSvid:
     ``spiffe_id`` is the leaf's SPIFFE ID, ``sha256`` the lower-case hex SHA-256
     of the leaf's DER (Envoy's XFCC ``Hash``), ``not_after`` the moment the
     verification stops holding: the earliest ``notAfter`` of the verified
-    chain (the leaf's, unless a CA expires first).
+    chain (the leaf's, unless a CA expires first). ``still_valid`` answers,
+    without verifying again, whether the result still holds.
     """
 
     spiffe_id: SpiffeId
     sha256: str
     not_after: datetime
+    #: True while this result still holds: now within the chain's validity and
+    #: the trust bundle unchanged since it was verified.
+    still_valid: Callable[[], bool] | None = field(
+        default=None, compare=False, repr=False, hash=False
+    )
+
+
+def _ask_again() -> bool:
+    return False
+
+
+def still_valid_of(result: object) -> Callable[[], bool]:
+    """The ``still_valid`` check of a verifier's result.
+
+    A result without one (from a custom verifier) gets a check that always
+    fails, so the verifier is asked again on every request: nothing is
+    remembered on the strength of a result that cannot say when it lapses.
+    """
+    check = getattr(result, "still_valid", None)
+    return check if callable(check) else _ask_again
 
 
 def svid_extension_policies() -> tuple[ExtensionPolicy, ExtensionPolicy]:
@@ -289,10 +310,6 @@ def _utc(value: datetime) -> datetime:
     return value.astimezone(timezone.utc)
 
 
-# A cache entry: the result, its bundle generation, and its validity as POSIX seconds.
-_Entry = tuple[VerifiedSvid, int, float, float]
-
-
 class X509SvidVerifier:
     """Verify X.509-SVID chains against the bundle of the leaf's trust domain.
 
@@ -338,7 +355,7 @@ class X509SvidVerifier:
         self.bundles = bundles
         self._clock = clock
         self.max_chain_length = max_chain_length
-        self._cache = BoundedCache[tuple[bytes | str, ...], _Entry](cache_size)
+        self._cache = BoundedCache[tuple[bytes | str, ...], VerifiedSvid](cache_size)
         self._policies = svid_extension_policies()
         # trust domain -> (generation, store)
         self._stores: dict[str, tuple[int, Store]] = {}
@@ -356,16 +373,29 @@ class X509SvidVerifier:
                 "are accepted"
             )
         key = tuple(chain)
-        entry = self._cache.get(key)
-        if entry is not None:
-            clock = self._clock
-            now = time.time() if clock is None else _utc(clock()).timestamp()
-            if entry[1] == self.bundles.generation and entry[2] <= now <= entry[3]:
-                return entry[0]
-        generation = self.bundles.generation
-        result, not_before = self._verify(key, count)
-        self._cache.put(key, (result, generation, not_before, result.not_after.timestamp()))
+        cached = self._cache.get(key)
+        if cached is not None and cached.still_valid is not None and cached.still_valid():
+            return cached
+        result = self._verify(key, count, self.bundles.generation)
+        self._cache.put(key, result)
         return result
+
+    def _validity(self, generation: int, not_before: float, not_after: float) -> Callable[[], bool]:
+        """The ``still_valid`` check of a result verified under bundle ``generation``."""
+        bundles = self.bundles
+        clock = self._clock
+        if clock is None:
+
+            def still_valid() -> bool:
+                return not_before <= time.time() <= not_after and bundles.generation == generation
+
+        else:
+
+            def still_valid() -> bool:
+                now = _utc(clock()).timestamp()
+                return not_before <= now <= not_after and bundles.generation == generation
+
+        return still_valid
 
     def _store(self, trust_domain: str, generation: int) -> Store | None:
         cached = self._stores.get(trust_domain)
@@ -380,12 +410,12 @@ class X509SvidVerifier:
         self._stores[trust_domain] = (generation, store)
         return store
 
-    def _verify(self, chain: tuple[bytes | str, ...], count: int) -> tuple[VerifiedSvid, float]:
+    def _verify(self, chain: tuple[bytes | str, ...], count: int, generation: int) -> VerifiedSvid:
         parsed = [_load(item, index, count) for index, item in enumerate(chain)]
         leaf, leaf_der = parsed[0]
         spiffe_id = _leaf_rules(leaf)
         trust_domain = spiffe_id.trust_domain
-        store = self._store(trust_domain, self.bundles.generation)
+        store = self._store(trust_domain, generation)
         if store is None:
             raise AuthenticationFailed(f"no trust bundle for trust domain {trust_domain!r}")
         clock = self._clock
@@ -420,7 +450,8 @@ class X509SvidVerifier:
         not_after = min(cert.not_valid_after_utc for cert in verified.chain)
         not_before = max(cert.not_valid_before_utc for cert in verified.chain)
         digest = hashlib.sha256(leaf_der).hexdigest()
-        return VerifiedSvid(spiffe_id, digest, not_after), not_before.timestamp()
+        validity = self._validity(generation, not_before.timestamp(), not_after.timestamp())
+        return VerifiedSvid(spiffe_id, digest, not_after, validity)
 
     def __repr__(self) -> str:
         return f"X509SvidVerifier({self.bundles!r})"
@@ -442,6 +473,7 @@ class MtlsAuthenticator:
     """
 
     forwarded = False
+    memoizable = True
     reads_tls = True
     bearer = False
     www_authenticate = None
@@ -463,7 +495,13 @@ class MtlsAuthenticator:
         hit = self._peers.get(id(svid))
         if hit is not None and hit[0] is svid:
             return hit[1]
-        peer = Peer(svid.spiffe_id, Proof.MTLS, source=self.name, certificate_sha256=svid.sha256)
+        peer = Peer(
+            svid.spiffe_id,
+            Proof.MTLS,
+            source=self.name,
+            certificate_sha256=svid.sha256,
+            still_valid=still_valid_of(svid),
+        )
         self._peers.put(id(svid), (svid, peer))
         return peer
 

@@ -31,7 +31,13 @@ from .errors import AuthenticationFailed, ConfigurationError, InvalidSpiffeIdErr
 from .peer import Peer, Proof
 from .proxies import TrustedProxies
 from .spiffe import SpiffeId
-from .x509 import MAX_CERTIFICATE_BYTES, VerifiedSvid, X509SvidVerifier, split_pem_chain
+from .x509 import (
+    MAX_CERTIFICATE_BYTES,
+    VerifiedSvid,
+    X509SvidVerifier,
+    split_pem_chain,
+    still_valid_of,
+)
 
 __all__ = [
     "MAX_XFCC_ELEMENTS",
@@ -272,6 +278,7 @@ class XfccAuthenticator:
     """
 
     forwarded = True
+    memoizable = True
     www_authenticate = None
 
     def __init__(
@@ -458,6 +465,7 @@ class XfccAuthenticator:
             source=self.name,
             proxy=proxy,
             certificate_sha256=svid.sha256,
+            still_valid=still_valid_of(svid),
         )
         return peer, (chain, svid)
 

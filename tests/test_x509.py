@@ -418,9 +418,11 @@ def test_a_repeat_caller_is_not_verified_again(monkeypatch: pytest.MonkeyPatch) 
     calls = []
     original = X509SvidVerifier._verify
 
-    def counting(self: X509SvidVerifier, chain: tuple[bytes | str, ...], count: int) -> object:
+    def counting(
+        self: X509SvidVerifier, chain: tuple[bytes | str, ...], count: int, generation: int
+    ) -> object:
         calls.append(chain)
-        return original(self, chain, count)
+        return original(self, chain, count, generation)
 
     monkeypatch.setattr(X509SvidVerifier, "_verify", counting)
     chain = pems(ca.issue_svid(ID))
