@@ -422,6 +422,9 @@ class Guard:
                             known = None
                             break
             if known is None:
+                # A first sight: its verdict is not worth keeping until the
+                # credential comes back (most cold credentials never do).
+                request_key = None
                 known = self._authenticate(method, matched, client, headers, query, tls_chain)
                 if (
                     identities is not None

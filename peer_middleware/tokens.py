@@ -91,6 +91,7 @@ DEFAULT_ALGORITHMS = ("RS256", "ES256", "ES384", "PS256", "EdDSA")
 _FORBIDDEN_HEADERS = frozenset({"jku", "x5u", "jwk", "x5c", "crit"})
 _TYPES = frozenset({"JWT", "JOSE"})
 _COMPACT = re.compile(r"[A-Za-z0-9_-]+")
+_HEADER_CACHE_SIZE = 256
 _BEARER = re.compile(r"(?:^|,)\s*bearer(?:\s|$)", re.IGNORECASE)
 _DNS_LABEL = re.compile(r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?")
 _DNS_SUBDOMAIN = re.compile(
@@ -279,6 +280,16 @@ class BearerTokenAuthenticator:
         self.name = name or self.kind
         self._required = ["exp", "aud", "sub"] + (["iss"] if self.issuers is not None else [])
         self._pyjwt = jwt.PyJWT()
+        self._audience = list(self.audience)
+        self._decode_options: jwt.types.Options = {
+            "require": self._required,
+            "verify_exp": False,  # checked against the injectable clock
+            "verify_nbf": False,
+            "verify_iat": False,
+        }
+        self._what = f"{self.name} token"
+        # header segment -> (alg, kid), for segments that passed every check
+        self._headers = BoundedCache[str, tuple[str, str]](_HEADER_CACHE_SIZE)
         # Only Authorization is read: the common case takes a shorter path.
         self._simple = header is None and query_parameter is None
         self._max_value = max_token_length + 7
@@ -376,37 +387,27 @@ class BearerTokenAuthenticator:
     # Verification ------------------------------------------------------------
 
     def _verify(self, token: str, signed: str, now: float) -> _Entry:
-        what = f"{self.name} token"
+        what = self._what
         # The shape only; pyjwt checks every segment's alphabet and padding.
-        if token.count(".") != 2 or _COMPACT.fullmatch(token[: token.index(".")]) is None:
+        if token.count(".") != 2:
             raise InvalidToken(f"{what}: not a compact JWS (three base64url segments)")
-        header = _peek_header(token, what)
-        alg = header.get("alg")
-        if not isinstance(alg, str) or alg not in self.algorithms:
-            raise InvalidToken(f"{what}: algorithm {_shown(alg)} is not allowed")
-        carried = _FORBIDDEN_HEADERS & header.keys()
-        if carried:
-            raise InvalidToken(f"{what}: refused header parameter(s) {sorted(carried)!r}")
-        typ = header.get("typ")
-        if typ is not None and typ not in _TYPES:
-            raise InvalidToken(f"{what}: typ {_shown(typ)} is not JWT or JOSE")
-        kid = header.get("kid")
-        if not isinstance(kid, str) or not kid or len(kid) > _MAX_KID:
-            raise InvalidToken(f"{what}: no usable kid in the header")
+        segment = token[: token.index(".")]
+        # Tokens signed by one key share their header segment: its checks are
+        # pure, so they are kept per segment.
+        checked = self._headers.get(segment)
+        if checked is None:
+            checked = self._check_header(token, segment, what)
+            self._headers.put(segment, checked)
+        alg, kid = checked
         index, key = self._choose_key(token, kid, alg, what)
         try:
             claims = self._pyjwt.decode(
                 token,
                 key.key,
                 algorithms=[alg],
-                audience=list(self.audience),
+                audience=self._audience,
                 issuer=self.issuers,
-                options={
-                    "require": self._required,
-                    "verify_exp": False,  # checked below against the injectable clock
-                    "verify_nbf": False,
-                    "verify_iat": False,
-                },
+                options=self._decode_options,
             )
         except jwt.InvalidIssuerError:
             raise UntrustedIssuer(f"{what}: issuer not accepted (kid {kid[:64]!r})") from None
@@ -447,6 +448,25 @@ class BearerTokenAuthenticator:
             still_valid=self._validity(exp + leeway, self.sources[index], key.fingerprint),
         )
         return (peer, signed)
+
+    def _check_header(self, token: str, segment: str, what: str) -> tuple[str, str]:
+        """The ``alg`` and ``kid`` of a header segment that passes every check."""
+        if _COMPACT.fullmatch(segment) is None:
+            raise InvalidToken(f"{what}: not a compact JWS (three base64url segments)")
+        header = _peek_header(token, what)
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in self.algorithms:
+            raise InvalidToken(f"{what}: algorithm {_shown(alg)} is not allowed")
+        carried = _FORBIDDEN_HEADERS & header.keys()
+        if carried:
+            raise InvalidToken(f"{what}: refused header parameter(s) {sorted(carried)!r}")
+        typ = header.get("typ")
+        if typ is not None and typ not in _TYPES:
+            raise InvalidToken(f"{what}: typ {_shown(typ)} is not JWT or JOSE")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid or len(kid) > _MAX_KID:
+            raise InvalidToken(f"{what}: no usable kid in the header")
+        return alg, kid
 
     def _choose_key(self, token: str, kid: str, alg: str, what: str) -> tuple[int, VerificationKey]:
         candidates: list[tuple[int, VerificationKey]] = []
@@ -494,7 +514,7 @@ class BearerTokenAuthenticator:
     def _check_mine(self, claims: Mapping[str, Any], what: str) -> None:
         """Raise :class:`UntrustedIssuer` for a token another authenticator may own."""
         issuer = claims.get("iss")
-        if self.issuers is not None and issuer not in self.issuers:
+        if self.issuers is not None and (not isinstance(issuer, str) or issuer not in self.issuers):
             raise UntrustedIssuer(f"{what}: issuer {_shown(issuer)} not accepted")
 
     def _identity(

@@ -259,16 +259,29 @@ def _leaf_rules(leaf: x509.Certificate) -> SpiffeId:
         extensions = leaf.extensions
     except CERTIFICATE_ERRORS as exc:
         raise AuthenticationFailed(f"leaf certificate has malformed extensions: {exc}") from None
-    try:
-        san = extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        reason = "leaf certificate has no subjectAltName (no SPIFFE ID)"
-        raise AuthenticationFailed(reason) from None
+    # One pass over the extensions (cryptography refuses duplicates when parsing).
+    san: x509.SubjectAlternativeName | None = None
+    constraints: x509.BasicConstraints | None = None
+    usage: x509.KeyUsage | None = None
+    for extension in extensions:
+        value = extension.value
+        kind = type(value)
+        if kind is x509.SubjectAlternativeName:
+            san = value
+        elif kind is x509.BasicConstraints:
+            constraints = value
+        elif kind is x509.KeyUsage:
+            usage = value
+    if san is None:
+        raise AuthenticationFailed("leaf certificate has no subjectAltName (no SPIFFE ID)")
+    uris: list[str] = []
     for name in san:
-        value = getattr(name, "value", None)
-        if isinstance(value, str) and "\x00" in value:
-            raise AuthenticationFailed("leaf certificate has a NUL byte in a subjectAltName")
-    uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+        text = getattr(name, "value", None)
+        if isinstance(text, str):
+            if "\x00" in text:
+                raise AuthenticationFailed("leaf certificate has a NUL byte in a subjectAltName")
+            if type(name) is x509.UniformResourceIdentifier:
+                uris.append(text)
     if not uris:
         raise AuthenticationFailed("leaf certificate has no URI SAN (no SPIFFE ID)")
     if len(uris) > 1:
@@ -283,18 +296,12 @@ def _leaf_rules(leaf: x509.Certificate) -> SpiffeId:
         raise AuthenticationFailed(
             f"leaf certificate URI SAN {spiffe_id.uri} names a trust domain, not a workload"
         )
-    try:
-        constraints = extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        constraints = None
     if constraints is not None and constraints.ca:
         raise AuthenticationFailed("leaf certificate is a CA (basicConstraints CA=TRUE)")
-    try:
-        usage = extensions.get_extension_for_class(x509.KeyUsage).value
-    except x509.ExtensionNotFound:
+    if usage is None:
         raise AuthenticationFailed(
             "leaf certificate has no keyUsage; an X.509-SVID needs digitalSignature"
-        ) from None
+        )
     if usage.key_cert_sign:
         raise AuthenticationFailed("leaf certificate has keyUsage keyCertSign")
     if usage.crl_sign:
@@ -420,14 +427,13 @@ class X509SvidVerifier:
             raise AuthenticationFailed(f"no trust bundle for trust domain {trust_domain!r}")
         clock = self._clock
         now = datetime.now(timezone.utc) if clock is None else _utc(clock())
-        if now < leaf.not_valid_before_utc:
+        not_before, not_after = leaf.not_valid_before_utc, leaf.not_valid_after_utc
+        if now < not_before:
             raise AuthenticationFailed(
-                f"leaf certificate is not valid before {leaf.not_valid_before_utc.isoformat()}"
+                f"leaf certificate is not valid before {not_before.isoformat()}"
             )
-        if now > leaf.not_valid_after_utc:
-            raise AuthenticationFailed(
-                f"leaf certificate expired at {leaf.not_valid_after_utc.isoformat()}"
-            )
+        if now > not_after:
+            raise AuthenticationFailed(f"leaf certificate expired at {not_after.isoformat()}")
         ca_policy, ee_policy = self._policies
         verifier = (
             PolicyBuilder()
@@ -447,8 +453,9 @@ class X509SvidVerifier:
         except CERTIFICATE_ERRORS as exc:
             # Fields cryptography parses only when path validation reads them.
             raise AuthenticationFailed(f"certificate chain is malformed: {exc}") from None
-        not_after = min(cert.not_valid_after_utc for cert in verified.chain)
-        not_before = max(cert.not_valid_before_utc for cert in verified.chain)
+        for cert in verified.chain[1:]:
+            not_after = min(not_after, cert.not_valid_after_utc)
+            not_before = max(not_before, cert.not_valid_before_utc)
         digest = hashlib.sha256(leaf_der).hexdigest()
         validity = self._validity(generation, not_before.timestamp(), not_after.timestamp())
         return VerifiedSvid(spiffe_id, digest, not_after, validity)

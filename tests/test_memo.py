@@ -94,9 +94,12 @@ def xfcc(principal: str = CART) -> dict[str, str]:
 def test_a_repeated_request_reuses_the_verdict() -> None:
     guard, counting = xfcc_guard()
     first = guard.check("GET", "/orders/1", "/orders/1", PROXY, xfcc())
+    # The second sight of the credential keeps the verdict; the third reuses it.
     second = guard.check("GET", "/orders/1", "/orders/1", PROXY, xfcc())
+    third = guard.check("GET", "/orders/1", "/orders/1", PROXY, xfcc())
     assert first.allowed
-    assert second is first
+    assert second is not first
+    assert third is second
     assert counting.calls == 1
 
 

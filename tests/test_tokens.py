@@ -298,6 +298,19 @@ def test_untrusted_issuer_is_its_own_error(
         kubernetes.authenticate(bearer(other.kubernetes("shop", "checkout", AUDIENCE)))
 
 
+@pytest.mark.parametrize("issuer", [[], {"a": 1}, 5, None])
+def test_an_unknown_kid_with_an_odd_issuer_is_not_a_crash(
+    kubernetes: KubernetesTokenAuthenticator, clock: Clock, issuer: object
+) -> None:
+    # The issuer hint is read from the unverified claims when no key matches.
+    stranger = TokenMinter(keys=[SigningKey("ec")], clock=clock)
+    claims = stranger.claims(
+        "spiffe://cluster.local/ns/shop/sa/checkout", AUDIENCE, extra={"iss": issuer}
+    )
+    with pytest.raises(AuthenticationFailed):
+        kubernetes.authenticate(bearer(stranger.token(claims)))
+
+
 def test_huge_token_is_refused_before_decoding(
     kubernetes: KubernetesTokenAuthenticator,
 ) -> None:
