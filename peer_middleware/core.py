@@ -411,6 +411,9 @@ class Guard:
                     check_raw_target(raw_target)
                 cached = normalise_path(path)
                 self._paths.put(key, cached)
+                # A path never seen (a new resource id, most often): its
+                # verdict is not worth keeping either.
+                request_key = None
             normalised = cached
             matched = route_path(normalised, root_path) if root_path else normalised
             known = None
@@ -422,8 +425,8 @@ class Guard:
                             known = None
                             break
             if known is None:
-                # A first sight: its verdict is not worth keeping until the
-                # credential comes back (most cold credentials never do).
+                # A first sight of the credential: the verdict is kept only
+                # once the credential comes back (most cold ones never do).
                 request_key = None
                 known = self._authenticate(method, matched, client, headers, query, tls_chain)
                 if (

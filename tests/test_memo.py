@@ -114,6 +114,20 @@ def test_a_known_caller_on_a_new_path_is_not_authenticated_again() -> None:
     assert counting.calls == 1
 
 
+def test_a_path_never_seen_is_not_kept() -> None:
+    # New resource ids would only churn the verdicts kept: a verdict is kept
+    # from the second request on a path, by a caller seen before.
+    guard, _ = xfcc_guard()
+    guard.check("GET", "/orders/0", "/orders/0", PROXY, xfcc())
+    for number in range(1, 50):
+        path = f"/orders/{number}"
+        assert guard.check("GET", path, path, PROXY, xfcc()).allowed
+    assert len(guard._verdicts) == 0
+    again = guard.check("GET", "/orders/7", "/orders/7", PROXY, xfcc())
+    assert len(guard._verdicts) == 1
+    assert guard.check("GET", "/orders/7", "/orders/7", PROXY, xfcc()) is again
+
+
 def test_another_connection_from_the_same_proxy_reuses_the_identity() -> None:
     guard, counting = xfcc_guard()
     guard.check("GET", "/orders/1", "/orders/1", ("127.0.0.1", 41000), xfcc())
