@@ -437,6 +437,26 @@ def noop_wsgi_app(environ: Environ, start_response: StartResponse) -> Iterable[b
     return [b"ok"]
 
 
+def after_flask(flask: WSGIApp, app: WSGIApp) -> WSGIApp:
+    """Serve a bare Flask request, then hand the same request to ``app``.
+
+    With ``app`` the no-op app, bare or wrapped, the difference is the
+    middleware's own work, measured with Flask's code and data passing
+    through the CPU caches between two of its calls, as in a real server.
+    """
+
+    def serve(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        body = flask(dict(environ), _start_response)
+        for _chunk in body:
+            pass
+        close = getattr(body, "close", None)
+        if close is not None:
+            close()
+        return app(environ, start_response)
+
+    return serve
+
+
 class XfccHeaderBackend(AuthenticationBackend):
     """Alternative 1: read the XFCC header's URI; no proxy check, no parsing, no policy."""
 
@@ -645,6 +665,32 @@ def build_cases() -> list[Case]:
             TARGET_ADDED_AT,
             False,
             wrap_wsgi(noop_wsgi_app, "xfcc", TARGET_ADDED_AT),
+            DECIDING_RULE,
+        )
+    )
+    # The same, each call after a bare Flask request (the caches Flask leaves).
+    interleaved = "no-op WSGI app after a bare Flask request"
+    cases.append(
+        Case(
+            "wsgi",
+            interleaved,
+            "xfcc",
+            "bare",
+            None,
+            False,
+            after_flask(flask, noop_wsgi_app),
+            None,
+        )
+    )
+    cases.append(
+        Case(
+            "wsgi",
+            interleaved,
+            "xfcc",
+            "peer_middleware",
+            TARGET_ADDED_AT,
+            False,
+            after_flask(flask, wrap_wsgi(noop_wsgi_app, "xfcc", TARGET_ADDED_AT)),
             DECIDING_RULE,
         )
     )
@@ -992,7 +1038,11 @@ def _rss_bytes() -> int:
 
 
 def memory_child(callers: int) -> dict[str, Any]:
-    """Serve ``callers`` distinct identities (XFCC) on distinct paths, twice over; report."""
+    """Serve ``callers`` distinct identities (XFCC) on distinct paths, twice over; report.
+
+    Each caller sends its request twice, so that the guard keeps its identity
+    and then its verdict: every cache fills.
+    """
     logging.getLogger("peer_middleware").setLevel(logging.WARNING)
     app = starlette_app()
     authenticator = XfccAuthenticator(trusted_proxies=TRUSTED_PROXIES)
@@ -1014,6 +1064,7 @@ def memory_child(callers: int) -> dict[str, Any]:
             scope["path"] = path
             scope["raw_path"] = path.encode("ascii")
             scope["headers"] = [*headers, (b"x-forwarded-client-cert", value.encode("latin-1"))]
+            await wrapped(dict(scope), _receive, _send)
             await wrapped(scope, _receive, _send)
 
     def rss() -> int:
@@ -1027,11 +1078,15 @@ def memory_child(callers: int) -> dict[str, Any]:
     asyncio.run(serve(callers))
     twice = rss()
     guard = wrapped.guard
+    identities = guard._identities
+    assert identities is not None
     pol = guard.policy
     plan_paths = pol._paths["GET"]
     plan = plan_paths.get(PATH) or pol._plan("GET", PATH)
     caches = {
         "XFCC credentials": (len(authenticator._cache), authenticator._cache.size),
+        "identities (guard)": (len(identities), 2 * identities.size),
+        "verdicts (guard)": (len(guard._verdicts), 2 * guard._verdicts.size),
         "normalised paths (guard)": (len(guard._paths), 2 * guard._paths.size),
         "path → plan (policy)": (len(plan_paths), 2 * plan_paths.size),
         "decisions of the /payments/{id} plan": (len(plan.decisions), 2 * plan.decisions.size),
@@ -1209,6 +1264,11 @@ def inprocess_rows(cases: list[Case], n: int) -> list[Row]:
     # Without a target: the middleware's own cost in WSGI, and new paths every request.
     extra = [
         ("no-op WSGI app", False, "WSGI · no-op app · XFCC (the middleware's own cost)"),
+        (
+            "no-op WSGI app after a bare Flask request",
+            False,
+            "WSGI · no-op app, each call after a bare Flask request · XFCC",
+        ),
         ("Starlette", True, "ASGI · Starlette · XFCC, new payment id each request"),
         ("Flask", True, "WSGI · Flask · XFCC, new payment id each request"),
     ]
@@ -1337,7 +1397,8 @@ def memory_rows(result: dict[str, Any]) -> list[Row]:
     rows: list[Row] = [
         (
             "5 memory",
-            f"RSS after {callers:,} distinct XFCC callers on distinct paths, then {callers:,} more",
+            f"RSS after {callers:,} distinct XFCC callers on distinct paths (each request "
+            f"sent twice), then {callers:,} more",
             f"{TARGET_ADDED_AT:,}",
             f"{after / mib:.1f} MiB, then {twice / mib:.1f} MiB",
             f"{start / mib:.1f} MiB after 1,000 callers",
