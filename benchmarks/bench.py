@@ -797,21 +797,24 @@ def describe(case: Case) -> str:
 # Section 3: the cold path (first sight of a certificate or a token).
 # --------------------------------------------------------------------------
 
-# Larger than the default cache bounds (1,024 certificates, 4,096 tokens):
+# Larger than every cache that could serve a second sight (the verifier's
+# 1,024 chains, the token cache's 4,096, the guard's 2 x 1,024 identities):
 # cycling through the pool in order, every request is a first sight.
-CERT_POOL = 1_100
+CERT_POOL = 2_200
 TOKEN_POOL = 4_200
 
 
 @dataclass
 class ColdCase:
     caller: str
+    check: Scope  # the sanity check's request, on a credential of its own
     scopes: list[Scope]
     raw_items: list[Any]
     raw: Callable[[Any], Any]
     raw_label: str
     wrapped: ASGIApp
     bare: ASGIApp
+    verifications: Callable[[], int]  # first-sight verifications so far
     times: dict[str, list[int]] = field(default_factory=dict)
 
     def best_us(self, what: str) -> float:
@@ -832,45 +835,90 @@ def _raw_chain_verify(pems: list[str], store: Store) -> Any:
     return verifier.verify(certs[0], certs[1:])
 
 
+class CountingVerifier(X509SvidVerifier):
+    """Counts full verifications, so the bench can prove every timed request was one."""
+
+    __slots__ = ("verifications",)
+
+    def __init__(self, bundles: StaticX509Bundle) -> None:
+        super().__init__(bundles)
+        self.verifications = 0
+
+    def _verify(self, chain: tuple[bytes | str, ...], count: int, generation: int) -> Any:
+        self.verifications += 1
+        return super()._verify(chain, count, generation)
+
+
+class CountingJwtSvidAuthenticator(JwtSvidAuthenticator):
+    """Counts full token verifications (see :class:`CountingVerifier`)."""
+
+    verifications = 0
+
+    def _verify(self, token: str, signed: str, now: float) -> Any:
+        self.verifications += 1
+        return super()._verify(token, signed, now)
+
+
 def build_cold_cases(cert_pool: int, token_pool: int) -> list[ColdCase]:
     p = pki()
-    svids = [p.issue(f"spiffe://cluster.local/ns/shop/sa/caller-{i}") for i in range(cert_pool)]
+    # One more than the pool: the last is the sanity check's, never timed (a
+    # request seen twice would rightly be served from the guard's memory).
+    svids = [p.issue(f"spiffe://cluster.local/ns/shop/sa/caller-{i}") for i in range(cert_pool + 1)]
+    check_svid = svids.pop()
     store = p.store
     starlette = starlette_app()
     cases: list[ColdCase] = []
 
+    def wrap(authenticator: Any) -> ASGIApp:
+        return PeerMiddleware(
+            starlette, policy=policy(TARGET_ADDED_AT), authenticators=[authenticator]
+        )
+
     chains = [asgi_tls_extensions(s)["tls"]["client_cert_chain"] for s in svids]
+    mtls_verifier = CountingVerifier(p.bundle)
     cases.append(
         ColdCase(
             "mtls",
+            asgi_scope(PATH, None, check_svid),
             [asgi_scope(PATH, None, s) for s in svids],
             chains,
             lambda pems: _raw_chain_verify(pems, store),
             "load_pem_x509_certificate + PolicyBuilder…verify",
-            wrap_asgi(starlette, "mtls", TARGET_ADDED_AT),
+            wrap(MtlsAuthenticator(mtls_verifier)),
             starlette,
+            lambda: mtls_verifier.verifications,
         )
     )
     forwarded = [forwarded_cert_headers("nginx", s) for s in svids]
+    forwarded_verifier = CountingVerifier(p.bundle)
     cases.append(
         ColdCase(
             "forwarded",
+            asgi_scope(PATH, forwarded_cert_headers("nginx", check_svid)),
             [asgi_scope(PATH, headers) for headers in forwarded],
             [h["x-ssl-client-cert"] for h in forwarded],
             lambda value: _raw_chain_verify([unquote(value)], store),
             "unquote + load_pem_x509_certificate + PolicyBuilder…verify",
-            wrap_asgi(starlette, "forwarded", TARGET_ADDED_AT),
+            wrap(
+                ForwardedCertificateAuthenticator(
+                    "nginx", trusted_proxies=TRUSTED_PROXIES, verifier=forwarded_verifier
+                )
+            ),
             starlette,
+            lambda: forwarded_verifier.verifications,
         )
     )
     public_key = p.minter.key.public_key
+    token_authenticator = CountingJwtSvidAuthenticator(keys=StaticJwks(p.jwks), audience=AUDIENCE)
     tokens = [
         p.minter.jwt_svid(f"spiffe://cluster.local/ns/shop/sa/caller-{i}", AUDIENCE, lifetime=21600)
-        for i in range(token_pool)
+        for i in range(token_pool + 1)
     ]
+    check_token = tokens.pop()
     cases.append(
         ColdCase(
             "token",
+            asgi_scope(PATH, p.headers("token", token=check_token)),
             [asgi_scope(PATH, p.headers("token", token=t)) for t in tokens],
             tokens,
             lambda token: jwt.decode(
@@ -881,8 +929,9 @@ def build_cold_cases(cert_pool: int, token_pool: int) -> list[ColdCase]:
                 options={"require": ["exp", "aud", "sub"]},
             ),
             "jwt.decode (ES256, audience, required claims)",
-            wrap_asgi(starlette, "token", TARGET_ADDED_AT),
+            wrap(token_authenticator),
             starlette,
+            lambda: token_authenticator.verifications,
         )
     )
     return cases
@@ -891,13 +940,14 @@ def build_cold_cases(cert_pool: int, token_pool: int) -> list[ColdCase]:
 async def measure_cold(cases: list[ColdCase], reps: int) -> None:
     for case in cases:
         try:
-            await check_asgi(case.wrapped, case.scopes[0], DECIDING_RULE)
+            await check_asgi(case.wrapped, case.check, DECIDING_RULE)
         except SanityError as error:
             raise SystemExit(f"sanity check failed: cold {case.caller}: {error}") from None
         # Warm-up pass: fills (and overflows) every cache, so no timed request hits.
         await run_asgi(case.wrapped, case.scopes)
         for item in case.raw_items[:50]:
             case.raw(item)
+    before = [case.verifications() for case in cases]
     for _ in range(reps):
         for case in cases:
             for what in ("bare", "wrapped", "raw"):
@@ -912,6 +962,13 @@ async def measure_cold(cases: list[ColdCase], reps: int) -> None:
                         app = case.bare if what == "bare" else case.wrapped
                         elapsed = await run_asgi(app, case.scopes)
                 case.times.setdefault(what, []).append(elapsed)
+    for case, start in zip(cases, before, strict=True):
+        done, expected = case.verifications() - start, reps * len(case.scopes)
+        if done != expected:
+            raise SystemExit(
+                f"sanity check failed: cold {case.caller}: {done} full verifications for "
+                f"{expected} timed requests (a cache served some)"
+            )
 
 
 # --------------------------------------------------------------------------
