@@ -850,8 +850,13 @@ class CountingVerifier(X509SvidVerifier):
 
 
 class CountingJwtSvidAuthenticator(JwtSvidAuthenticator):
-    """Counts full token verifications (see :class:`CountingVerifier`)."""
+    """Counts full token verifications (see :class:`CountingVerifier`).
 
+    Counting changes nothing ``authenticate`` depends on, so it declares
+    ``memoizable`` again, as a subclass must.
+    """
+
+    memoizable = True
     verifications = 0
 
     def _verify(self, token: str, signed: str, now: float) -> Any:

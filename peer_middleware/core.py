@@ -25,6 +25,7 @@ logged with its traceback: a bug must never let a request through.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -113,14 +114,19 @@ class Authenticator(Protocol):
     It must not keep per-request state and must be safe to call from several
     threads.
 
-    An authenticator may declare ``memoizable = True``: its answer depends
-    only on the client's host (and port), the headers it declared, the query
-    string (when it declares ``reads_query``) and the TLS chain, and it stays
-    the same for as long as the returned peer's ``still_valid`` check (when
-    set) returns True. When every authenticator of a guard declares it, the
-    guard remembers the identity proven by each distinct credential (bounded,
-    authenticated callers only) and skips the authenticators for a caller it
-    has seen, until ``still_valid`` says otherwise.
+    An authenticator's class may declare ``memoizable = True``: its answer
+    depends only on the client's host (never on its port), the headers it
+    declared, the query string (when it declares ``reads_query``) and the TLS
+    chain, and it stays the same for as long as the returned peer's
+    ``still_valid`` check (when set) returns True. When every authenticator of
+    a guard declares it, the guard remembers the identity proven by each
+    distinct credential (bounded, authenticated callers only) and skips the
+    authenticators for a caller it has seen, until ``still_valid`` says
+    otherwise. The declaration is read from the class itself, not inherited:
+    a subclass that changes what ``authenticate`` checks must declare it again,
+    once it keeps the promise. The values of the headers of bearer
+    authenticators (``bearer = True``) and the query string are remembered
+    only as their SHA-256, never as usable credentials.
     """
 
     @property
@@ -272,6 +278,7 @@ class Guard:
         "_paths",
         "_rewrite_warned",
         "_runs",
+        "_secret_headers",
         "_verdicts",
         "authenticators",
         "header_names",
@@ -329,9 +336,15 @@ class Guard:
         # Both hold authenticated callers only, and entries of bounded size.
         self._identities = (
             GenerationalCache[tuple[object, ...], _Identity](_IDENTITY_CACHE_SIZE)
-            if self.authenticators
-            and all(getattr(a, "memoizable", False) is True for a in self.authenticators)
+            if self.authenticators and all(map(_memoizable, self.authenticators))
             else None
+        )
+        # Credentials the memory keeps only as a digest: bearer tokens.
+        self._secret_headers = frozenset(
+            name
+            for authenticator, bearer in self._runs
+            if bearer
+            for name in authenticator.header_names
         )
         self._verdicts = GenerationalCache[
             tuple[object, ...], tuple[Verdict, tuple[Callable[[], bool], ...]]
@@ -373,11 +386,28 @@ class Guard:
                 # the declared headers in order, the query and the TLS chain.
                 if client is None:
                     where: object = None
-                elif client[1] == 0 or (self._forwarded and FORWARDED_FOR in headers):
+                elif (
+                    len(client) != 2
+                    or client[1] == 0
+                    or (self._forwarded and FORWARDED_FOR in headers)
+                ):
                     where = client
                 else:
                     where = client[0]
-                credentials = (where, query, tls_chain, *headers.items())
+                secret = self._secret_headers
+                if secret:
+                    # A usable token is never kept: only its SHA-256.
+                    credentials = (
+                        where,
+                        _digest(query) if query else query,
+                        tls_chain,
+                        *[
+                            (name, _digest(value) if name in secret else value)
+                            for name, value in headers.items()
+                        ],
+                    )
+                else:
+                    credentials = (where, query, tls_chain, *headers.items())
                 # A request seen before, byte for byte, from a caller whose
                 # proof still holds: the verdict is the one made then.
                 request_key = (method, path, raw_target, root_path, credentials)
@@ -443,7 +473,12 @@ class Guard:
                 request_key is not None
                 and decision.allowed
                 and peer is not None
-                and len(path) + _chars(headers, query, tls_chain) <= _IDENTITY_MAX_CHARS
+                and len(path)
+                + len(raw_target or "")
+                + len(root_path)
+                + len(method)
+                + _chars(headers, query, tls_chain)
+                <= _IDENTITY_MAX_CHARS
             ):
                 self._verdicts.put(request_key, (verdict, checks))
         except RequestRefused as error:
@@ -645,6 +680,15 @@ def route_refusal(
     )
     refusal = Refusal(error.status, error.reason, None, www, method, path, peer)
     return _respond(responder, refusal)
+
+
+def _memoizable(authenticator: Authenticator) -> bool:
+    """True when the authenticator's own class declares ``memoizable = True``."""
+    return vars(type(authenticator)).get("memoizable") is True
+
+
+def _digest(value: str) -> bytes:
+    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).digest()
 
 
 def route_path(path: str, root_path: str) -> str:

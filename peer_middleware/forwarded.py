@@ -734,7 +734,7 @@ class ForwardedCertificateAuthenticator:
             source=self.name,
             proxy=proxy,
             certificate_sha256=verified.sha256,
-            still_valid=still_valid_of(verified),
+            still_valid=still_valid_of(self.verifier, verified),
         )
         self._cache.put(key, (chain, verified, peer))
         return peer

@@ -206,7 +206,6 @@ class BearerTokenAuthenticator:
     #: Token authenticators are run even after a certificate peer was found.
     bearer = True
     forwarded = False
-    memoizable = True
     www_authenticate = "Bearer"
     kind = "bearer"
 
@@ -536,6 +535,7 @@ class JwtSvidAuthenticator(BearerTokenAuthenticator):
     """
 
     kind = "jwt-svid"
+    memoizable = True
 
     def __init__(
         self,
@@ -627,6 +627,7 @@ class KubernetesTokenAuthenticator(BearerTokenAuthenticator):
     """
 
     kind = "kubernetes"
+    memoizable = True
 
     def __init__(
         self,

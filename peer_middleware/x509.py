@@ -100,15 +100,20 @@ def _ask_again() -> bool:
     return False
 
 
-def still_valid_of(result: object) -> Callable[[], bool]:
-    """The ``still_valid`` check of a verifier's result.
+def still_valid_of(verifier: object, result: object) -> Callable[[], bool]:
+    """The ``still_valid`` check of ``verifier``'s ``result``, for the peer it proves.
 
-    A result without one (from a custom verifier) gets a check that always
-    fails, so the verifier is asked again on every request: nothing is
-    remembered on the strength of a result that cannot say when it lapses.
+    Only the results of :class:`X509SvidVerifier`'s own ``verify`` are taken
+    at their word. A custom verifier, one that wraps this one or a subclass
+    that overrides ``verify`` (to add a revocation check, say) gets a check
+    that always fails: it is asked again on every request, because nothing
+    says its own additions hold as long as the wrapped result does.
     """
-    check = getattr(result, "still_valid", None)
-    return check if callable(check) else _ask_again
+    if getattr(type(verifier), "verify", None) is X509SvidVerifier.verify:
+        check: Callable[[], bool] | None = getattr(result, "still_valid", None)
+        if callable(check):
+            return check
+    return _ask_again
 
 
 def svid_extension_policies() -> tuple[ExtensionPolicy, ExtensionPolicy]:
@@ -507,7 +512,7 @@ class MtlsAuthenticator:
             Proof.MTLS,
             source=self.name,
             certificate_sha256=svid.sha256,
-            still_valid=still_valid_of(svid),
+            still_valid=still_valid_of(self.verifier, svid),
         )
         self._peers.put(id(svid), (svid, peer))
         return peer

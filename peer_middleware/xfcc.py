@@ -465,7 +465,7 @@ class XfccAuthenticator:
             source=self.name,
             proxy=proxy,
             certificate_sha256=svid.sha256,
-            still_valid=still_valid_of(svid),
+            still_valid=still_valid_of(verifier, svid),
         )
         return peer, (chain, svid)
 

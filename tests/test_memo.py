@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, ClassVar
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
@@ -35,6 +36,7 @@ from peer_middleware import (
     allow,
     deny,
 )
+from peer_middleware.errors import AuthenticationFailed
 from peer_middleware.keys import KeySet
 from peer_middleware.testing import forwarded_cert_headers, xfcc_header
 from peer_middleware.testing.pki import TestCA
@@ -57,9 +59,9 @@ def policy() -> Policy:
 
 
 class Counting:
-    """Wraps an authenticator and counts calls; memoizable when the wrapped one is."""
+    """Wraps an authenticator and counts calls; not memoizable (it declares nothing)."""
 
-    def __init__(self, inner: Any, *, memoizable: bool | None = None) -> None:
+    def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.calls = 0
         self.name = inner.name
@@ -68,10 +70,6 @@ class Counting:
         self.bearer = getattr(inner, "bearer", False)
         self.reads_tls = getattr(inner, "reads_tls", False)
         self.reads_query = getattr(inner, "reads_query", False)
-        if memoizable is None:
-            memoizable = getattr(inner, "memoizable", False)
-        if memoizable:
-            self.memoizable = True
 
     def authenticate(self, request: RequestView) -> Peer | None:
         self.calls += 1
@@ -79,9 +77,19 @@ class Counting:
         return result
 
 
-def xfcc_guard(**kwargs: Any) -> tuple[Guard, Counting]:
-    counting = Counting(XfccAuthenticator(trusted_proxies=["127.0.0.1"]), **kwargs)
-    return Guard(policy=policy(), authenticators=[counting]), counting
+class CountingMemoizable(Counting):
+    """The same, declaring what the wrapped authenticator promises."""
+
+    memoizable = True
+
+
+def counting(inner: Any, *, memoizable: bool = True) -> Counting:
+    return CountingMemoizable(inner) if memoizable else Counting(inner)
+
+
+def xfcc_guard(*, memoizable: bool = True) -> tuple[Guard, Counting]:
+    wrapped = counting(XfccAuthenticator(trusted_proxies=["127.0.0.1"]), memoizable=memoizable)
+    return Guard(policy=policy(), authenticators=[wrapped]), wrapped
 
 
 def xfcc(principal: str = CART) -> dict[str, str]:
@@ -250,12 +258,12 @@ def pem(certificate: x509.Certificate) -> str:
 def test_a_remembered_certificate_lapses_when_the_bundle_rotates() -> None:
     ca, other = TestCA.create(TD), TestCA.create(TD)
     bundle = RotatingBundle([ca.certificate])
-    counting = Counting(MtlsAuthenticator(X509SvidVerifier(bundle)))
-    guard = Guard(policy=policy(), authenticators=[counting])
+    wrapped = counting(MtlsAuthenticator(X509SvidVerifier(bundle)))
+    guard = Guard(policy=policy(), authenticators=[wrapped])
     chain = (pem(ca.issue_svid(CART).certificate),)
     for _ in range(2):
         assert guard.check("GET", "/orders/1", "/orders/1", PROXY, {}, tls_chain=chain).allowed
-    assert counting.calls == 1
+    assert wrapped.calls == 1
     bundle.rotate([other.certificate])
     verdict = guard.check("GET", "/orders/1", "/orders/1", PROXY, {}, tls_chain=chain)
     assert verdict.decision.status == 401
@@ -341,8 +349,8 @@ class SwappableKeys:
 
 def token_guard(keys: Any, clock: Any = None) -> tuple[Guard, Counting]:
     options = {"clock": clock} if clock is not None else {}
-    counting = Counting(JwtSvidAuthenticator(keys=keys, audience=AUDIENCE, **options))
-    return Guard(policy=policy(), authenticators=[counting]), counting
+    wrapped = counting(JwtSvidAuthenticator(keys=keys, audience=AUDIENCE, **options))
+    return Guard(policy=policy(), authenticators=[wrapped]), wrapped
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -387,3 +395,118 @@ def test_a_token_peer_carries_its_own_check() -> None:
     assert peer.still_valid()
     # Not part of the peer's identity.
     assert peer == Peer(SpiffeId.parse(CART), Proof.TOKEN, source=peer.source, claims=peer.claims)
+
+
+def test_a_token_is_remembered_only_as_a_digest() -> None:
+    minter = TokenMinter()
+    guard, _ = token_guard(StaticJwks(minter.jwks()))
+    token = minter.jwt_svid(CART, AUDIENCE)
+    for _ in range(3):
+        assert guard.check("GET", "/orders/1", "/orders/1", PROXY, bearer(token)).allowed
+    signature = token.rpartition(".")[2]
+    remembered = repr(
+        [vars_of(guard._identities), vars_of(guard._verdicts)]  # keys and values
+    )
+    assert signature not in remembered
+    assert len(guard._verdicts) == 1
+
+
+def vars_of(cache: Any) -> list[Any]:
+    return [cache.young, cache._old]
+
+
+# --- what an extension of the package must declare again ----------------------------
+
+
+class RevokingVerifier:
+    """Wraps the package's verifier and refuses revoked certificates."""
+
+    def __init__(self, inner: X509SvidVerifier) -> None:
+        self.inner = inner
+        self.revoked: set[str] = set()
+
+    def verify(self, chain: Sequence[bytes]) -> Any:
+        result = self.inner.verify(chain)
+        if result.sha256 in self.revoked:
+            raise AuthenticationFailed("revoked")
+        return result
+
+
+class RevokingSubclass(X509SvidVerifier):
+    __slots__ = ("revoked",)
+
+    def __init__(self, bundles: Any) -> None:
+        super().__init__(bundles)
+        self.revoked: set[str] = set()
+
+    def verify(self, chain: Sequence[bytes | str]) -> Any:
+        result = super().verify(chain)
+        if result.sha256 in self.revoked:
+            raise AuthenticationFailed("revoked")
+        return result
+
+
+def test_a_wrapping_verifier_is_asked_every_time() -> None:
+    ca = TestCA.create(TD)
+    svid = ca.issue_svid(CART)
+    verifier = RevokingVerifier(X509SvidVerifier(RotatingBundle([ca.certificate])))
+    authenticator = ForwardedCertificateAuthenticator(
+        "nginx", trusted_proxies=["127.0.0.1"], verifier=verifier
+    )
+    guard = Guard(policy=policy(), authenticators=[authenticator])
+    headers = forwarded_cert_headers("nginx", svid)
+    for _ in range(3):
+        assert guard.check("GET", "/orders/1", "/orders/1", PROXY, dict(headers)).allowed
+    verifier.revoked.add(svid.fingerprint_sha256)
+    verdict = guard.check("GET", "/orders/1", "/orders/1", PROXY, dict(headers))
+    assert verdict.decision.status == 401
+
+
+def test_a_verifier_subclass_that_overrides_verify_is_asked_every_time() -> None:
+    ca = TestCA.create(TD)
+    svid = ca.issue_svid(CART)
+    verifier = RevokingSubclass(RotatingBundle([ca.certificate]))
+    guard = Guard(policy=policy(), authenticators=[MtlsAuthenticator(verifier)])
+    chain = (pem(svid.certificate),)
+    for _ in range(3):
+        assert guard.check("GET", "/orders/1", "/orders/1", PROXY, {}, tls_chain=chain).allowed
+    verifier.revoked.add(svid.fingerprint_sha256)
+    verdict = guard.check("GET", "/orders/1", "/orders/1", PROXY, {}, tls_chain=chain)
+    assert verdict.decision.status == 401
+
+
+class DenyListTokens(JwtSvidAuthenticator):
+    """A subclass adding a check: it does not declare memoizable again."""
+
+    denied: ClassVar[set[str]] = set()
+
+    def authenticate(self, request: RequestView) -> Peer | None:
+        peer = super().authenticate(request)
+        if peer is not None and peer.principal in self.denied:
+            raise AuthenticationFailed("denied")
+        return peer
+
+
+def test_an_authenticator_subclass_must_declare_memoizable_again() -> None:
+    minter = TokenMinter()
+    authenticator = DenyListTokens(keys=StaticJwks(minter.jwks()), audience=AUDIENCE)
+    guard = Guard(policy=policy(), authenticators=[authenticator])
+    token = minter.jwt_svid(CART, AUDIENCE)
+    for _ in range(3):
+        assert guard.check("GET", "/orders/1", "/orders/1", PROXY, bearer(token)).allowed
+    DenyListTokens.denied.add(CART)
+    try:
+        verdict = guard.check("GET", "/orders/1", "/orders/1", PROXY, bearer(token))
+    finally:
+        DenyListTokens.denied.clear()
+    assert verdict.decision.status == 401
+
+
+@pytest.mark.parametrize("client", [(), ("127.0.0.1",), ("127.0.0.1", 1, 2)])
+def test_an_odd_client_address_is_not_an_internal_error(client: Any) -> None:
+    minter = TokenMinter()
+    guard, _ = token_guard(StaticJwks(minter.jwks()))
+    token = minter.jwt_svid(CART, AUDIENCE)
+    for _ in range(2):
+        verdict = guard.check("GET", "/orders/1", "/orders/1", client, bearer(token))
+        assert verdict.allowed
