@@ -123,12 +123,17 @@ class PeerMiddleware:
         raw_target = raw.decode("latin-1") if raw is not None else None
         root_path = scope.get("root_path", "")
         client = scope.get("client")
+        if client is not None:
+            # [host, port] per the ASGI spec; anything else is an unknown peer.
+            client = tuple(client)
+            if len(client) != 2:
+                client = None
         guard = self.guard
         verdict = guard.check(
             method,
             path,
             raw_target,
-            tuple(client) if client is not None else None,
+            client,
             headers,
             root_path,
             scope.get("query_string", b"").decode("latin-1") if guard.reads_query else "",

@@ -422,13 +422,7 @@ class Guard:
                         if not still_valid():
                             break
                     else:
-                        verdict = seen[0]
-                        if verdict.decision.quiet:
-                            if logger.isEnabledFor(logging.DEBUG):
-                                self.log(verdict, method, path)
-                        else:
-                            self.log(verdict, method, path)
-                        return verdict
+                        return self._logged(seen[0], method, path)
             if method not in _COMMON_METHODS:
                 check_method(method)
             # Paths repeat; their checks are pure, so a bounded cache serves
@@ -493,6 +487,10 @@ class Guard:
         except Exception:
             logger.exception("peer_middleware failed while authorizing %s %r", method, path[:200])
             verdict = Verdict(_INTERNAL, None, normalised, matched, notes)
+        return self._logged(verdict, method, path)
+
+    def _logged(self, verdict: Verdict, method: str, path: str) -> Verdict:
+        """``verdict``, once its decision is logged."""
         if verdict.decision.quiet:
             # An allow with nothing to report is logged at DEBUG only.
             if logger.isEnabledFor(logging.DEBUG):

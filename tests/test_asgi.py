@@ -959,6 +959,19 @@ async def test_client_as_list_is_accepted() -> None:
     assert inner.scopes[0][PEER_SCOPE_KEY] == peer(SHOP)
 
 
+@pytest.mark.parametrize("client", [[], ["127.0.0.1"], ["127.0.0.1", 50000, "x"]])
+async def test_a_malformed_client_is_an_unknown_peer(client: list[Any]) -> None:
+    # Not [host, port]: forwarded credentials are not read (401), and nothing fails.
+    inner = Recorder()
+    scope = http_scope("/payments/1", principal=SHOP)
+    scope["client"] = client
+
+    sent = await call(guarded(inner), scope)
+
+    assert sent == refused_messages(401)
+    assert inner.calls == []
+
+
 # --------------------------------------------------------------------------
 # uvicorn's X-Forwarded-For rewrite.
 # --------------------------------------------------------------------------
