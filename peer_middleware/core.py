@@ -34,7 +34,7 @@ from typing import Protocol, runtime_checkable
 from ._cache import BoundedCache, GenerationalCache
 from .errors import ConfigurationError, InvalidToken, RequestRefused, UntrustedIssuer
 from .paths import check_method, check_raw_target, normalise_path
-from .peer import Peer, Proof
+from .peer import Peer, Proof, never_still_valid
 from .policy import Decision, Policy
 from .proxies import TrustedProxies, looks_rewritten
 
@@ -252,11 +252,7 @@ _TOKEN_PROOF = Proof.TOKEN
 _Identity = tuple[Peer | None, tuple[Callable[[], bool], ...], tuple[str, ...]]
 
 
-def _never() -> bool:
-    return False
-
-
-_NEVER_AGAIN: tuple[Callable[[], bool], ...] = (_never,)
+_NEVER_AGAIN: tuple[Callable[[], bool], ...] = (never_still_valid,)
 
 
 class Guard:

@@ -10,7 +10,7 @@ from typing import Any
 
 from .spiffe import SpiffeId
 
-__all__ = ["Peer", "Proof"]
+__all__ = ["Peer", "Proof", "never_still_valid"]
 
 _NO_CLAIMS: Mapping[str, Any] = MappingProxyType({})
 
@@ -34,6 +34,11 @@ class Proof(enum.Enum):
     def certificate_grade(self) -> bool:
         """True when a certificate was verified in the app itself."""
         return self in (Proof.MTLS, Proof.FORWARDED_CERTIFICATE)
+
+
+def never_still_valid() -> bool:
+    """A ``still_valid`` check that always fails: the proof is checked again on every request."""
+    return False
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,7 +53,7 @@ from ._cache import BoundedCache
 from .bundles import CERTIFICATE_ERRORS, X509BundleSource
 from .core import RequestView
 from .errors import AuthenticationFailed, ConfigurationError, InvalidSpiffeIdError
-from .peer import Peer, Proof
+from .peer import Peer, Proof, never_still_valid
 from .spiffe import SpiffeId
 
 __all__ = [
@@ -96,10 +96,6 @@ class VerifiedSvid:
     )
 
 
-def _ask_again() -> bool:
-    return False
-
-
 def still_valid_of(verifier: object, result: object) -> Callable[[], bool]:
     """The ``still_valid`` check of ``verifier``'s ``result``, for the peer it proves.
 
@@ -113,7 +109,7 @@ def still_valid_of(verifier: object, result: object) -> Callable[[], bool]:
         check: Callable[[], bool] | None = getattr(result, "still_valid", None)
         if callable(check):
             return check
-    return _ask_again
+    return never_still_valid
 
 
 def svid_extension_policies() -> tuple[ExtensionPolicy, ExtensionPolicy]:
