@@ -80,3 +80,78 @@ class GenerationalCache(Generic[K, V]):
 
     def __len__(self) -> int:
         return len(self.young) + len(self._old)
+
+
+class ByteBoundedCache(Generic[K, V]):
+    """A memo bounded by the bytes its entries hold, not by their number.
+
+    Like :class:`GenerationalCache`, two generations (new entries go to the
+    young one; a full young generation becomes the old one and the previous
+    old one is dropped; a hit in the old generation is copied back), but a
+    generation is full when the estimated bytes of its entries reach half of
+    ``budget``. ``cost(key, value)`` estimates an entry's bytes; an entry
+    costing more than half the budget is never kept. So the memory held is at
+    most ``budget`` (as estimated) whatever the keys, and every operation is
+    O(1). ``budget`` 0 keeps nothing. Hot paths may read ``young`` directly
+    (a plain dict) and fall back to :meth:`get`.
+    """
+
+    __slots__ = (
+        "_cost",
+        "_half",
+        "_lock",
+        "_old",
+        "_old_bytes",
+        "_young_bytes",
+        "budget",
+        "young",
+    )
+
+    def __init__(self, budget: int, cost: Callable[[K, V], int]) -> None:
+        self.budget = budget
+        # Writes (misses only) take a lock so the byte count stays exact
+        # under threads; reads take none.
+        self._lock = threading.Lock()
+        self._half = budget // 2
+        self._cost = cost
+        self.young: dict[K, V] = {}
+        self._old: dict[K, V] = {}
+        self._young_bytes = 0
+        self._old_bytes = 0
+
+    def get(self, key: K) -> V | None:
+        value = self.young.get(key)
+        if value is None:
+            value = self._old.get(key)
+            if value is not None:
+                self.put(key, value)
+        return value
+
+    def put(self, key: K, value: V) -> None:
+        cost = self._cost(key, value)
+        if cost > self._half:
+            return
+        with self._lock:
+            if self._young_bytes + cost > self._half:
+                self._old = self.young
+                self._old_bytes = self._young_bytes
+                self.young = {}
+                self._young_bytes = 0
+            young = self.young
+            if key not in young:
+                self._young_bytes += cost
+            young[key] = value
+
+    @property
+    def nbytes(self) -> int:
+        """The estimated bytes held by both generations."""
+        return self._young_bytes + self._old_bytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self.young = {}
+            self._old = {}
+            self._young_bytes = self._old_bytes = 0
+
+    def __len__(self) -> int:
+        return len(self.young) + len(self._old)

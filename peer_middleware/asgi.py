@@ -17,8 +17,10 @@ normalised path written back into ``scope["path"]`` and ``scope["raw_path"]``
 Refused HTTP requests get the responder's fixed response; refused websockets
 get an HTTP denial response where the server supports the
 ``websocket.http.response`` extension, otherwise a close (code 1008) before
-the handshake completes, which servers turn into a 403. ``lifespan`` and
-other scope types pass straight through.
+the handshake completes, which servers turn into a 403. ``lifespan`` scopes
+pass straight through; any other scope type (one a future server may
+invent) is refused with an exception, as the ASGI specification asks of an
+app that does not support it, and never reaches the app unauthenticated.
 """
 
 from __future__ import annotations
@@ -27,9 +29,11 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from itertools import islice
 from typing import Any
 
-from .core import Authenticator, Guard, ProblemResponse, Responder, Verdict
+from .core import Authenticator, Guard, ProblemResponse, Responder, Verdict, logger
+from .memory import MemoryLimits
 from .paths import quote_path
 from .policy import Policy, Rule
+from .routes import RouteTable
 
 __all__ = ["DECISION_SCOPE_KEY", "PEER_SCOPE_KEY", "PeerMiddleware"]
 
@@ -69,15 +73,27 @@ def _tls_chain(scope: Scope) -> tuple[bytes | str, ...] | None:
     return tuple(islice(chain, _MAX_TLS_CHAIN))
 
 
+def _host(scope: Scope) -> bytes | None:
+    """The ``Host`` header as sent (host-based routes read it)."""
+    for name, value in scope.get("headers", ()):
+        if name == b"host":
+            return bytes(value)
+    return None
+
+
 class PeerMiddleware:
     """Authenticate the calling service and enforce ``policy`` on every request.
 
-    ``route_rules`` is an optional callable returning extra rules, called once
-    when the middleware is built (the FastAPI integration uses it to gather
-    rules declared on routes). Configuration errors raise here.
+    ``routes`` is an optional callable returning the app's
+    :class:`~peer_middleware.routes.RouteTable`, called once when the
+    middleware is built (the FastAPI integration uses it for rules declared
+    on routes): those rules apply to the route the app's router dispatches to.
+    ``route_rules`` is an optional callable returning extra central rules.
+    ``memory`` bounds what the guard remembers (:class:`MemoryLimits`).
+    Configuration errors raise here.
     """
 
-    __slots__ = ("_wanted", "app", "guard")
+    __slots__ = ("_host_routes", "_routes", "_wanted", "app", "guard")
 
     def __init__(
         self,
@@ -88,23 +104,34 @@ class PeerMiddleware:
         responder: Responder | None = None,
         www_authenticate: str | None = None,
         route_rules: Callable[[], Iterable[Rule]] | None = None,
+        routes: Callable[[], RouteTable] | None = None,
+        memory: MemoryLimits | None = None,
     ) -> None:
         self.app = app
         if route_rules is not None:
             policy = policy.extended(route_rules())
+        table = routes() if routes is not None else None
+        if table is not None:
+            policy = policy.with_routes(table.rules)
         self.guard = Guard(
             policy=policy,
             authenticators=authenticators,
             responder=responder,
             www_authenticate=www_authenticate,
+            memory=memory,
         )
+        self._routes = table if table is not None and policy.routes else None
+        self._host_routes = self._routes is not None and self._routes.reads_host
         self._wanted = {name.encode("latin-1"): name for name in self.guard.header_names}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope_type = scope["type"]
         if scope_type != "http" and scope_type != "websocket":
-            await self.app(scope, receive, send)
-            return
+            if scope_type == "lifespan":
+                await self.app(scope, receive, send)
+                return
+            logger.error("refused an ASGI scope of unknown type %r", str(scope_type)[:64])
+            raise ValueError(f"peer_middleware does not support ASGI scope type {scope_type!r}")
         method = scope.get("method", "GET") if scope_type == "http" else "GET"
         headers: dict[str, str] = {}
         wanted = self._wanted
@@ -129,6 +156,9 @@ class PeerMiddleware:
             if len(client) != 2:
                 client = None
         guard = self.guard
+        kind: object = scope_type
+        if self._host_routes:
+            kind = (scope_type, _host(scope))
         verdict = guard.check(
             method,
             path,
@@ -138,6 +168,9 @@ class PeerMiddleware:
             root_path,
             scope.get("query_string", b"").decode("latin-1") if guard.reads_query else "",
             _tls_chain(scope) if guard.reads_tls else None,
+            kind=kind,
+            router=self._routes,
+            request=scope,
         )
         if not verdict.decision.allowed:
             await self._refuse(scope_type, scope, send, verdict, method)

@@ -31,12 +31,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol, runtime_checkable
 
-from ._cache import BoundedCache, GenerationalCache
-from .errors import ConfigurationError, InvalidToken, RequestRefused, UntrustedIssuer
+from .errors import BadRequest, ConfigurationError, InvalidToken, RequestRefused, UntrustedIssuer
+from .memory import Memory, MemoryLimits
 from .paths import check_method, check_raw_target, normalise_path
 from .peer import Peer, Proof, never_still_valid
-from .policy import Decision, Policy
+from .policy import Decision, Policy, Route
 from .proxies import TrustedProxies, looks_rewritten
+from .routes import RouteResolver
 
 __all__ = [
     "Authenticator",
@@ -239,12 +240,10 @@ _INTERNAL = Decision(False, 403, None, "internal error while authorizing; see th
 _COMMON_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"}
 )
-_PATH_CACHE_SIZE = 4096
-_COMBINED_CACHE_SIZE = 4096
-#: Identities remembered per generation (two generations), and the most
-#: characters of credentials (headers, query, TLS chain) an entry may hold.
-_IDENTITY_CACHE_SIZE = 1024
+#: The most characters of credentials (headers, query, TLS chain) an
+#: identity or verdict remembered may hold.
 _IDENTITY_MAX_CHARS = 16 * 1024
+_NO_ROUTE = Route("(no route)")
 _TOKEN_PROOF = Proof.TOKEN
 
 # An identity: the peer (or None), the checks that must all still hold for it
@@ -268,16 +267,14 @@ class Guard:
     """
 
     __slots__ = (
-        "_combined",
         "_forwarded",
         "_identities",
-        "_paths",
         "_rewrite_warned",
         "_runs",
         "_secret_headers",
-        "_verdicts",
         "authenticators",
         "header_names",
+        "memory",
         "policy",
         "reads_query",
         "reads_tls",
@@ -292,6 +289,7 @@ class Guard:
         authenticators: Iterable[Authenticator] = (),
         responder: Responder | None = None,
         www_authenticate: str | None = None,
+        memory: MemoryLimits | None = None,
     ) -> None:
         if not isinstance(policy, Policy):
             raise ConfigurationError(f"policy must be a Policy, not {type(policy).__name__}")
@@ -313,11 +311,6 @@ class Guard:
         self.reads_query = any(getattr(a, "reads_query", False) for a in self.authenticators)
         #: True when an authenticator reads the TLS client chain (adapters pass it then only).
         self.reads_tls = any(getattr(a, "reads_tls", False) for a in self.authenticators)
-        # (id(primary), id(token)) -> (primary, token, combined): a repeat caller
-        # gets the same combined Peer object, which the policy's cache relies on.
-        self._combined = BoundedCache[tuple[int, int], tuple[Peer, Peer, Peer]](
-            _COMBINED_CACHE_SIZE
-        )
         if self._forwarded:
             names.append(FORWARDED_FOR)
         self.header_names: frozenset[str] = frozenset(names)
@@ -326,15 +319,13 @@ class Guard:
         self.responder: Responder = responder or default_responder
         self.www_authenticate = www_authenticate
         self._rewrite_warned = False
-        self._paths = GenerationalCache[str | tuple[str, str | None], str](_PATH_CACHE_SIZE)
+        #: Everything the guard remembers between requests (see :mod:`peer_middleware.memory`).
+        self.memory = Memory(memory if memory is not None else MemoryLimits())
         # When every authenticator is memoizable: credentials -> identity, and
-        # (method, path, raw target, root path, credentials) -> allowed verdict.
-        # Both hold authenticated callers only, and entries of bounded size.
-        self._identities = (
-            GenerationalCache[tuple[object, ...], _Identity](_IDENTITY_CACHE_SIZE)
-            if self.authenticators and all(map(_memoizable, self.authenticators))
-            else None
-        )
+        # (method, path, raw target, root path, kind, credentials) -> allowed
+        # verdict. Both hold authenticated callers only, and entries of
+        # bounded size.
+        self._identities = bool(self.authenticators) and all(map(_memoizable, self.authenticators))
         # Credentials the memory keeps only as a digest: bearer tokens.
         self._secret_headers = frozenset(
             name
@@ -342,9 +333,6 @@ class Guard:
             if bearer
             for name in authenticator.header_names
         )
-        self._verdicts = GenerationalCache[
-            tuple[object, ...], tuple[Verdict, tuple[Callable[[], bool], ...]]
-        ](_IDENTITY_CACHE_SIZE)
 
     def check(
         self,
@@ -356,6 +344,10 @@ class Guard:
         root_path: str = "",
         query: str = "",
         tls_chain: tuple[bytes | str, ...] | None = None,
+        *,
+        kind: object = None,
+        router: RouteResolver | None = None,
+        request: object = None,
     ) -> Verdict:
         """Run the whole pipeline for one request.
 
@@ -368,15 +360,21 @@ class Guard:
         :attr:`reads_query` is True; ``tls_chain`` the connection's client
         certificate chain (leaf first), needed only when :attr:`reads_tls` is
         True.
+
+        ``router`` finds the route the framework dispatches the request to
+        (``request`` is handed to it as it is), when the policy has rules
+        declared on routes; ``kind`` is everything else the route depends on
+        besides the method and path (the scope type, the host for host-based
+        routes), part of what the memory keys a verdict on.
         """
         normalised = path
         matched: str | None = None
         notes: tuple[str, ...] = ()
         credentials: tuple[object, ...] | None = None
         request_key: tuple[object, ...] | None = None
+        memory = self.memory
         try:
-            identities = self._identities
-            if identities is not None:
+            if self._identities:
                 # Everything memoizable authenticators read: the client's host
                 # (with its port when the address may have been rewritten),
                 # the declared headers in order, the query and the TLS chain.
@@ -406,9 +404,10 @@ class Guard:
                     credentials = (where, query, tls_chain, *headers.items())
                 # A request seen before, byte for byte, from a caller whose
                 # proof still holds: the verdict is the one made then.
-                request_key = (method, path, raw_target, root_path, credentials)
+                request_key = (method, path, raw_target, root_path, kind, credentials)
+                verdicts = memory.verdicts
                 try:
-                    seen = self._verdicts.young.get(request_key) or self._verdicts.get(request_key)
+                    seen = verdicts.young.get(request_key) or verdicts.get(request_key)
                 except TypeError:
                     # A server handed over something unhashable (a TLS chain
                     # of odd objects): no reuse; the authenticator says why.
@@ -421,23 +420,29 @@ class Guard:
                         return self._logged(seen[0], method, path)
             if method not in _COMMON_METHODS:
                 check_method(method)
-            # Paths repeat; their checks are pure, so a bounded cache serves
+                if method != method.upper():
+                    # Methods are case-sensitive (RFC 9110, 9.1), yet several
+                    # routers upper-case them before dispatch: refuse, as Istio does.
+                    raise BadRequest(f"method {method[:32]!r} is not in upper case")
+            # Paths repeat; their checks are pure, so the memory serves
             # repeat requests. The key says whether the raw target was seen:
             # a path checked without one must not vouch for a raw target.
             key = path if raw_target == path else (path, raw_target)
-            cached = self._paths.young.get(key) or self._paths.get(key)
+            paths = memory.paths
+            cached = paths.young.get(key) or paths.get(key)
             if cached is None:
                 if raw_target is not None:
                     check_raw_target(raw_target)
                 cached = normalise_path(path)
-                self._paths.put(key, cached)
+                paths.put(key, cached)
                 # A path never seen (a new resource id, most often): its
                 # verdict is not worth keeping either.
                 request_key = None
             normalised = cached
             matched = route_path(normalised, root_path) if root_path else normalised
             known = None
-            if identities is not None and credentials is not None:
+            identities = memory.identities
+            if credentials is not None:
                 known = identities.young.get(credentials) or identities.get(credentials)
                 if known is not None:
                     for still_valid in known[1]:
@@ -450,14 +455,20 @@ class Guard:
                 request_key = None
                 known = self._authenticate(method, matched, client, headers, query, tls_chain)
                 if (
-                    identities is not None
-                    and credentials is not None
+                    credentials is not None
                     and known[0] is not None
                     and _chars(headers, query, tls_chain) <= _IDENTITY_MAX_CHARS
                 ):
                     identities.put(credentials, known)
             peer, checks, notes = known
-            decision = self.policy.decide(method, matched, peer)
+            policy = self.policy
+            decision = policy.decide(method, matched, peer, plans=memory.plans)
+            if decision.rule is None and router is not None and policy.routes:
+                # No central rule decided: the rules declared on the route the
+                # framework will run may allow it.
+                route = self._route(router, request, method, normalised, root_path, kind)
+                if route is not None:
+                    decision = policy.decide(method, matched, peer, route, plans=memory.plans)
             verdict = Verdict(decision, peer, normalised, matched, notes)
             if (
                 request_key is not None
@@ -470,7 +481,7 @@ class Guard:
                 + _chars(headers, query, tls_chain)
                 <= _IDENTITY_MAX_CHARS
             ):
-                self._verdicts.put(request_key, (verdict, checks))
+                memory.verdicts.put(request_key, (verdict, checks))
         except RequestRefused as error:
             verdict = Verdict(
                 _error_decision(error),
@@ -484,6 +495,24 @@ class Guard:
             logger.exception("peer_middleware failed while authorizing %s %r", method, path[:200])
             verdict = Verdict(_INTERNAL, None, normalised, matched, notes)
         return self._logged(verdict, method, path)
+
+    def _route(
+        self,
+        router: RouteResolver,
+        request: object,
+        method: str,
+        path: str,
+        root_path: str,
+        kind: object,
+    ) -> Route | None:
+        """The route the framework dispatches to, remembered per (kind, method, path)."""
+        key = (kind, method, root_path, path)
+        routes = self.memory.routes
+        route = routes.young.get(key) or routes.get(key)
+        if route is None:
+            route = router.resolve(request, method, path) or _NO_ROUTE
+            routes.put(key, route)
+        return None if route is _NO_ROUTE else route
 
     def _logged(self, verdict: Verdict, method: str, path: str) -> Verdict:
         """``verdict``, once its decision is logged."""
@@ -568,18 +597,12 @@ class Guard:
                     "request presents none"
                 )
             return token
-        key = (id(primary), id(token))
-        hit = self._combined.get(key)
-        if hit is not None and hit[0] is primary and hit[1] is token:
-            return hit[2]
         if bound is not None and bound != primary.certificate_sha256:
             raise InvalidToken(
                 "the token is bound to a client certificate (cnf x5t#S256) other than the "
                 "one presented"
             )
-        combined = replace(primary, token=token)
-        self._combined.put(key, (primary, token, combined))
-        return combined
+        return replace(primary, token=token)
 
     def reject(self, error: RequestRefused, method: str, path: str) -> Verdict:
         """A verdict for a request an adapter refused before :meth:`check`."""

@@ -2,54 +2,61 @@
 
 ::
 
-    from typing import Annotated
-    import fastapi.routing
-from fastapi import Depends, FastAPI
-    from peer_middleware import Namespace, Policy, XfccAuthenticator, allow, Anyone
+    from fastapi import FastAPI
+    from peer_middleware import Anyone, Namespace, Policy, XfccAuthenticator, allow
     from peer_middleware.fastapi import CurrentPeer, install, require
 
     app = FastAPI()
 
     @app.get("/payments/{payment_id}",
              dependencies=[require(Namespace("shop", trust_domain="cluster.local"))])
-    def read_payment(payment_id: str, peer: CurrentPeer) -> dict[str, str]:
+    async def read_payment(payment_id: str, peer: CurrentPeer) -> dict[str, str]:
         return {"id": payment_id, "caller": peer.principal}
 
     install(app, policy=Policy([allow("healthz", Anyone(), methods="GET", paths="/healthz")]),
             authenticators=[XfccAuthenticator(trusted_proxies=["127.0.0.1", "::1"])])
 
-:func:`require` does two things. When the middleware is built (at
-application start-up) every route's requirements become ALLOW rules for that
-route's methods and path template, merged into the policy, so the middleware
-lets those callers through *before* the handler runs; and the dependency
-checks the peer again inside the route, so a route is never reachable by a
-caller its declaration does not name, even if the middleware was left out.
-Several requirements on one route must all hold. Routes inside mounted
-sub-applications are not visited: give those apps their own rules.
+:func:`require` declares that a caller may use *this route*. When the
+middleware is built (at application start-up) it reads every route's
+requirements (router prefixes, included routers and mounted FastAPI or
+Starlette sub-applications included) into a :class:`StarletteRouteTable`.
+For each request that no central rule decided, the middleware finds the
+route the app's router will dispatch to, with the router's own matching
+code (route order, converters, methods, websockets, mounts), and applies
+the rules declared on that route and on no other: a neighbour whose path
+pattern happens to match never inherits them. The dependency also checks the
+peer again inside the route, so a route is never reachable by a caller its
+declaration does not name, even if the middleware was left out. Several
+requirements on one route must all hold. Routes must be declared before the
+app serves its first request.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import fastapi.routing
 from fastapi import Depends, FastAPI
-from fastapi.routing import APIRoute, APIWebSocketRoute
 from starlette.requests import HTTPConnection
 from starlette.responses import Response
+from starlette.routing import Host, Match
 from starlette.websockets import WebSocket
 
 from .asgi import DECISION_SCOPE_KEY, PEER_SCOPE_KEY, PeerMiddleware
 from .core import Authenticator, Guard, Responder, default_responder, route_refusal
 from .errors import AccessDenied, AuthenticationFailed, ConfigurationError, RequestRefused
+from .memory import MemoryLimits
 from .peer import Peer
-from .policy import AllOf, Policy, Rule, Who, allow
+from .policy import Policy, Route, Rule, Who
+from .routes import Requirement, declared_rules
 
 __all__ = [
     "CurrentPeer",
     "OptionalPeer",
     "RouteRequirement",
+    "StarletteRouteTable",
     "collect_route_rules",
     "get_optional_peer",
     "get_peer",
@@ -67,7 +74,7 @@ def _scope_peer(connection: HTTPConnection) -> Peer | None:
     return peer if isinstance(peer, Peer) else None
 
 
-def get_peer(connection: HTTPConnection) -> Peer:
+async def get_peer(connection: HTTPConnection) -> Peer:
     """Dependency: the authenticated peer; 401 when the request has none."""
     peer = _scope_peer(connection)
     if peer is None:
@@ -75,7 +82,7 @@ def get_peer(connection: HTTPConnection) -> Peer:
     return peer
 
 
-def get_optional_peer(connection: HTTPConnection) -> Peer | None:
+async def get_optional_peer(connection: HTTPConnection) -> Peer | None:
     """Dependency: the authenticated peer, or ``None`` for an anonymous request."""
     return _scope_peer(connection)
 
@@ -85,19 +92,20 @@ OptionalPeer = Annotated[Peer | None, Depends(get_optional_peer)]
 
 
 class RouteRequirement:
-    """The callable behind :func:`require`: checks the peer inside the route."""
+    """The callable behind :func:`require`: checks the peer inside the route.
 
-    __slots__ = ("name", "who")
+    An ``async`` callable, so FastAPI runs it on the event loop (no
+    threadpool hop).
+    """
+
+    __slots__ = ("name", "requirement", "who")
 
     def __init__(self, who: Who, name: str | None = None) -> None:
-        if not isinstance(who, Who):
-            raise ConfigurationError(f"require(): {who!r} is not a matcher")
-        if name is not None and (not isinstance(name, str) or not name.strip()):
-            raise ConfigurationError("require(): name must be a non-empty string")
+        self.requirement = Requirement(who, name)
         self.who = who
         self.name = name
 
-    def __call__(self, connection: HTTPConnection) -> None:
+    async def __call__(self, connection: HTTPConnection) -> None:
         peer = _scope_peer(connection)
         if not self.who(peer):
             if peer is None:
@@ -117,58 +125,112 @@ def require(who: Who, *, name: str | None = None) -> Any:
     return Depends(RouteRequirement(who, name))
 
 
-def _requirements(dependant: Any, seen: set[int]) -> Iterable[RouteRequirement]:
-    if id(dependant) in seen:
+def _requirements(dependant: Any, seen: list[Any]) -> Iterable[Requirement]:
+    if dependant is None or any(dependant is s for s in seen):
         return
-    seen.add(id(dependant))
+    seen.append(dependant)
     call = getattr(dependant, "call", None)
     if isinstance(call, RouteRequirement):
-        yield call
+        yield call.requirement
     for sub in getattr(dependant, "dependencies", ()):
         yield from _requirements(sub, seen)
 
 
-def _routes(app: FastAPI) -> Iterable[tuple[Any, str, Any, Any]]:
-    """(route, path, methods, dependant) of every API route, router prefixes applied."""
+@dataclass(frozen=True, slots=True, eq=False)
+class _Node:
+    """One route as the router tries it: what matches, what it declares, what it contains."""
+
+    matcher: Any  # a Starlette route, or FastAPI's RouteContext for an included route
+    route: Route | None  # set when rules are declared on it
+    children: tuple[_Node, ...] | None  # for Mount and Host: the routes inside
+
+
+def _contexts(routes: Sequence[Any]) -> Iterable[Any]:
+    """The routes in the order the router tries them, included routers flattened."""
     iter_contexts = getattr(fastapi.routing, "iter_route_contexts", None)
-    if iter_contexts is None:  # pragma: no cover - FastAPI before included-router contexts
-        for route in app.routes:
-            if isinstance(route, (APIRoute, APIWebSocketRoute)):
-                yield route, route.path, getattr(route, "methods", None), route.dependant
-        return
-    for context in iter_contexts(app.routes):
-        route = context.original_route
-        if isinstance(route, (APIRoute, APIWebSocketRoute)):
-            yield route, context.path, context.methods, context.dependant
+    if iter_contexts is None:  # pragma: no cover - FastAPI without included-router contexts
+        return list(routes)
+    return list(iter_contexts(routes))
+
+
+def _describe(matcher: Any, prefix: str) -> str:
+    path = prefix + str(getattr(matcher, "path", "") or "")
+    if isinstance(getattr(matcher, "original_route", matcher), fastapi.routing.APIWebSocketRoute):
+        return f"WEBSOCKET {path}"
+    methods = getattr(matcher, "methods", None)
+    return f"{','.join(sorted(methods)) if methods else '*'} {path}"
+
+
+class StarletteRouteTable:
+    """The routes of a Starlette or FastAPI app, as its router dispatches them.
+
+    A :class:`~peer_middleware.routes.RouteTable`: ``rules`` are the rules
+    declared with :func:`require` (on the route, its router or the app), and
+    :meth:`resolve` finds the route the router picks for a request by calling
+    each route's own ``matches`` in the router's order: the first full match
+    wins (a mount or host descends into the routes inside it), exactly as
+    Starlette's and FastAPI's routers do. Only full matches count: a route
+    that answers 405 or a trailing-slash redirect runs no handler, so the
+    central policy alone judges those requests.
+    """
+
+    __slots__ = ("_nodes", "reads_host", "rules")
+
+    def __init__(self, routes: Sequence[Any]) -> None:
+        declared: list[tuple[Route, list[Requirement]]] = []
+        self.reads_host = False
+        self._nodes = self._build(routes, "", declared)
+        self.rules: dict[Route, tuple[Rule, ...]] = declared_rules(declared)
+
+    def _build(
+        self, routes: Sequence[Any], prefix: str, declared: list[tuple[Route, list[Requirement]]]
+    ) -> tuple[_Node, ...]:
+        nodes: list[_Node] = []
+        for matcher in _contexts(routes):
+            original = getattr(matcher, "original_route", matcher)
+            if isinstance(original, Host):
+                self.reads_host = True
+            inner = getattr(matcher, "routes", None) if hasattr(original, "routes") else None
+            if inner is not None:
+                mount_path = str(getattr(matcher, "path", "") or "")
+                children = self._build(inner, prefix + mount_path, declared)
+                nodes.append(_Node(matcher, None, children))
+                continue
+            found = list(_requirements(getattr(matcher, "dependant", None), []))
+            route = None
+            if found:
+                route = Route(_describe(matcher, prefix))
+                declared.append((route, found))
+            nodes.append(_Node(matcher, route, None))
+        return tuple(nodes)
+
+    def resolve(self, request: object, method: str, path: str) -> Route | None:
+        """The route with declared rules that the router dispatches ``request`` to, if any."""
+        assert isinstance(request, dict)
+        probe = dict(request)
+        probe["path"] = path
+        probe["fastapi"] = {}
+        return _match(self._nodes, probe)
+
+
+def _match(nodes: tuple[_Node, ...], scope: dict[str, Any]) -> Route | None:
+    for node in nodes:
+        match, child = node.matcher.matches(scope)
+        if match is Match.FULL:
+            if node.children is not None:
+                return _match(node.children, {**scope, **child})
+            return node.route
+    return None
+
+
+def route_table(app: FastAPI) -> StarletteRouteTable:
+    """The :class:`StarletteRouteTable` of ``app``'s routes as they are now."""
+    return StarletteRouteTable(app.router.routes)
 
 
 def collect_route_rules(app: FastAPI) -> list[Rule]:
-    """ALLOW rules from every route's :func:`require` dependencies.
-
-    A requirement used on several routes gives one rule per route; the
-    second and later rules of a named requirement get the route in their name.
-    """
-    rules: list[Rule] = []
-    names: set[str] = set()
-    for route, path, route_methods, dependant in _routes(app):
-        if isinstance(route, APIRoute):
-            methods: Iterable[str] = sorted(route_methods or ())
-        elif isinstance(route, APIWebSocketRoute):
-            methods = ("GET",)
-        else:
-            continue
-        found = list(_requirements(dependant, set()))
-        if not found:
-            continue
-        who = found[0].who if len(found) == 1 else AllOf(*(r.who for r in found))
-        where = f"{','.join(methods)} {path}"
-        named = [r.name for r in found if r.name]
-        name = named[0] if named else f"route {where}"
-        if name in names:
-            name = f"{name} [{where}]"
-        names.add(name)
-        rules.append(allow(name, who, methods=methods, paths=path))
-    return rules
+    """The rules declared with :func:`require` on ``app``'s routes, in route order."""
+    return [rule for rules in route_table(app).rules.values() for rule in rules]
 
 
 def _exception_handler(responder: Responder, www_authenticate: str | None) -> Any:
@@ -205,11 +267,13 @@ def install(
     authenticators: Iterable[Authenticator] = (),
     responder: Responder | None = None,
     www_authenticate: str | None = None,
+    memory: MemoryLimits | None = None,
 ) -> None:
     """Add :class:`~peer_middleware.PeerMiddleware` to ``app`` with route rules.
 
     Rules declared with :func:`require` are collected when Starlette builds the
-    middleware stack (at start-up), so routes may be added after this call.
+    middleware stack (at start-up), so routes may be added after this call
+    (but not once the app serves requests).
     Refusals raised by dependencies get the same fixed responses as the
     middleware's.
     """
@@ -222,6 +286,7 @@ def install(
         authenticators=authenticators,
         responder=responder,
         www_authenticate=www_authenticate,
+        memory=memory,
     )
     app.add_middleware(
         PeerMiddleware,
@@ -229,7 +294,8 @@ def install(
         authenticators=authenticators,
         responder=responder,
         www_authenticate=www_authenticate,
-        route_rules=lambda: collect_route_rules(app),
+        routes=lambda: route_table(app),
+        memory=memory,
     )
     app.add_exception_handler(
         RequestRefused, _exception_handler(responder or default_responder, guard.www_authenticate)

@@ -20,11 +20,15 @@
 
 :func:`require` goes *below* the route decorator (it must wrap the function
 Flask registers). Its matchers are validated when the module is imported;
-the rules it declares are merged into the policy before the first request is
-served (:meth:`PeerAuth.finalise` does it earlier if called), as ALLOW rules
-for that view's methods and URL rule, so the middleware lets those callers
-through before the view runs. The wrapped view checks the peer again, so a
-view is never reachable by a caller its declaration does not name.
+the rules it declares are read before the first request is served
+(:meth:`PeerAuth.finalise` does it earlier if called) into a
+:class:`FlaskRouteTable`. For a request that no central rule decided, the
+middleware asks the app's own URL adapter which view Flask will dispatch to,
+and applies the rules declared on that view and no other: a literal rule
+such as ``/payments/export`` never inherits the rules of
+``/payments/<payment_id>``, nor ``/items/<name>`` those of
+``/items/<int:item_id>``. The wrapped view checks the peer again, so a view
+is never reachable by a caller its declaration does not name.
 
 The peer is on ``flask.g.peer`` (``None`` for an anonymous request), in
 :data:`current_peer`, and in ``request.environ["peer_middleware.peer"]``.
@@ -37,15 +41,25 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, cast
 
 from flask import Flask, Response, g, request
+from werkzeug.exceptions import HTTPException, SecurityError
 from werkzeug.local import LocalProxy
 
 from .core import Authenticator, Guard, Responder, default_responder, route_refusal
 from .errors import AccessDenied, AuthenticationFailed, ConfigurationError, RequestRefused
+from .memory import MemoryLimits
 from .peer import Peer
-from .policy import AllOf, Policy, Rule, Who, allow
-from .wsgi import DECISION_ENVIRON_KEY, PEER_ENVIRON_KEY, PeerWSGIMiddleware
+from .policy import Policy, Route, Rule, Who
+from .routes import Requirement, declared_rules
+from .wsgi import DECISION_ENVIRON_KEY, PEER_ENVIRON_KEY, PeerWSGIMiddleware, _text_to_wsgi
 
-__all__ = ["PeerAuth", "current_peer", "get_peer", "require"]
+__all__ = [
+    "FlaskRouteTable",
+    "PeerAuth",
+    "collect_view_rules",
+    "current_peer",
+    "get_peer",
+    "require",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -65,10 +79,7 @@ current_peer: Peer = cast(Peer, LocalProxy(get_peer))
 
 def require(who: Who, *, name: str | None = None) -> Callable[[F], F]:
     """Declare on a view that ``who`` may call it (see the module doc)."""
-    if not isinstance(who, Who):
-        raise ConfigurationError(f"require(): {who!r} is not a matcher")
-    if name is not None and (not isinstance(name, str) or not name.strip()):
-        raise ConfigurationError("require(): name must be a non-empty string")
+    Requirement(who, name)  # validated now, at import time
 
     def decorate(view: F) -> F:
         existing: list[tuple[Who, str | None]] = list(getattr(view, _REQUIREMENTS, ()))
@@ -99,30 +110,63 @@ def _check(requirements: list[tuple[Who, str | None]]) -> None:
             raise AccessDenied(f"view requires {who.describe()}; {peer.principal} is not")
 
 
-def collect_view_rules(app: Flask) -> list[Rule]:
-    """ALLOW rules from the :func:`require` declarations of ``app``'s views.
+class FlaskRouteTable:
+    """The views of a Flask app, as its URL map dispatches requests to them.
 
-    A view under several URL rules gives one rule per URL rule; the second
-    and later rules of a named requirement get the URL rule in their name.
+    A :class:`~peer_middleware.routes.RouteTable`: ``rules`` are the rules
+    declared with :func:`require` on views (one :class:`Route` per endpoint),
+    and :meth:`resolve` asks the app's own URL adapter
+    (``app.create_url_adapter``, as Flask does for every request) which URL
+    rule matches, so literal rules win over variable ones, converters
+    (``<int:id>``) and methods count, and blueprints and ``url_prefix`` are
+    what Flask makes of them. A request that matches no rule (404), the wrong
+    method (405) or a redirect (a missing trailing slash) reaches no view:
+    the central policy alone judges it.
     """
-    rules: list[Rule] = []
-    seen: set[str] = set()
-    for url_rule in app.url_map.iter_rules():
-        view = app.view_functions.get(url_rule.endpoint)
-        requirements = getattr(view, _REQUIREMENTS, None)
-        if not requirements:
-            continue
-        whos = [who for who, _ in requirements]
-        names = [name for _, name in requirements if name]
-        methods = sorted(url_rule.methods or ())
-        who = whos[0] if len(whos) == 1 else AllOf(*whos)
-        where = f"{','.join(methods)} {url_rule.rule}"
-        name = names[0] if names else f"view {url_rule.endpoint} {url_rule.rule}"
-        if name in seen:
-            name = f"{name} [{where}]"
-        seen.add(name)
-        rules.append(allow(name, who, methods=methods, paths=url_rule.rule))
-    return rules
+
+    __slots__ = ("_app", "_routes", "reads_host", "rules")
+
+    def __init__(self, app: Flask) -> None:
+        self._app = app
+        self._routes: dict[str, Route] = {}
+        declared: list[tuple[Route, list[Requirement]]] = []
+        for url_rule in app.url_map.iter_rules():
+            endpoint = url_rule.endpoint
+            if endpoint in self._routes:
+                continue
+            view = app.view_functions.get(endpoint)
+            requirements = getattr(view, _REQUIREMENTS, None)
+            if not requirements:
+                continue
+            route = Route(f"view {endpoint} {url_rule.rule}")
+            self._routes[endpoint] = route
+            declared.append((route, [Requirement(who, name) for who, name in requirements]))
+        self.rules: dict[Route, tuple[Rule, ...]] = declared_rules(declared, unnamed="")
+        self.reads_host = bool(
+            app.url_map.host_matching or app.subdomain_matching or app.config.get("SERVER_NAME")
+        )
+
+    def resolve(self, request: object, method: str, path: str) -> Route | None:
+        """The view with declared rules that Flask dispatches ``request`` to, if any."""
+        assert isinstance(request, dict)
+        probe = dict(request)
+        probe["PATH_INFO"] = _text_to_wsgi(path)
+        probe["REQUEST_METHOD"] = method
+        app = self._app
+        try:
+            adapter = app.create_url_adapter(app.request_class(probe))
+            if adapter is None:  # pragma: no cover - only without a request
+                return None
+            url_rule, _ = adapter.match(return_rule=True)
+        except (HTTPException, SecurityError):
+            # 404, 405, a redirect, an untrusted host: no view runs.
+            return None
+        return self._routes.get(url_rule.endpoint)
+
+
+def collect_view_rules(app: Flask) -> list[Rule]:
+    """The rules declared with :func:`require` on ``app``'s views."""
+    return [rule for rules in FlaskRouteTable(app).rules.values() for rule in rules]
 
 
 class PeerAuth:
@@ -136,8 +180,10 @@ class PeerAuth:
         authenticators: Iterable[Authenticator] = (),
         responder: Responder | None = None,
         www_authenticate: str | None = None,
+        memory: MemoryLimits | None = None,
     ) -> None:
         self.policy = policy
+        self.memory = memory
         self.authenticators = tuple(authenticators)
         self.responder = responder
         self.www_authenticate = www_authenticate
@@ -147,6 +193,7 @@ class PeerAuth:
             authenticators=self.authenticators,
             responder=responder,
             www_authenticate=www_authenticate,
+            memory=memory,
         )
         self._middlewares: dict[int, PeerWSGIMiddleware] = {}
         if app is not None:
@@ -161,7 +208,8 @@ class PeerAuth:
             authenticators=self.authenticators,
             responder=self.responder,
             www_authenticate=self.www_authenticate,
-            route_rules=lambda: collect_view_rules(app),
+            routes=lambda: FlaskRouteTable(app),
+            memory=self.memory,
         )
         app.wsgi_app = middleware  # type: ignore[method-assign]
         app.extensions[EXTENSION_KEY] = self

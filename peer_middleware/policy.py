@@ -54,9 +54,8 @@ import enum
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Literal, Protocol
 
-from ._cache import GenerationalCache
 from .errors import ConfigurationError, InvalidSpiffeIdError
 from .peer import Peer, Proof
 from .spiffe import SCHEME_PREFIX, SpiffeId, configured_trust_domain
@@ -75,10 +74,13 @@ __all__ = [
     "Issuer",
     "Namespace",
     "Not",
+    "Plan",
+    "PlanMemory",
     "Policy",
     "Principal",
     "ProvenBy",
     "RequestPrincipal",
+    "Route",
     "Rule",
     "ServiceAccount",
     "SidecarAsserted",
@@ -1045,38 +1047,76 @@ def _collect(node: _Node, segments: list[str], index: int, out: list[_Terminal])
             _collect(node.many0, segments, end, out)
 
 
-_CACHE_LIMIT = 8192
-_MAX_METHODS = 64
-_DECISIONS_PER_PLAN = 4096
 # Methods no common router dispatches as another method. Anything else may
 # reach a handler written for another method: Starlette, Flask and Django
 # serve HEAD with the GET handler, and Werkzeug and Django upper-case the
 # method ("delete" runs the DELETE view).
 _DISPATCHED_AS_SENT = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
 
+#: The rule buckets that apply to one method at one path (see :meth:`Policy.plan`).
+Plan = tuple[_Bucket, ...]
 
-class _Plan:
-    """The buckets that apply to a set of paths, and the decisions made there."""
 
-    __slots__ = ("buckets", "decisions")
+class PlanMemory(Protocol):
+    """Somewhere to keep plans between requests (the guard's memory).
 
-    def __init__(self, buckets: tuple[_Bucket, ...]) -> None:
-        self.buckets = buckets
-        self.decisions = GenerationalCache[int, tuple[Peer | None, Decision]](_DECISIONS_PER_PLAN)
+    ``get`` returns ``None`` for a key it does not hold; ``put`` may keep or
+    drop the entry. A plan depends only on the method and the path, so any
+    memory keyed by both is safe.
+    """
+
+    def get(self, key: tuple[str, str]) -> Plan | None: ...
+
+    def put(self, key: tuple[str, str], value: Plan) -> None: ...
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Route:
+    """A route of the app, as its framework dispatches requests to it.
+
+    Rules declared on a route (FastAPI's and Flask's ``require``) are keyed by
+    the :class:`Route` the framework integration resolves for each request,
+    never by a path pattern: they apply to that route and to nothing else.
+    Two routes are the same only if they are the same object. ``name``
+    describes it in logs (``"GET /payments/{payment_id}"``).
+    """
+
+    name: str
+
+    def __repr__(self) -> str:
+        return f"Route({self.name!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class _RouteEntry:
+    rule: Rule
+    decision: Decision
 
 
 class Policy:
     """A compiled, immutable set of rules.
 
-    ``mode="shadow"`` lets every request through and reports what
-    enforcement would have done (``Decision.dry_run``). Invalid rules, duplicate
-    rule names and unknown modes raise :class:`ConfigurationError` here.
+    ``rules`` are the central rules, matched by path. ``routes`` maps each
+    :class:`Route` to the ALLOW rules declared on it; they apply only when the
+    request is dispatched to that route (see :meth:`decide`), after every
+    central rule: a central DENY still refuses, and a central ALLOW still
+    allows. ``mode="shadow"`` lets every request through and reports what
+    enforcement would have done (``Decision.dry_run``). Invalid rules,
+    duplicate rule names and unknown modes raise :class:`ConfigurationError`
+    here.
+
+    A policy keeps no memory of its own: :meth:`decide` is a pure function of
+    its arguments. The guard remembers plans for it (``plans=``).
     """
 
-    __slots__ = ("_interned", "_paths", "_root", "has_extras", "mode", "rules")
+    __slots__ = ("_root", "_routes", "has_extras", "mode", "routes", "rules")
 
     def __init__(
-        self, rules: Iterable[Rule], *, mode: Literal["enforce", "shadow"] = "enforce"
+        self,
+        rules: Iterable[Rule],
+        *,
+        mode: Literal["enforce", "shadow"] = "enforce",
+        routes: Mapping[Route, Iterable[Rule]] | None = None,
     ) -> None:
         if mode not in ("enforce", "shadow"):
             raise ConfigurationError(f"policy mode {mode!r} must be 'enforce' or 'shadow'")
@@ -1109,11 +1149,37 @@ class Policy:
                 node.exact.finish()
         self._root = root
         self.has_extras = any(r.shadow or r.action is Action.AUDIT for r in self.rules)
-        # method -> path -> plan. Paths are many (one per payment id), plans
-        # few: every path that reaches the same rules shares one plan, and
-        # with it the decisions already made for each caller.
-        self._paths: dict[str, GenerationalCache[str, _Plan]] = {}
-        self._interned: dict[tuple[int, ...], _Plan] = {}
+        self.routes: dict[Route, tuple[Rule, ...]] = {}
+        self._routes: dict[Route, tuple[_RouteEntry, ...]] = {}
+        for route, declared in (routes or {}).items():
+            if not isinstance(route, Route):
+                raise ConfigurationError(f"{route!r} is not a Route")
+            route_rules = (declared,) if isinstance(declared, Rule) else tuple(declared)
+            entries = []
+            for rule in route_rules:
+                if not isinstance(rule, Rule):
+                    raise ConfigurationError(f"{rule!r} (declared on {route.name}) is not a Rule")
+                if rule.action is not Action.ALLOW or rule.shadow:
+                    raise ConfigurationError(
+                        f"rule {rule.name!r} declared on {route.name} must be a plain ALLOW rule"
+                    )
+                if rule.name in names:
+                    raise ConfigurationError(f"two rules are named {rule.name!r}")
+                names.add(rule.name)
+                entries.append(
+                    _RouteEntry(
+                        rule,
+                        Decision(
+                            True,
+                            200,
+                            rule.name,
+                            f"allowed by rule {rule.name!r} declared on route {route.name}",
+                        ),
+                    )
+                )
+            if entries:
+                self.routes[route] = route_rules
+                self._routes[route] = tuple(entries)
 
     @staticmethod
     def _decision_for(rule: Rule) -> Decision:
@@ -1122,37 +1188,41 @@ class Policy:
         return Decision(False, 403, rule.name, f"denied by rule {rule.name!r}")
 
     def extended(self, rules: Iterable[Rule]) -> Policy:
-        """A new policy with ``rules`` appended (same mode)."""
-        return Policy((*self.rules, *rules), mode=self.mode)
+        """A new policy with central ``rules`` appended (same mode and routes)."""
+        return Policy((*self.rules, *rules), mode=self.mode, routes=self.routes)
 
-    def _plan(self, method: str, path: str) -> _Plan:
+    def with_routes(self, routes: Mapping[Route, Iterable[Rule]]) -> Policy:
+        """A new policy with the same central rules and mode, and these route rules."""
+        return Policy(self.rules, mode=self.mode, routes=routes)
+
+    def plan(self, method: str, path: str) -> Plan:
+        """The buckets of rules that apply to ``method`` at the normalised ``path``."""
         terminals: list[_Terminal] = []
         _collect(self._root, path[1:].split("/"), 0, terminals)
-        buckets = tuple(t.bucket(method) for t in dict.fromkeys(terminals))
-        # Buckets live as long as the policy, so their ids are stable keys.
-        key = tuple(map(id, buckets))
-        plan = self._interned.get(key)
-        if plan is None:
-            plan = _Plan(buckets)
-            if len(self._interned) < _CACHE_LIMIT:
-                self._interned[key] = plan
-        paths = self._paths.get(method)
-        if paths is None:
-            if len(self._paths) >= _MAX_METHODS:
-                return plan  # an unusual method: decide without caching
-            paths = self._paths[method] = GenerationalCache(_CACHE_LIMIT)
-        paths.put(path, plan)
-        return plan
+        return tuple(t.bucket(method) for t in dict.fromkeys(terminals))
 
-    def decide(self, method: str, path: str, peer: Peer | None) -> Decision:
+    def decide(
+        self,
+        method: str,
+        path: str,
+        peer: Peer | None,
+        route: Route | None = None,
+        *,
+        plans: PlanMemory | None = None,
+    ) -> Decision:
         """Decide a request. ``path`` must already be normalised.
+
+        ``route`` is the route the framework dispatches the request to, when
+        the caller knows it (``None``: no route, or not known); the rules
+        declared on it allow the request when no central rule decided.
+        ``plans`` is a memory for :meth:`plan` results.
 
         A DENY rule also refuses the methods a router may dispatch to the
         method it names: ``HEAD`` (and any method in lower case) is refused by
         a DENY rule for ``GET`` (for the upper-cased method). ALLOW rules still
         match only the method as sent.
         """
-        decision = self._decide_as(method, path, peer)
+        decision = self._decide_as(method, path, peer, route, plans)
         if method in _DISPATCHED_AS_SENT or not decision.allowed or decision.dry_run:
             return decision
         upper = method.upper()
@@ -1160,31 +1230,37 @@ class Policy:
         if upper == "HEAD":
             aliases.append("GET")
         for alias in aliases:
-            other = self._decide_as(alias, path, peer)
+            other = self._decide_as(alias, path, peer, None, plans)
+            # Route rules never apply to the alias: only a central DENY decides here.
             if other.rule is not None and (not other.allowed or other.dry_run):
                 return other  # refused by a DENY rule
         return decision
 
-    def _decide_as(self, method: str, path: str, peer: Peer | None) -> Decision:
-        paths = self._paths.get(method)
-        plan = None
-        if paths is not None:
-            plan = paths.young.get(path) or paths.get(path)
-        if plan is None:
-            plan = self._plan(method, path)
-        # Repeat callers: the peer is kept in the value so its id cannot be
-        # reused while cached; authenticators hand out the same Peer object
-        # for a credential they have cached.
-        decisions = plan.decisions
-        key = id(peer)
-        hit = decisions.young.get(key) or decisions.get(key)
-        if hit is not None and hit[0] is peer:
-            return hit[1]
-        decision = self._decide(plan.buckets, peer)
-        plan.decisions.put(id(peer), (peer, decision))
-        return decision
+    def _decide_as(
+        self,
+        method: str,
+        path: str,
+        peer: Peer | None,
+        route: Route | None,
+        plans: PlanMemory | None,
+    ) -> Decision:
+        if plans is None:
+            buckets = self.plan(method, path)
+        else:
+            key = (method, path)
+            found = plans.get(key)
+            if found is None:
+                found = self.plan(method, path)
+                plans.put(key, found)
+            buckets = found
+        return self._decide(buckets, peer, self._routes.get(route) if route is not None else None)
 
-    def _decide(self, buckets: tuple[_Bucket, ...], peer: Peer | None) -> Decision:
+    def _decide(
+        self,
+        buckets: Plan,
+        peer: Peer | None,
+        on_route: tuple[_RouteEntry, ...] | None = None,
+    ) -> Decision:
         denied: _Entry | None = None
         for bucket in buckets:
             denied = bucket.deny.first_match(peer, denied, deny=True)
@@ -1198,6 +1274,11 @@ class Policy:
                 decision = allowed.decision
             else:
                 decision = NO_IDENTITY if peer is None else NO_RULE
+                if on_route is not None:
+                    for route_entry in on_route:
+                        if route_entry.rule.who(peer):
+                            decision = route_entry.decision
+                            break
         if self.has_extras:
             decision = self._extras(decision, buckets, peer)
         if not decision.allowed and self.mode == "shadow":
@@ -1205,7 +1286,7 @@ class Policy:
         return decision
 
     @staticmethod
-    def _extras(decision: Decision, buckets: tuple[_Bucket, ...], peer: Peer | None) -> Decision:
+    def _extras(decision: Decision, buckets: Plan, peer: Peer | None) -> Decision:
         shadow: list[str] = []
         audits: list[str] = []
         # A rule whose patterns end at several places is reported once, and
@@ -1225,10 +1306,13 @@ class Policy:
             return decision
         return replace(decision, shadow=tuple(shadow), audit=tuple(audits))
 
-    def matching_rules(self, method: str, path: str, peer: Peer | None) -> list[Rule]:
-        """Every rule that matches, in order (for explaining a decision)."""
+    def matching_rules(
+        self, method: str, path: str, peer: Peer | None, route: Route | None = None
+    ) -> list[Rule]:
+        """Every rule that matches, in order (for explaining a decision); the
+        rules declared on ``route`` come after the central ones."""
         found: list[_Entry] = []
-        for bucket in self._plan(method, path).buckets:
+        for bucket in self.plan(method, path):
             found.extend(bucket.deny.all_matches(peer, deny=True))
             found.extend(bucket.allow.all_matches(peer))
             found.extend(
@@ -1241,10 +1325,14 @@ class Policy:
                 )
             )
         unique = {id(e): e for e in found}
-        return [e.rule for e in sorted(unique.values(), key=lambda e: e.order)]
+        matched = [e.rule for e in sorted(unique.values(), key=lambda e: e.order)]
+        if route is not None:
+            matched.extend(e.rule for e in self._routes.get(route, ()) if e.rule.who(peer))
+        return matched
 
     def __len__(self) -> int:
-        return len(self.rules)
+        return len(self.rules) + sum(map(len, self.routes.values()))
 
     def __repr__(self) -> str:
-        return f"Policy({len(self.rules)} rules, mode={self.mode!r})"
+        routes = f", {len(self.routes)} routes with rules" if self.routes else ""
+        return f"Policy({len(self.rules)} rules{routes}, mode={self.mode!r})"

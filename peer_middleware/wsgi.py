@@ -34,8 +34,10 @@ from typing import TYPE_CHECKING, Any
 
 from .core import Authenticator, Guard, Responder, Verdict
 from .errors import BadRequest
+from .memory import MemoryLimits
 from .paths import quote_path
 from .policy import Policy, Rule
+from .routes import RouteTable
 from .servers import peer_certificate_chain
 
 if TYPE_CHECKING:
@@ -110,10 +112,14 @@ def _tls_chain(environ: WSGIEnvironment) -> tuple[bytes | str, ...] | None:
 class PeerWSGIMiddleware:
     """Authenticate the calling service and enforce ``policy`` on every request.
 
-    ``route_rules`` is an optional callable returning extra rules; it is called
-    once, before the first request is served (the Flask integration uses it to
-    gather rules declared on views, which are registered after the app is
-    wrapped). Everything else is validated here.
+    ``routes`` is an optional callable returning the app's
+    :class:`~peer_middleware.routes.RouteTable`, and ``route_rules`` one
+    returning extra central rules; both are called once, before the first
+    request is served (the Flask integration uses ``routes`` for the rules
+    declared on views, which are registered after the app is wrapped): rules
+    declared on a route apply to the route the app dispatches to.
+    ``memory`` bounds what the guard remembers. Everything else is validated
+    here.
     """
 
     def __init__(
@@ -125,16 +131,22 @@ class PeerWSGIMiddleware:
         responder: Responder | None = None,
         www_authenticate: str | None = None,
         route_rules: Callable[[], Iterable[Rule]] | None = None,
+        routes: Callable[[], RouteTable] | None = None,
+        memory: MemoryLimits | None = None,
     ) -> None:
         self.app = app
         self._options = {
             "authenticators": tuple(authenticators),
             "responder": responder,
             "www_authenticate": www_authenticate,
+            "memory": memory,
         }
         self.guard = Guard(policy=policy, **self._options)  # type: ignore[arg-type]
         self._route_rules = route_rules
-        self._finalised = route_rules is None
+        self._routes_factory = routes
+        self._routes: RouteTable | None = None
+        self._host_routes = False
+        self._finalised = route_rules is None and routes is None
         self._lock = threading.Lock()
         self._environ_keys = tuple((name, _environ_key(name)) for name in self.guard.header_names)
 
@@ -145,7 +157,12 @@ class PeerWSGIMiddleware:
                 return
             rules = self._route_rules() if self._route_rules is not None else ()
             policy = self.guard.policy.extended(rules)
+            table = self._routes_factory() if self._routes_factory is not None else None
+            if table is not None:
+                policy = policy.with_routes(table.rules)
             self.guard = Guard(policy=policy, **self._options)  # type: ignore[arg-type]
+            self._routes = table if table is not None and policy.routes else None
+            self._host_routes = self._routes is not None and self._routes.reads_host
             self._finalised = True
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -183,7 +200,19 @@ class PeerWSGIMiddleware:
             )
         query_string = environ.get("QUERY_STRING", "") if guard.reads_query else ""
         tls_chain = _tls_chain(environ) if guard.reads_tls else None
-        verdict = guard.check(method, path, raw_uri, client, headers, "", query_string, tls_chain)
+        verdict = guard.check(
+            method,
+            path,
+            raw_uri,
+            client,
+            headers,
+            "",
+            query_string,
+            tls_chain,
+            kind=environ.get("HTTP_HOST") if self._host_routes else None,
+            router=self._routes,
+            request=environ,
+        )
         if not verdict.decision.allowed:
             return self._refuse(guard, verdict, method, start_response)
         if verdict.path != path:

@@ -183,12 +183,9 @@ def guarded(app: Any = None, policy: Policy = POLICY, **options: Any) -> PeerMid
     "scope",
     [
         pytest.param({"type": "lifespan", "asgi": {"version": "3.0"}}, id="lifespan"),
-        pytest.param({"type": "custom", "path": "/payments/%2F"}, id="unknown-type"),
     ],
 )
-async def test_other_scope_types_pass_through_untouched(
-    scope: dict[str, Any], decisions: Any
-) -> None:
+async def test_lifespan_passes_through_untouched(scope: dict[str, Any], decisions: Any) -> None:
     inner = Recorder()
     original = dict(scope)
 
@@ -207,6 +204,26 @@ async def test_other_scope_types_pass_through_untouched(
     assert seen_receive is receive
     assert seen_send is send
     assert decisions() == []
+
+
+@pytest.mark.parametrize(
+    "scope_type", ["custom", "webtransport", "http.future", "", "HTTP", "Websocket"]
+)
+async def test_unknown_scope_types_never_reach_the_app(scope_type: str, caplog: Any) -> None:
+    inner = Recorder()
+
+    async def receive() -> dict[str, Any]:  # pragma: no cover - never called
+        raise AssertionError
+
+    async def send(message: dict[str, Any]) -> None:  # pragma: no cover - never called
+        raise AssertionError
+
+    scope = {"type": scope_type, "path": "/payments/1", "headers": []}
+    with pytest.raises(ValueError, match="does not support ASGI scope type"):
+        await guarded(inner)(scope, receive, send)
+
+    assert inner.calls == []
+    assert any("unknown type" in r.getMessage() for r in caplog.records)
 
 
 # --------------------------------------------------------------------------
@@ -283,13 +300,24 @@ DECISION_CASES = [
     pytest.param(
         "get",
         "/payments/1",
-        SHOP,
-        PROXY,
-        403,
         None,
-        "no allow rule matched this caller",
+        PROXY,
+        400,
+        None,
+        "method 'get' is not in upper case",
         (),
-        id="lower-case-method-matches-no-rule-403",
+        id="lower-case-method-400",
+    ),
+    pytest.param(
+        "Get",
+        "/payments/1",
+        None,
+        PROXY,
+        400,
+        None,
+        "method 'Get' is not in upper case",
+        (),
+        id="mixed-case-method-400",
     ),
     pytest.param(
         "GET",

@@ -31,6 +31,7 @@ from peer_middleware.fastapi import (
     collect_route_rules,
     install,
     require,
+    route_table,
 )
 
 TD = "cluster.local"
@@ -153,32 +154,31 @@ def build(
 def test_collect_route_rules() -> None:
     app, _ = build(installed=False)
 
+    table = route_table(app)
     rules = collect_route_rules(app)
 
     assert [
-        (r.name, r.action, r.who.describe(), sorted(r.methods or ()), [p.text for p in r.paths])
-        for r in rules
+        (route.name, [(r.name, r.action, r.who.describe(), r.methods) for r in declared])
+        for route, declared in table.rules.items()
     ] == [
-        ("create-payment", Action.ALLOW, Principal(CHECKOUT).describe(), ["POST"], ["/payments"]),
         (
-            "route GET /payments/{payment_id}",
-            Action.ALLOW,
-            SHOP.describe(),
-            ["GET"],
-            ["/payments/{payment_id}"],
+            "POST /payments",
+            [("create-payment", Action.ALLOW, Principal(CHECKOUT).describe(), None)],
         ),
         (
-            "writer",
-            Action.ALLOW,
-            AllOf(SHOP, Principal(CHECKOUT, ADMIN)).describe(),
-            ["PUT"],
-            ["/payments/{payment_id}"],
+            "GET /payments/{payment_id}",
+            [("route GET /payments/{payment_id}", Action.ALLOW, SHOP.describe(), None)],
         ),
-        ("route GET /param", Action.ALLOW, Principal(ADMIN).describe(), ["GET"], ["/param"]),
-        ("v2-items", Action.ALLOW, SHOP.describe(), ["GET"], ["/v2/items/{item_id}"]),
-        ("v3-admin", Action.ALLOW, Principal(ADMIN).describe(), ["GET"], ["/v3/reports"]),
-        ("ws", Action.ALLOW, SHOP.describe(), ["GET"], ["/ws"]),
+        (
+            "PUT /payments/{payment_id}",
+            [("writer", Action.ALLOW, AllOf(SHOP, Principal(CHECKOUT, ADMIN)).describe(), None)],
+        ),
+        ("GET /param", [("route GET /param", Action.ALLOW, Principal(ADMIN).describe(), None)]),
+        ("GET /v2/items/{item_id}", [("v2-items", Action.ALLOW, SHOP.describe(), None)]),
+        ("GET /v3/reports", [("v3-admin", Action.ALLOW, Principal(ADMIN).describe(), None)]),
+        ("WEBSOCKET /ws", [("ws", Action.ALLOW, SHOP.describe(), None)]),
     ]
+    assert [r.name for r in rules] == [r.name for d in table.rules.values() for r in d]
 
 
 def test_collect_route_rules_without_requirements_is_empty() -> None:

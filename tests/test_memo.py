@@ -130,9 +130,9 @@ def test_a_path_never_seen_is_not_kept() -> None:
     for number in range(1, 50):
         path = f"/orders/{number}"
         assert guard.check("GET", path, path, PROXY, xfcc()).allowed
-    assert len(guard._verdicts) == 0
+    assert len(guard.memory.verdicts) == 0
     again = guard.check("GET", "/orders/7", "/orders/7", PROXY, xfcc())
-    assert len(guard._verdicts) == 1
+    assert len(guard.memory.verdicts) == 1
     assert guard.check("GET", "/orders/7", "/orders/7", PROXY, xfcc()) is again
 
 
@@ -405,10 +405,10 @@ def test_a_token_is_remembered_only_as_a_digest() -> None:
         assert guard.check("GET", "/orders/1", "/orders/1", PROXY, bearer(token)).allowed
     signature = token.rpartition(".")[2]
     remembered = repr(
-        [vars_of(guard._identities), vars_of(guard._verdicts)]  # keys and values
+        [vars_of(guard.memory.identities), vars_of(guard.memory.verdicts)]  # keys and values
     )
     assert signature not in remembered
-    assert len(guard._verdicts) == 1
+    assert len(guard.memory.verdicts) == 1
 
 
 def vars_of(cache: Any) -> list[Any]:

@@ -209,13 +209,13 @@ def refused(status: int) -> tuple[str, list[tuple[str, str]], bytes]:
         pytest.param(
             "get",
             "/payments/1",
-            SHOP,
-            "127.0.0.1",
-            403,
             None,
-            NO_RULE,
+            "127.0.0.1",
+            400,
+            None,
+            "method 'get' is not in upper case",
             (),
-            id="lower-case-method-403",
+            id="lower-case-method-400",
         ),
         pytest.param(
             "GET",
