@@ -86,8 +86,11 @@ def declared_rules(
         who = found[0].who if len(found) == 1 else AllOf(*(r.who for r in found))
         named = [r.name for r in found if r.name]
         name = named[0] if named else f"{unnamed}{route.name}"
-        if name in names:
-            name = f"{name} [{route.name}]"
+        unique, count = name, 1
+        while unique in names:
+            count += 1
+            unique = f"{name} [{route.name}]" if count == 2 else f"{name} [{route.name} #{count}]"
+        name = unique
         names.add(name)
         rules[route] = (allow(name, who),)
     return rules
