@@ -1140,26 +1140,77 @@ def memory_child(callers: int) -> dict[str, Any]:
     asyncio.run(serve(callers))
     twice = rss()
     guard = wrapped.guard
-    identities = guard._identities
-    assert identities is not None
-    pol = guard.policy
-    plan_paths = pol._paths["GET"]
-    plan = plan_paths.get(PATH) or pol._plan("GET", PATH)
     caches = {
-        "XFCC credentials": (len(authenticator._cache), authenticator._cache.size),
-        "identities (guard)": (len(identities), 2 * identities.size),
-        "verdicts (guard)": (len(guard._verdicts), 2 * guard._verdicts.size),
-        "normalised paths (guard)": (len(guard._paths), 2 * guard._paths.size),
-        "path → plan (policy)": (len(plan_paths), 2 * plan_paths.size),
-        "decisions of the /payments/{id} plan": (len(plan.decisions), 2 * plan.decisions.size),
-        "distinct plans": (len(pol._interned), 8192),
+        "XFCC credentials (entries)": (len(authenticator._cache), authenticator._cache.size),
+        **{
+            f"guard {name} (bytes)": (part.nbytes, part.budget)
+            for name, part in guard.memory.parts().items()
+        },
     }
     return {"callers": callers, "start": start, "after": after, "twice": twice, "caches": caches}
 
 
-def measure_memory(callers: int) -> dict[str, Any]:
+ANONYMOUS_METHODS = 64
+ANONYMOUS_PATH_BYTES = 8 * 1024
+
+
+def anonymous_child(requests: int) -> dict[str, Any]:
+    """Serve ``requests`` refused anonymous requests: 64 methods, 8 KiB paths, each new.
+
+    Nothing here is allowed and nobody is authenticated, so only the share of
+    the guard's memory that anonymous traffic may fill can grow.
+    """
+    logging.getLogger("peer_middleware").setLevel(logging.WARNING)
+    wrapped = PeerMiddleware(
+        starlette_app(),
+        policy=policy(TARGET_ADDED_AT),
+        authenticators=[XfccAuthenticator(trusted_proxies=TRUSTED_PROXIES)],
+    )
+    limits = wrapped.guard.memory.limits
+    methods = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
+    methods += [f"X-METHOD-{i}" for i in range(ANONYMOUS_METHODS - len(methods))]
+    filler = "a" * (ANONYMOUS_PATH_BYTES - 32)
+    base = asgi_scope()
+    base["headers"] = [h for h in base["headers"] if h[0] != b"x-forwarded-client-cert"]
+    refused = 0
+
+    async def _send_refused(message: dict[str, Any]) -> None:
+        nonlocal refused
+        if message["type"] == "http.response.start" and message["status"] in (401, 403):
+            refused += 1
+
+    async def serve(start: int, count: int) -> None:
+        for index in range(start, start + count):
+            path = f"/{filler}/{index:012d}"
+            scope = dict(base)
+            scope["method"] = methods[index % len(methods)]
+            scope["path"] = path
+            scope["raw_path"] = path.encode("ascii")
+            await wrapped(scope, _receive, _send_refused)
+
+    def rss() -> int:
+        gc.collect()
+        return _rss_bytes()
+
+    asyncio.run(serve(0, 1_000))
+    start = rss()
+    asyncio.run(serve(1_000, requests - 1_000))
+    after = rss()
+    if refused != requests:
+        raise SanityError(f"{requests - refused} anonymous requests were not refused")
+    return {
+        "requests": requests,
+        "start": start,
+        "after": after,
+        "bound": limits.total_bytes,
+        "anonymous_bound": limits.anonymous_bytes,
+        "held": wrapped.guard.memory.nbytes,
+    }
+
+
+def measure_memory(callers: int, child: str = "--memory-child") -> dict[str, Any]:
     out = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), "--memory-child", str(callers)],
+        [sys.executable, os.path.abspath(__file__), child, str(callers)],
         capture_output=True,
         text=True,
         check=True,
@@ -1476,7 +1527,7 @@ def memory_rows(result: dict[str, Any]) -> list[Row]:
     rows.append(
         (
             "5 memory",
-            f"cache entries after {2 * callers:,} distinct callers",
+            f"caches after {2 * callers:,} distinct callers",
             f"{TARGET_ADDED_AT:,}",
             held,
             f"bounds {bounds}",
@@ -1487,6 +1538,27 @@ def memory_rows(result: dict[str, Any]) -> list[Row]:
         )
     )
     return rows
+
+
+def anonymous_rows(result: dict[str, Any]) -> list[Row]:
+    mib = 1024 * 1024
+    requests = result["requests"]
+    growth = (result["after"] - result["start"]) / mib
+    bound = result["bound"] / mib
+    return [
+        (
+            "5 memory",
+            f"RSS growth over {requests:,} refused anonymous requests, "
+            f"{ANONYMOUS_METHODS} methods, {ANONYMOUS_PATH_BYTES // 1024} KiB paths, each new",
+            f"{TARGET_ADDED_AT:,}",
+            f"{growth:+.1f} MiB (memory holds {result['held'] / mib:.1f} MiB)",
+            f"bound {bound:.0f} MiB (anonymous share {result['anonymous_bound'] / mib:.0f} MiB)",
+            "—",
+            f"{growth / (bound + 5):.2f}{TIMES} of bound + 5 MiB",
+            "≤ the configured bound + 5 MiB",
+            _verdict(growth <= bound + 5),
+        )
+    ]
 
 
 def render(rows: list[Row]) -> list[str]:
@@ -1516,10 +1588,17 @@ def main(argv: list[str] | None = None) -> int:
         help="leave a section out (repeatable)",
     )
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--anonymous-child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--anonymous", type=int, help="refused anonymous requests for the memory section"
+    )
     args = parser.parse_args(argv)
     logging.getLogger("peer_middleware").setLevel(logging.WARNING)
     if args.memory_child:
         print(json.dumps(memory_child(args.memory_child)))
+        return 0
+    if args.anonymous_child:
+        print(json.dumps(anonymous_child(args.anonymous_child)))
         return 0
     # Short batches, many of them: on a shared machine a short batch has a
     # better chance of running undisturbed, and only the best one counts.
@@ -1567,6 +1646,9 @@ def main(argv: list[str] | None = None) -> int:
     if "memory" not in args.skip:
         progress(f"memory: {2 * callers:,} distinct callers in a child process...")
         rows += memory_rows(measure_memory(callers))
+        anonymous = args.anonymous or (20_000 if args.quick else 1_000_000)
+        progress(f"memory: {anonymous:,} refused anonymous requests in a child process...")
+        rows += anonymous_rows(measure_memory(anonymous, "--anonymous-child"))
 
     lines = render(rows)
     print()

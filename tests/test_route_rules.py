@@ -145,9 +145,10 @@ def test_fastapi_websocket_route_does_not_inherit_the_http_rule() -> None:
     install(app, policy=CENTRAL, authenticators=authenticators())
 
     with TestClient(app, client=PROXY) as client:
-        with pytest.raises(WebSocketDisconnect), client.websocket_connect(
-            "/live", headers=xfcc(SHOP_CALLER)
-        ) as ws:
+        with (
+            pytest.raises(WebSocketDisconnect),
+            client.websocket_connect("/live", headers=xfcc(SHOP_CALLER)) as ws,
+        ):
             ws.receive_text()  # pragma: no cover - refused before accept
         assert ran == []
         assert client.get("/live", headers=xfcc(SHOP_CALLER)).status_code == 200
