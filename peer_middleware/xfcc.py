@@ -13,13 +13,16 @@ one; anything before it came from further away, possibly from the client.
 Only the rightmost element is ever used for identity.
 
 :func:`parse_xfcc` is strict: an unknown key, an empty element, a stray quote,
-an unterminated quoted value or a header over the size limits raises
-:class:`XfccSyntaxError`, never a partial result. :func:`format_xfcc` writes
-the same grammar (used by :mod:`peer_middleware.testing`).
+an unterminated quoted value, a control character anywhere, quoted or not
+(0x00-0x1f but HTAB, and 0x7f: a field value holds none, RFC 9110 section
+5.5), or a header over the size limits raises :class:`XfccSyntaxError`, never
+a partial result. :func:`format_xfcc` writes the same grammar (used by
+:mod:`peer_middleware.testing`).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -64,6 +67,9 @@ KEYS = {
 }
 _REPEATABLE = frozenset({"by", "uri", "dns"})
 _WHITESPACE = " \t"
+# Control characters: C0 but HTAB (optional whitespace, and allowed in a
+# quoted-string), and DEL. RFC 9110 section 5.5 (field-value), 5.6.4 (qdtext).
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 class XfccSyntaxError(AuthenticationFailed):
@@ -120,6 +126,11 @@ def parse_xfcc(value: str) -> tuple[XfccElement, ...]:
     """Parse a whole XFCC header value (several header lines joined by ``,``)."""
     if len(value) > MAX_XFCC_LENGTH:
         raise XfccSyntaxError(f"longer than {MAX_XFCC_LENGTH} characters")
+    control = _CONTROL.search(value)
+    if control is not None:
+        raise XfccSyntaxError(
+            f"control character 0x{ord(control.group()):02x}", position=control.start()
+        )
     elements: list[XfccElement] = []
     pairs: list[tuple[str, str]] = []
     n = len(value)
@@ -200,7 +211,9 @@ def format_xfcc(elements: Iterable[XfccElement | Mapping[str, str | Sequence[str
     """Write elements in XFCC syntax (the inverse of :func:`parse_xfcc`).
 
     Accepts :class:`XfccElement` values or mappings such as
-    ``{"By": "spiffe://td/app", "URI": "spiffe://td/caller"}``.
+    ``{"By": "spiffe://td/app", "URI": "spiffe://td/caller"}``. A value
+    holding a control character raises :class:`ValueError`: no quoting can
+    carry one, and :func:`parse_xfcc` refuses it.
     """
     out: list[str] = []
     for element in elements:
@@ -224,6 +237,12 @@ def format_xfcc(elements: Iterable[XfccElement | Mapping[str, str | Sequence[str
             if key.lower() not in KEYS:
                 raise ValueError(f"unknown XFCC key {key!r}")
             values = [value] if isinstance(value, str) else list(value)
+            for text in values:
+                if _CONTROL.search(text) is not None:
+                    raise ValueError(
+                        f"XFCC value {text[:64]!r} holds a control character, which no "
+                        "header may carry"
+                    )
             pairs.extend(f"{KEYS[key.lower()]}={_quote(v)}" for v in values)
         out.append(";".join(pairs))
     return ",".join(out)

@@ -199,11 +199,13 @@ async def asgi_echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
                 await send({"type": "lifespan.shutdown.complete"})
                 return
     tls = scope.get("extensions", {}).get("tls")
+    connection = scope.get("extensions", {}).get("peer_middleware.connection")
     body = json.dumps(
         {
             "tls": None
             if tls is None
             else {**tls, "client_cert_chain": list(tls["client_cert_chain"])},
+            "connection": None if connection is None else {"client": list(connection["client"])},
             **_peer_fields(scope.get("peer_middleware.peer")),
         }
     )
@@ -465,7 +467,10 @@ def test_app_receives_the_client_chain(server: tuple[str, int], pki: Pki, client
     if name == "hypercorn":
         # Hypercorn 0.18 gives the app nothing about the TLS connection.
         assert data["tls"] is None
+        assert data["connection"] is None
     elif name in ASGI_SERVERS:
+        # The protocol classes record the connection's own peer too.
+        assert data["connection"]["client"][0] == "127.0.0.1"
         tls = data["tls"]
         assert tls["client_cert_chain"] == expected
         leaf = pki.clients[client].svid
@@ -578,6 +583,7 @@ def test_uvicorn_websocket_gets_the_chain(pki: Pki, ws: str) -> None:
     assert status == 101
     assert text is not None
     assert json.loads(text)["tls"]["client_cert_chain"] == client.chain_pem
+    assert json.loads(text)["connection"]["client"][0] == "127.0.0.1"
 
 
 def test_uvicorn_plain_http_has_no_tls_extension(pki: Pki) -> None:
@@ -587,6 +593,8 @@ def test_uvicorn_plain_http_has_no_tls_extension(pki: Pki) -> None:
     ):
         response = http.get(f"{server.url}/echo/x")
     assert response.json()["tls"] is None
+    # The connection's own peer is recorded on plain HTTP as well.
+    assert response.json()["connection"]["client"][0] == "127.0.0.1"
 
 
 def test_uvicorn_tls_layer_refuses_an_untrusted_ca_when_it_trusts_one_ca(pki: Pki) -> None:

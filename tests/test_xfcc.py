@@ -294,6 +294,134 @@ def test_parse_limits(header, reason):
     assert info.value.position is None
 
 
+# Control characters (0x00-0x1f except HTAB, and 0x7f) are refused wherever
+# they appear: in a quoted value (Envoy would never write one; a header
+# carrying one was not written by the proxy), in an unquoted value, in a key
+# or between pairs. HTAB is optional whitespace and may be quoted.
+CONTROL_CASES = [
+    ('Subject="a\r\nb";URI=spiffe://td/x', 10, 0x0D),
+    ('URI="spiffe://td/a\x00b"', 18, 0x00),
+    ('URI="spiffe://td/a\nx-forwarded-client-cert: URI=spiffe://td/b"', 18, 0x0A),
+    ('URI="spiffe://td/a\\\x00"', 19, 0x00),
+    ("URI=spiffe://td/a\x00.evil", 17, 0x00),
+    ("URI=spiffe://td/a\r\n", 17, 0x0D),
+    ("URI=spiffe://td/a\n", 17, 0x0A),
+    ('Subject="\x1b[31mred";URI=u', 9, 0x1B),
+    ('Subject="a\x7f";URI=u', 10, 0x7F),
+    ('Subject="\x01";URI=u', 9, 0x01),
+    ('Subject="\x1f";URI=u', 9, 0x1F),
+    ("URI=a;\x0bDNS=b", 6, 0x0B),
+    ("URI=a\x0c", 5, 0x0C),
+    ("\x00URI=a", 0, 0x00),
+    ("UR\nI=a", 2, 0x0A),
+    ('URI="a"\r', 7, 0x0D),
+    ("URI=a,\nURI=b", 6, 0x0A),
+]
+
+
+@pytest.mark.parametrize(
+    ("header", "position", "code"),
+    CONTROL_CASES,
+    ids=[
+        "crlf-in-quoted-subject",
+        "nul-in-quoted-uri",
+        "lf-header-injection-in-quoted-uri",
+        "escaped-nul-in-quoted-uri",
+        "nul-in-unquoted-uri",
+        "crlf-in-unquoted-uri",
+        "lf-at-end",
+        "escape-sequence",
+        "del",
+        "soh",
+        "unit-separator",
+        "vertical-tab-between-pairs",
+        "form-feed-at-end",
+        "nul-before-key",
+        "lf-inside-key",
+        "cr-after-quoted-value",
+        "lf-between-elements",
+    ],
+)
+def test_control_characters_are_refused(header, position, code):
+    with pytest.raises(XfccSyntaxError) as info:
+        parse_xfcc(header)
+    assert str(info.value) == PREFIX + f"control character 0x{code:02x} at offset {position}"
+    assert info.value.position == position
+    assert info.value.status == 401
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ('Subject="a\tb";URI=u', (XfccElement(subject="a\tb", uri=("u",)),)),
+        ("\tURI=u\t;\tDNS=d\t", (XfccElement(uri=("u",), dns=("d",)),)),
+        (
+            'Subject="caf\u00e9 \u0085";URI=u',
+            (XfccElement(subject="caf\u00e9 \u0085", uri=("u",)),),
+        ),
+    ],
+    ids=["tab-quoted", "tab-as-whitespace", "non-ascii-is-not-control"],
+)
+def test_tab_and_non_ascii_are_not_control_characters(header, expected):
+    assert parse_xfcc(header) == expected
+
+
+@pytest.mark.parametrize("char", ["\x00", "\r", "\n", "\x1b", "\x7f"])
+def test_format_refuses_control_characters(char):
+    with pytest.raises(ValueError, match=r"^XFCC value .* holds a control character"):
+        format_xfcc([{"Subject": f"a{char}b", "URI": "spiffe://td/x"}])
+
+
+async def test_control_characters_through_the_asgi_middleware_are_refused_with_401(decisions):
+    from peer_middleware import PeerMiddleware, Policy, Principal, allow
+
+    reached = []
+
+    async def app(scope, receive, send):
+        reached.append(scope)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    middleware = PeerMiddleware(
+        app,
+        policy=Policy([allow("caller", Principal(CALLER), paths="/payments/**")]),
+        authenticators=[authenticator()],
+    )
+    sent = []
+    value = f'By={APP};Subject="a\r\nb";URI={CALLER}'
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "scheme": "http",
+        "method": "GET",
+        "path": "/payments/1",
+        "raw_path": b"/payments/1",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(HEADER.encode(), value.encode("latin-1"))],
+        "client": ("127.0.0.1", 40000),
+        "server": ("127.0.0.1", 8000),
+    }
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    await middleware(scope, receive, send)
+
+    assert reached == []
+    assert sent[0]["status"] == 401
+    assert sent[1]["body"] == b'{"type":"about:blank","title":"Unauthorized","status":401}'
+    (record,) = decisions()
+    offset = value.index("\r")
+    assert record.peer_middleware["reason"] == (
+        f"{PREFIX}control character 0x0d at offset {offset}"
+    )
+
+
 # --------------------------------------------------------------------------
 # format_xfcc
 # --------------------------------------------------------------------------

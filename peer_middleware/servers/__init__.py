@@ -1,4 +1,4 @@
-"""Server integrations for direct mTLS: the client certificate of the connection, to the app.
+"""Server integrations: the connection's client certificate and peer address, to the app.
 
 The ASGI TLS extension (`asgiref specs/tls.rst
 <https://github.com/django/asgiref/blob/main/specs/tls.rst>`_) defines where a
@@ -9,7 +9,9 @@ servers fill it in; this package holds what each server needs:
 ``peer_middleware.servers.uvicorn``
     protocol classes for uvicorn (``uvicorn --http
     peer_middleware.servers.uvicorn:H11Protocol ...``) that fill the extension
-    for every HTTP and WebSocket scope of a TLS connection, and
+    for every HTTP and WebSocket scope of a TLS connection and record the
+    connection's own peer address (:func:`add_connection_extension`) for
+    every connection, and
     :func:`~peer_middleware.servers.uvicorn.mtls_settings` for the matching
     ``ssl_*`` settings.
 ``peer_middleware.servers.werkzeug``
@@ -27,6 +29,17 @@ lets anyone in.
 The functions here are what those integrations share; any other server that
 can reach the connection's :class:`ssl.SSLObject` or :class:`ssl.SSLSocket`
 can call :func:`tls_extension` once per connection.
+
+The connection's peer address is recorded for the same reason: ASGI servers
+let middleware of their own (uvicorn's ``ProxyHeadersMiddleware``, on by
+default for connections from 127.0.0.1; hypercorn's ``ProxyFixMiddleware``)
+replace ``scope["client"]`` with an address taken from ``X-Forwarded-For`` or
+``Forwarded``, which the client writes. The entry
+:func:`add_connection_extension` writes
+(:data:`~peer_middleware.proxies.CONNECTION_EXTENSION`) is filled from the
+socket and left alone by that middleware, and
+:class:`~peer_middleware.PeerMiddleware` prefers it to ``scope["client"]``
+when it decides whether the peer is a trusted proxy.
 
 What is trusted: the chain reported is exactly what the client sent in the
 handshake. Whether the TLS layer verified it depends on the server's
@@ -48,10 +61,12 @@ from typing import Any, TypedDict
 from cryptography import x509
 
 from peer_middleware.bundles import CERTIFICATE_ERRORS
+from peer_middleware.proxies import CONNECTION_EXTENSION
 from peer_middleware.x509 import has_non_positive_serial
 
 __all__ = [
     "TlsExtension",
+    "add_connection_extension",
     "add_tls_extension",
     "mtls_server_context",
     "peer_certificate_chain",
@@ -168,6 +183,26 @@ def add_tls_extension(scope: MutableMapping[str, Any], tls: TlsExtension) -> Non
         scope["extensions"] = {"tls": tls.copy()}
     elif "tls" not in extensions:
         extensions["tls"] = tls.copy()
+
+
+def add_connection_extension(
+    scope: MutableMapping[str, Any], client: tuple[str, int] | None
+) -> None:
+    """Record ``client``, the connection's own peer, in ``scope["extensions"]``.
+
+    ``client`` is the ``(host, port)`` the socket reports (``getpeername()``),
+    ``None`` when it has none (a Unix socket). It goes in
+    ``scope["extensions"]["peer_middleware.connection"]["client"]``
+    (:data:`~peer_middleware.proxies.CONNECTION_EXTENSION`), replacing any
+    entry already there: the socket is the authority on its own peer. Call it
+    for each scope before the server's own middleware runs.
+    """
+    entry = {"client": client}
+    extensions = scope.get("extensions")
+    if extensions is None:
+        scope["extensions"] = {CONNECTION_EXTENSION: entry}
+    else:
+        extensions[CONNECTION_EXTENSION] = entry
 
 
 def mtls_server_context(

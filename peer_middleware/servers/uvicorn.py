@@ -1,4 +1,4 @@
-"""uvicorn protocol classes that give the app the TLS client certificate (ASGI TLS extension).
+"""uvicorn protocol classes: the connection's own peer and TLS client certificate, to the app.
 
 uvicorn (0.54) terminates TLS itself but puts nothing about the client's
 certificate in the scope. These classes do: once per connection, right after
@@ -6,9 +6,24 @@ the handshake, they read the chain from the connection's
 :class:`ssl.SSLObject`, and every HTTP request and WebSocket on that
 connection gets it as ``scope["extensions"]["tls"]`` (see
 :class:`~peer_middleware.servers.TlsExtension`), which
-:class:`~peer_middleware.PeerMiddleware` reads. Plain-HTTP connections are
-served exactly as by uvicorn's own classes, without the extension (the spec
-forbids it there).
+:class:`~peer_middleware.PeerMiddleware` reads. Plain-HTTP connections get
+no TLS extension (the spec forbids it there).
+
+On every connection, TLS or not, they also record the address of the
+connection's own peer, read from the socket, in
+``scope["extensions"]["peer_middleware.connection"]``
+(:func:`~peer_middleware.servers.add_connection_extension`). uvicorn's
+``ProxyHeadersMiddleware`` (``--proxy-headers``, on by default, trusting
+127.0.0.1; every peer with ``--forwarded-allow-ips='*'``) replaces
+``scope["client"]`` with an address taken from ``X-Forwarded-For``, which the
+client writes; it leaves this entry alone, and
+:class:`~peer_middleware.PeerMiddleware` uses the entry to decide whether the
+peer is a trusted proxy. With these classes, forwarded credentials are read
+from the trusted proxy whatever ``--forwarded-allow-ips`` says, and never
+from anybody else. This is the recommended way to serve an app that reads
+forwarded credentials with uvicorn, mTLS or not::
+
+    uvicorn app:app --http peer_middleware.servers.uvicorn:H11Protocol
 
 From the command line, name a class with ``--http`` and ask for client
 certificates with ``--ssl-cert-reqs`` (1 optional, 2 required) and
@@ -34,6 +49,9 @@ with :func:`tls_protocol`.
 The TLS layer decides which certificates complete the handshake; it does not
 read SPIFFE IDs. The app's mTLS authenticator verifies the chain against the
 trust bundle whatever the TLS layer accepted.
+
+Other uvicorn middleware that reads ``scope["client"]`` (access logs, the
+app's own ``request.client``) still sees the rewritten address.
 """
 
 from __future__ import annotations
@@ -46,10 +64,11 @@ from os import PathLike
 from typing import Any, TypeVar
 
 from uvicorn.protocols.http.h11_impl import H11Protocol as _H11Protocol
+from uvicorn.protocols.utils import get_remote_addr
 
 from peer_middleware.errors import ConfigurationError
 
-from . import TlsExtension, add_tls_extension, tls_extension
+from . import TlsExtension, add_connection_extension, add_tls_extension, tls_extension
 
 # HttpToolsProtocol is left out: it is built on first access (httptools is optional).
 __all__ = ["H11Protocol", "mtls_settings", "tls_protocol"]
@@ -58,31 +77,42 @@ _Scope = MutableMapping[str, Any]
 _App = Callable[[_Scope, Any, Any], Awaitable[None]]
 _P = TypeVar("_P", bound=asyncio.BaseProtocol)
 
-_TLS_SCOPE_TYPES = frozenset({"http", "websocket"})
+_CONNECTION_SCOPE_TYPES = frozenset({"http", "websocket"})
 
 
-class _TlsApp:
-    """The connection's ASGI app, adding that connection's TLS extension to each scope."""
+class _ConnectionApp:
+    """The connection's ASGI app, adding what the connection says to each scope.
 
-    __slots__ = ("app", "tls")
+    The connection's own peer always; its TLS extension on a TLS connection.
+    """
 
-    def __init__(self, app: _App, tls: TlsExtension) -> None:
+    __slots__ = ("app", "client", "tls")
+
+    def __init__(self, app: _App, client: tuple[str, int] | None, tls: TlsExtension | None) -> None:
         self.app = app
+        self.client = client
         self.tls = tls
 
     async def __call__(self, scope: _Scope, receive: Any, send: Any) -> None:
-        if scope["type"] in _TLS_SCOPE_TYPES:
-            add_tls_extension(scope, self.tls)
+        if scope["type"] in _CONNECTION_SCOPE_TYPES:
+            add_connection_extension(scope, self.client)
+            if self.tls is not None:
+                add_tls_extension(scope, self.tls)
         await self.app(scope, receive, send)
 
 
 @functools.cache
 def tls_protocol(base: type[_P]) -> type[_P]:
-    """A subclass of the uvicorn protocol class ``base`` that fills the ASGI TLS extension.
+    """A subclass of the uvicorn protocol class ``base`` that says what the connection is.
 
-    ``base`` must keep the ASGI app in ``self.app`` and get the transport in
-    ``connection_made`` (all of uvicorn's HTTP and WebSocket classes do). The
-    result is cached: the same ``base`` always gives the same class.
+    Every HTTP and WebSocket scope gets the connection's own peer address
+    (:func:`~peer_middleware.servers.add_connection_extension`) and, on a
+    TLS connection, the ASGI TLS extension. ``base`` must keep the ASGI app
+    in ``self.app`` and get the transport in ``connection_made`` (all of
+    uvicorn's HTTP and WebSocket classes do); the app it holds then already
+    includes uvicorn's proxy-header middleware, which runs after the entry is
+    written. The result is cached: the same ``base`` always gives the same
+    class.
     """
     if getattr(base, "_peer_middleware_tls", False):
         return base
@@ -94,11 +124,12 @@ def tls_protocol(base: type[_P]) -> type[_P]:
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             super().connection_made(transport)
+            # Computed once for the connection. The peer is read from the
+            # socket as uvicorn reads it for scope["client"], before any
+            # middleware can replace that.
             tls = tls_extension(transport.get_extra_info("ssl_object"))
-            if tls is None:
-                return
-            # Computed once for the connection; each scope gets a copy.
-            self.app = _TlsApp(self.app, tls)
+            client = get_remote_addr(transport)  # type: ignore[arg-type]
+            self.app = _ConnectionApp(self.app, client, tls)
             ws_protocol_class = getattr(self, "ws_protocol_class", None)
             if ws_protocol_class is not None:
                 # An upgraded connection is handed to this class, which gets
@@ -107,12 +138,14 @@ def tls_protocol(base: type[_P]) -> type[_P]:
 
     TlsProtocol.__name__ = base.__name__
     TlsProtocol.__qualname__ = base.__qualname__
-    TlsProtocol.__doc__ = f"uvicorn's {base.__name__}, adding the ASGI TLS extension to scopes."
+    TlsProtocol.__doc__ = (
+        f"uvicorn's {base.__name__}, recording the connection's peer and TLS extension in scopes."
+    )
     return TlsProtocol
 
 
-#: uvicorn's h11 protocol with the ASGI TLS extension (``--http
-#: peer_middleware.servers.uvicorn:H11Protocol``).
+#: uvicorn's h11 protocol with the connection's peer and the ASGI TLS extension
+#: (``--http peer_middleware.servers.uvicorn:H11Protocol``).
 H11Protocol = tls_protocol(_H11Protocol)
 
 
