@@ -1,10 +1,13 @@
 """The ``peer-middleware`` command.
 
-``peer-middleware demo``
-    The whole path on 127.0.0.1: a throwaway CA and SVIDs, the FastAPI example
-    under uvicorn, a real Envoy sidecar terminating mTLS in front of it, and a
-    table of calls made as several workloads. Exits non-zero if any call's
-    status differs from what the example's policy says.
+``peer-middleware demo [--app MODULE:ATTRIBUTE] [--envoy PATH]``
+    The whole path on 127.0.0.1: a throwaway CA and SVIDs, the payments
+    service of the FastAPI example under uvicorn, a real Envoy sidecar
+    terminating mTLS in front of it, and a table of calls made as several
+    workloads. Exits non-zero if any call's status differs from what the
+    service's policy says. Needs the ``demo`` extra
+    (``pip install 'peer-middleware[demo]'``); the service ships in the
+    package (``peer_middleware._demo_app``), so no checkout is needed.
 
 ``peer-middleware dev-certs --out DIR [--trust-domain TD] [--svid ID ...] [--server-name NAME ...]``
     For local work only: mint a throwaway CA, X.509-SVIDs for the given SPIFFE
@@ -16,12 +19,17 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
 __all__ = ["main"]
+
+#: The app ``peer-middleware demo`` serves unless ``--app`` names another: a
+#: module of the package, importable wherever the package is installed.
+DEMO_APP = "peer_middleware._demo_app:app"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -33,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo = commands.add_parser("demo", help="run the example behind a real Envoy sidecar")
     demo.add_argument(
         "--app",
-        default="examples.fastapi_app.app:app",
+        default=DEMO_APP,
         help="the ASGI app to serve, as module:attribute (default: %(default)s)",
     )
     demo.add_argument("--envoy", default=None, help="path to the envoy binary")
@@ -77,6 +85,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(str(exc))
         return 0
     if args.command == "demo":
+        needed = ("fastapi", "httpx", "uvicorn") if args.app == DEMO_APP else ("httpx", "uvicorn")
+        missing = [name for name in needed if importlib.util.find_spec(name) is None]
+        if missing:
+            parser.exit(
+                2,
+                f"peer-middleware demo needs the demo extra (missing: {', '.join(missing)}):\n"
+                "    pip install 'peer-middleware[demo]'\n",
+            )
         from ._demo import run_demo
 
         return run_demo(app_spec=args.app, envoy_binary=args.envoy)

@@ -1,11 +1,13 @@
-"""The ``peer-middleware dev-certs`` command."""
+"""The ``peer-middleware`` command: ``dev-certs``, and what ``demo`` needs to start."""
 
 from __future__ import annotations
 
+import importlib.util
 import stat
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -107,3 +109,83 @@ def test_the_command_is_installed_as_a_module(tmp_path: Path) -> None:
         cwd=Path(__file__).parent.parent,
     )
     assert "bundle.pem" in result.stdout
+
+
+def test_the_demo_app_ships_in_the_package(tmp_path: Path) -> None:
+    # Outside the checkout (isolated mode, another working directory), where
+    # the repository's examples/ cannot be imported: as from an installed wheel.
+    script = (
+        "import importlib.util\n"
+        "from peer_middleware._demo import _load_app\n"
+        "from peer_middleware.cli import DEMO_APP\n"
+        "assert importlib.util.find_spec('examples') is None\n"
+        "app = _load_app(DEMO_APP)\n"
+        "print(DEMO_APP, type(app).__name__, *sorted(app.openapi()['paths']))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", script],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [
+        "peer_middleware._demo_app:app",
+        "FastAPI",
+        "/healthz",
+        "/payments",
+        "/payments/{payment_id}",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "missing"),
+    [
+        pytest.param([], "httpx", id="default-app"),
+        pytest.param(["--app", "mine:app"], "uvicorn", id="own-app"),
+    ],
+)
+def test_demo_without_its_extra_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    missing: str,
+) -> None:
+    find_spec = importlib.util.find_spec
+
+    def without(name: str, package: str | None = None) -> Any:
+        return None if name == missing else find_spec(name, package)
+
+    monkeypatch.setattr(importlib.util, "find_spec", without)
+    with pytest.raises(SystemExit) as caught:
+        main(["demo", *args])
+    assert caught.value.code == 2
+    assert capsys.readouterr().err == (
+        f"peer-middleware demo needs the demo extra (missing: {missing}):\n"
+        "    pip install 'peer-middleware[demo]'\n"
+    )
+
+
+def test_demo_without_fastapi_serves_an_app_of_ones_own(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import peer_middleware._demo
+
+    find_spec = importlib.util.find_spec
+    served: list[str] = []
+
+    def without_fastapi(name: str, package: str | None = None) -> Any:
+        return None if name == "fastapi" else find_spec(name, package)
+
+    def run_demo(*, app_spec: str, envoy_binary: str | None = None) -> int:
+        served.append(app_spec)
+        return 0
+
+    monkeypatch.setattr(importlib.util, "find_spec", without_fastapi)
+    monkeypatch.setattr(peer_middleware._demo, "run_demo", run_demo)
+    assert main(["demo", "--app", "mine:app"]) == 0
+    assert served == ["mine:app"]
+    with pytest.raises(SystemExit):
+        main(["demo"])
+    assert "(missing: fastapi)" in capsys.readouterr().err

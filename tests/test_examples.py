@@ -1,4 +1,4 @@
-"""Both example payments services against the policy table of their docstrings."""
+"""Both example payments services and the demo's, against the policy table of their README."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
+from peer_middleware._demo_app import app as demo_app
 from peer_middleware.testing import xfcc_header
 from peer_middleware.testing.pki import TestCA
 
@@ -184,12 +185,17 @@ TABLE = [
 ]
 
 
-@pytest.mark.parametrize("framework", FRAMEWORKS)
+# "demo": the service peer-middleware demo serves, with the FastAPI example's
+# routes and policy and its default configuration: the same answers.
+@pytest.mark.parametrize("framework", [*FRAMEWORKS, "demo"])
 @pytest.mark.parametrize(("method", "url", "principal", "status", "expected"), TABLE)
 def test_policy_table(
     framework: str, method: str, url: str, principal: str | None, status: int, expected: Any
 ) -> None:
-    send = sender(framework, example_app(framework), ("127.0.0.1", 50000))
+    if framework == "demo":
+        send = sender("fastapi", demo_app, ("127.0.0.1", 50000))
+    else:
+        send = sender(framework, example_app(framework), ("127.0.0.1", 50000))
 
     got_status, body, content_type = send(method, url, principal)
 

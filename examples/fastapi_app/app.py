@@ -21,24 +21,25 @@ Environment:
 ``PEER_MIDDLEWARE_BUNDLE_FILE``
     a trust bundle file (PEM CA certificates of ``cluster.local``); when set,
     the sidecar's ``Cert=`` must verify against it (re-read when it changes).
+
+The routes (each with its allow rule, ``require(...)``) and the app-wide
+policy are those of ``peer-middleware demo``, defined once in
+``peer_middleware/_demo_app.py`` so that the command works from an installed
+package; this module adds the configuration from the environment.
 """
 
 from __future__ import annotations
 
 import os
-import uuid
 
 from fastapi import FastAPI
 
 from examples.bundle_config import xfcc_verifier
 from examples.token_config import token_authenticators
-from peer_middleware import Anyone, Namespace, Policy, Principal, XfccAuthenticator, allow, deny
-from peer_middleware.fastapi import CurrentPeer, OptionalPeer, install, require
+from peer_middleware import XfccAuthenticator
+from peer_middleware._demo_app import TRUST_DOMAIN, policy, router
+from peer_middleware.fastapi import install
 
-TRUST_DOMAIN = "cluster.local"
-CHECKOUT = "spiffe://cluster.local/ns/shop/sa/checkout"
-ADMIN = "spiffe://cluster.local/ns/ops/sa/admin"
-LEGACY_EXPORT = "spiffe://cluster.local/ns/shop/sa/legacy-export"
 XFCC_MODE = (
     "append_forward"
     if os.environ.get("PEER_MIDDLEWARE_FORWARD_CLIENT_CERT") == "append_forward"
@@ -46,45 +47,11 @@ XFCC_MODE = (
 )
 
 app = FastAPI(title="payments")
-
-
-@app.get("/healthz")
-def healthz(peer: OptionalPeer) -> dict[str, str | None]:
-    return {"status": "ok", "caller": peer.principal if peer else None}
-
-
-@app.post(
-    "/payments", status_code=201, dependencies=[require(Principal(CHECKOUT), name="create-payment")]
-)
-def create_payment(peer: CurrentPeer) -> dict[str, str]:
-    return {"id": str(uuid.uuid4()), "created_by": peer.principal}
-
-
-@app.get(
-    "/payments/{payment_id}",
-    dependencies=[require(Namespace("shop", trust_domain=TRUST_DOMAIN), name="read-payment")],
-)
-def read_payment(payment_id: str, peer: CurrentPeer) -> dict[str, str]:
-    return {"id": payment_id, "status": "settled", "caller": peer.principal}
-
-
-@app.delete(
-    "/payments/{payment_id}", dependencies=[require(Principal(ADMIN), name="delete-payment")]
-)
-def delete_payment(payment_id: str, peer: CurrentPeer) -> dict[str, str]:
-    return {"id": payment_id, "deleted_by": peer.principal}
-
-
-policy = Policy(
-    [
-        allow("healthz", Anyone(), methods="GET", paths="/healthz"),
-        deny("no-legacy-export", Principal(LEGACY_EXPORT), paths="/payments/**"),
-    ]
-)
+app.include_router(router)  # GET /healthz, POST /payments, GET and DELETE /payments/{payment_id}
 
 install(
     app,
-    policy=policy,
+    policy=policy,  # GET /healthz for anyone; legacy-export denied on /payments/**
     authenticators=[
         XfccAuthenticator(
             trusted_proxies=os.environ.get(
