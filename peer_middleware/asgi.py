@@ -33,6 +33,7 @@ from .core import Authenticator, Guard, ProblemResponse, Responder, Verdict, log
 from .memory import MemoryLimits
 from .paths import quote_path
 from .policy import Policy, Rule
+from .proxies import connection_client
 from .routes import RouteTable
 
 __all__ = ["DECISION_SCOPE_KEY", "PEER_SCOPE_KEY", "PeerMiddleware"]
@@ -149,7 +150,9 @@ class PeerMiddleware:
         raw = scope.get("raw_path")
         raw_target = raw.decode("latin-1") if raw is not None else None
         root_path = scope.get("root_path", "")
-        client = scope.get("client")
+        # The address a server integration recorded from the socket, when there
+        # is one: scope["client"] may have been rewritten from a request header.
+        client = connection_client(scope)
         if client is not None:
             # [host, port] per the ASGI spec; anything else is an unknown peer.
             client = tuple(client)

@@ -36,7 +36,7 @@ from .memory import Memory, MemoryLimits
 from .paths import check_method, check_raw_target, normalise_path
 from .peer import Peer, Proof, never_still_valid
 from .policy import Decision, Policy, Route
-from .proxies import TrustedProxies, looks_rewritten
+from .proxies import TrustedProxies, could_be_rewritten, rewrite_evidence
 from .routes import RouteResolver
 
 __all__ = [
@@ -54,6 +54,7 @@ __all__ = [
 logger = logging.getLogger("peer_middleware")
 
 FORWARDED_FOR = "x-forwarded-for"
+FORWARDED = "forwarded"
 
 
 class RequestView:
@@ -312,7 +313,9 @@ class Guard:
         #: True when an authenticator reads the TLS client chain (adapters pass it then only).
         self.reads_tls = any(getattr(a, "reads_tls", False) for a in self.authenticators)
         if self._forwarded:
+            # Both headers a server may rewrite the client address from.
             names.append(FORWARDED_FOR)
+            names.append(FORWARDED)
         self.header_names: frozenset[str] = frozenset(names)
         if responder is not None and not callable(responder):
             raise ConfigurationError("responder must be callable")
@@ -380,10 +383,11 @@ class Guard:
                 # the declared headers in order, the query and the TLS chain.
                 if client is None:
                     where: object = None
-                elif (
-                    len(client) != 2
-                    or client[1] == 0
-                    or (self._forwarded and FORWARDED_FOR in headers)
+                elif len(client) != 2 or (
+                    self._forwarded
+                    and could_be_rewritten(
+                        client[1], headers.get(FORWARDED_FOR), headers.get(FORWARDED)
+                    )
                 ):
                     where = client
                 else:
@@ -542,8 +546,9 @@ class Guard:
         """
         if self._forwarded and client is not None:
             forwarded_for = headers.get(FORWARDED_FOR)
-            if forwarded_for is not None or client[1] == 0:
-                client = self._client_if_trustworthy(client, forwarded_for)
+            forwarded = headers.get(FORWARDED)
+            if could_be_rewritten(client[1], forwarded_for, forwarded):
+                client = self._client_if_trustworthy(client, forwarded_for, forwarded)
         request = RequestView(method, path, client, headers, query, tls_chain)
         primary: Peer | None = None
         token: Peer | None = None
@@ -611,19 +616,27 @@ class Guard:
         return verdict
 
     def _client_if_trustworthy(
-        self, client: tuple[str, int], forwarded_for: str | None
+        self, client: tuple[str, int], forwarded_for: str | None, forwarded: str | None
     ) -> tuple[str, int] | None:
-        if not looks_rewritten(client, forwarded_for):
+        """``client``, or ``None`` when the server took it from a forwarding header
+        (see :func:`~peer_middleware.proxies.rewrite_evidence`)."""
+        evidence = rewrite_evidence(client, forwarded_for, forwarded)
+        if evidence is None:
             return client
         if not self._rewrite_warned:
             self._rewrite_warned = True
+            host = client[0]
+            if not isinstance(host, str) or not host.isprintable() or len(host) > 100:
+                host = repr(host)[:100]
             logger.warning(
-                "the server reports a client address taken from X-Forwarded-For (%s), not "
-                "the connection's own peer; forwarded credentials are ignored because the "
-                "proxy cannot be identified. Turn the server's rewriting off: uvicorn "
-                "--forwarded-allow-ips='' (or proxy_headers=False), hypercorn without "
-                "ProxyFixMiddleware.",
-                client[0],
+                "the server reports a client address %s (%s), not the connection's own "
+                "peer; forwarded credentials are ignored because the proxy cannot be "
+                "identified. Let the server record the connection's own address (uvicorn "
+                "--http peer_middleware.servers.uvicorn:H11Protocol) or turn its rewriting "
+                "off (uvicorn --forwarded-allow-ips='' or proxy_headers=False; hypercorn "
+                "without ProxyFixMiddleware).",
+                evidence,
+                host,
             )
         return None
 

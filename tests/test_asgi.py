@@ -60,10 +60,11 @@ POLICY = Policy(RULES)
 
 REWRITE_WARNING = (
     "the server reports a client address taken from X-Forwarded-For (127.0.0.1), not "
-    "the connection's own peer; forwarded credentials are ignored because the "
-    "proxy cannot be identified. Turn the server's rewriting off: uvicorn "
-    "--forwarded-allow-ips='' (or proxy_headers=False), hypercorn without "
-    "ProxyFixMiddleware."
+    "the connection's own peer; forwarded credentials are ignored because the proxy "
+    "cannot be identified. Let the server record the connection's own address (uvicorn "
+    "--http peer_middleware.servers.uvicorn:H11Protocol) or turn its rewriting off "
+    "(uvicorn --forwarded-allow-ips='' or proxy_headers=False; hypercorn without "
+    "ProxyFixMiddleware)."
 )
 UNTRUSTED_NOTE = "ignored x-forwarded-client-cert from an untrusted peer"
 

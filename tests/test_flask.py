@@ -324,9 +324,7 @@ def test_finalise_merges_view_rules() -> None:
 
     policy = middleware.guard.policy
     assert [r.name for r in policy.rules] == ["healthz", "whoami"]
-    described = [
-        (route.name, [r.name for r in rules]) for route, rules in policy.routes.items()
-    ]
+    described = [(route.name, [r.name for r in rules]) for route, rules in policy.routes.items()]
     assert described == [
         ("view create /payments", ["create-payment"]),
         ("view read /payments/<payment_id>", ["view read /payments/<payment_id>"]),
