@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from flask import Blueprint, Flask
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from starlette.routing import Mount
+from starlette.routing import Host, Mount
 from starlette.websockets import WebSocketDisconnect
 
 from peer_middleware import Anyone, Namespace, Policy, Principal, XfccAuthenticator, allow
@@ -257,6 +257,34 @@ def test_fastapi_mounted_sub_application() -> None:
     assert ran == []
     assert get(app, "/api/items/1") == 200
     assert ran == ["item"]
+
+
+def test_fastapi_host_routes_are_resolved_per_host() -> None:
+    api = FastAPI()
+    ran: list[str] = []
+
+    @api.get("/items/{item_id}", dependencies=[fastapi_require(SHOP)])
+    async def item(item_id: str) -> str:
+        ran.append("api")
+        return item_id
+
+    other = FastAPI()
+
+    @other.get("/items/{item_id}")
+    async def other_item(item_id: str) -> str:
+        ran.append("other")
+        return item_id
+
+    app = FastAPI(routes=[Host("api.example.com", app=api), Host("{sub}.example.com", app=other)])
+    install(app, policy=CENTRAL, authenticators=authenticators())
+
+    with TestClient(app, client=PROXY) as client:
+        for _ in range(3):  # the memory must not carry one host's answer to the other
+            headers = {**xfcc(SHOP_CALLER), "host": "www.example.com"}
+            assert client.get("/items/1", headers=headers).status_code == 403
+            headers = {**xfcc(SHOP_CALLER), "host": "api.example.com"}
+            assert client.get("/items/1", headers=headers).status_code == 200
+    assert ran == ["api"] * 3
 
 
 def test_fastapi_served_under_a_root_path() -> None:
