@@ -23,6 +23,7 @@ from .errors import (
 )
 from .forwarded import ForwardedCertificateAuthenticator, LinkerdIdentityAuthenticator, Preset
 from .keys import JwksUrl, KeySource, KeysUnavailable, OidcDiscovery, SpiffeJwtBundle, StaticJwks
+from .memory import MemoryLimits
 from .peer import Peer, Proof
 from .policy import (
     Action,
@@ -42,6 +43,7 @@ from .policy import (
     Principal,
     ProvenBy,
     RequestPrincipal,
+    Route,
     Rule,
     ServiceAccount,
     SidecarAsserted,
@@ -92,6 +94,7 @@ __all__ = [
     "KeysUnavailable",
     "KubernetesTokenAuthenticator",
     "LinkerdIdentityAuthenticator",
+    "MemoryLimits",
     "MtlsAuthenticator",
     "Namespace",
     "Not",
@@ -110,6 +113,7 @@ __all__ = [
     "RequestPrincipal",
     "RequestRefused",
     "RequestView",
+    "Route",
     "Rule",
     "ServiceAccount",
     "SidecarAsserted",
