@@ -94,24 +94,16 @@ class ByteBoundedCache(Generic[K, V]):
     most ``budget`` (as estimated) whatever the keys, and every operation is
     O(1). ``budget`` 0 keeps nothing. Hot paths may read ``young`` directly
     (a plain dict) and fall back to :meth:`get`.
+
+    No lock is taken: under threads a write that races another may go
+    uncounted, which the next change of generation forgets; so the estimate
+    can be exceeded by the few entries whose writes raced, never more.
     """
 
-    __slots__ = (
-        "_cost",
-        "_half",
-        "_lock",
-        "_old",
-        "_old_bytes",
-        "_young_bytes",
-        "budget",
-        "young",
-    )
+    __slots__ = ("_cost", "_half", "_old", "_old_bytes", "_young_bytes", "budget", "young")
 
     def __init__(self, budget: int, cost: Callable[[K, V], int]) -> None:
         self.budget = budget
-        # Writes (misses only) take a lock so the byte count stays exact
-        # under threads; reads take none.
-        self._lock = threading.Lock()
         self._half = budget // 2
         self._cost = cost
         self.young: dict[K, V] = {}
@@ -131,16 +123,14 @@ class ByteBoundedCache(Generic[K, V]):
         cost = self._cost(key, value)
         if cost > self._half:
             return
-        with self._lock:
-            if self._young_bytes + cost > self._half:
-                self._old = self.young
-                self._old_bytes = self._young_bytes
-                self.young = {}
-                self._young_bytes = 0
-            young = self.young
-            if key not in young:
-                self._young_bytes += cost
-            young[key] = value
+        total = self._young_bytes + cost
+        if total > self._half:
+            self._old = self.young
+            self._old_bytes = self._young_bytes
+            self.young = {}
+            total = cost
+        self._young_bytes = total
+        self.young[key] = value
 
     @property
     def nbytes(self) -> int:
@@ -148,10 +138,9 @@ class ByteBoundedCache(Generic[K, V]):
         return self._young_bytes + self._old_bytes
 
     def clear(self) -> None:
-        with self._lock:
-            self.young = {}
-            self._old = {}
-            self._young_bytes = self._old_bytes = 0
+        self.young = {}
+        self._old = {}
+        self._young_bytes = self._old_bytes = 0
 
     def __len__(self) -> int:
         return len(self.young) + len(self._old)

@@ -383,15 +383,27 @@ class Guard:
                 # the declared headers in order, the query and the TLS chain.
                 if client is None:
                     where: object = None
-                elif len(client) != 2 or (
-                    self._forwarded
-                    and could_be_rewritten(
-                        client[1], headers.get(FORWARDED_FOR), headers.get(FORWARDED)
-                    )
-                ):
+                elif len(client) != 2:
                     where = client
-                else:
+                elif not self._forwarded:
                     where = client[0]
+                else:
+                    port = client[1]
+                    if (
+                        type(port) is int
+                        and 0 < port <= 65535
+                        and FORWARDED_FOR not in headers
+                        and FORWARDED not in headers
+                    ):
+                        # The common case, decided without a call: a real
+                        # port and no header the address could come from.
+                        where = client[0]
+                    elif could_be_rewritten(
+                        port, headers.get(FORWARDED_FOR), headers.get(FORWARDED)
+                    ):
+                        where = client
+                    else:
+                        where = client[0]
                 secret = self._secret_headers
                 if secret:
                     # A usable token is never kept: only its SHA-256.

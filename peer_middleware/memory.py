@@ -94,8 +94,28 @@ class MemoryLimits:
         return self.total_bytes > 0
 
 
-def _text_cost(key: Any, value: Any) -> int:
-    return _ENTRY_OVERHEAD + estimate(key) + (0 if value is key else estimate(value))
+def _text(value: str) -> int:
+    """Bytes a string holds: its header and one to four bytes a character."""
+    return 80 + (len(value) if value.isascii() else 4 * len(value))
+
+
+def _path_cost(key: Any, value: Any) -> int:
+    # key: the path, or (path, raw target or None); value: the normalised path.
+    if type(key) is str:
+        cost = _text(key)
+        if value is not key:
+            cost += _text(value)
+        return _ENTRY_OVERHEAD + cost
+    path, raw = key
+    cost = 64 + _text(path) + (0 if raw is None else _text(raw))
+    if value is not path:
+        cost += _text(value)
+    return _ENTRY_OVERHEAD + cost
+
+
+def _plan_cost(key: Any, value: Any) -> int:
+    # key: (method, path); value: a tuple of buckets the policy holds anyway.
+    return _ENTRY_OVERHEAD + 64 + _text(key[0]) + _text(key[1]) + _PLAN_COST
 
 
 def _fixed_cost(extra: int) -> Callable[[Any, Any], int]:
@@ -116,8 +136,8 @@ class Memory:
         self.limits = limits
         anonymous = limits.anonymous_bytes
         authenticated = limits.total_bytes - anonymous
-        self.paths = ByteBoundedCache[Any, str](anonymous // 2, _text_cost)
-        self.plans = ByteBoundedCache[tuple[str, str], Any](anonymous // 4, _fixed_cost(_PLAN_COST))
+        self.paths = ByteBoundedCache[Any, str](anonymous // 2, _path_cost)
+        self.plans = ByteBoundedCache[tuple[str, str], Any](anonymous // 4, _plan_cost)
         self.routes = ByteBoundedCache[tuple[object, ...], Any](
             anonymous - anonymous // 2 - anonymous // 4, _fixed_cost(_ROUTE_COST)
         )
