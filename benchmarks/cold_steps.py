@@ -34,7 +34,7 @@ from cryptography.x509.verification import PolicyBuilder
 
 from peer_middleware import tokens as token_module
 from peer_middleware import x509 as x509_module
-from peer_middleware.core import RequestView
+from peer_middleware.request import RequestView
 
 Steps = dict[str, float]
 

@@ -14,7 +14,6 @@ from _common import fuzz, instrumented, latin1, lines
 
 with instrumented():
     from peer_middleware.bundles import StaticX509Bundle
-    from peer_middleware.core import RequestView
     from peer_middleware.errors import AuthenticationFailed
     from peer_middleware.forwarded import (
         ForwardedCertificateAuthenticator,
@@ -28,6 +27,7 @@ with instrumented():
         decode_sf_binary,
         decode_sf_binary_list,
     )
+    from peer_middleware.request import RequestView
     from peer_middleware.spiffe import SpiffeId
     from peer_middleware.x509 import X509SvidVerifier
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from .asgi import DECISION_SCOPE_KEY, PEER_SCOPE_KEY, PeerMiddleware
 from .bundles import SpiffeBundleSet, StaticX509Bundle, X509BundleFile, X509BundleSource
-from .core import Authenticator, Guard, ProblemResponse, Refusal, RequestView, default_responder
 from .errors import (
     AccessDenied,
     AuthenticationFailed,
@@ -22,6 +21,7 @@ from .errors import (
     RequestRefused,
 )
 from .forwarded import ForwardedCertificateAuthenticator, LinkerdIdentityAuthenticator, Preset
+from .guard import Guard
 from .keys import JwksUrl, KeySource, KeysUnavailable, OidcDiscovery, SpiffeJwtBundle, StaticJwks
 from .memory import MemoryLimits
 from .peer import Peer, Proof
@@ -54,6 +54,8 @@ from .policy import (
     deny,
 )
 from .proxies import TrustedProxies
+from .request import Authenticator, RequestView
+from .responses import ProblemResponse, Refusal, default_responder
 from .spiffe import SpiffeId
 from .tokens import BearerTokenAuthenticator, JwtSvidAuthenticator, KubernetesTokenAuthenticator
 from .wsgi import DECISION_ENVIRON_KEY, PEER_ENVIRON_KEY, PeerWSGIMiddleware

@@ -29,11 +29,13 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from itertools import islice
 from typing import Any
 
-from .core import Authenticator, Guard, ProblemResponse, Responder, Verdict, logger
+from .guard import Guard, Verdict, logger
 from .memory import MemoryLimits
 from .paths import quote_path
 from .policy import Policy, Rule
 from .proxies import connection_client
+from .request import Authenticator
+from .responses import ProblemResponse, Responder
 from .routes import RouteTable
 
 __all__ = ["DECISION_SCOPE_KEY", "PEER_SCOPE_KEY", "PeerMiddleware"]

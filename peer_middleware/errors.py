@@ -150,6 +150,8 @@ class RequestRefused(PeerMiddlewareError):
 
     status = 400
     problem = "bad-request"
+    #: The challenge to send with a 401 for this refusal, when it names one.
+    www_authenticate: str | None = None
 
     def __init__(self, reason: str) -> None:
         self.reason = reason

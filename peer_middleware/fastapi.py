@@ -45,11 +45,13 @@ from starlette.routing import Host, Match
 from starlette.websockets import WebSocket
 
 from .asgi import DECISION_SCOPE_KEY, PEER_SCOPE_KEY, PeerMiddleware
-from .core import Authenticator, Guard, Responder, default_responder, route_refusal
 from .errors import AccessDenied, AuthenticationFailed, ConfigurationError, RequestRefused
+from .guard import Guard, route_refusal
 from .memory import MemoryLimits
 from .peer import Peer
 from .policy import Policy, Route, Rule, Who
+from .request import Authenticator
+from .responses import Responder, default_responder
 from .routes import Requirement, declared_rules
 
 __all__ = [

@@ -44,11 +44,13 @@ from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException, SecurityError
 from werkzeug.local import LocalProxy
 
-from .core import Authenticator, Guard, Responder, default_responder, route_refusal
 from .errors import AccessDenied, AuthenticationFailed, ConfigurationError, RequestRefused
+from .guard import Guard, route_refusal
 from .memory import MemoryLimits
 from .peer import Peer
 from .policy import Policy, Route, Rule, Who
+from .request import Authenticator
+from .responses import Responder, default_responder
 from .routes import Requirement, declared_rules
 from .wsgi import DECISION_ENVIRON_KEY, PEER_ENVIRON_KEY, PeerWSGIMiddleware, _text_to_wsgi
 

@@ -180,10 +180,10 @@ from cryptography import x509
 
 from ._cache import BoundedCache
 from .bundles import CERTIFICATE_ERRORS
-from .core import RequestView
 from .errors import AuthenticationFailed, ConfigurationError, InvalidSpiffeIdError
 from .peer import Peer, Proof
 from .proxies import TrustedProxies
+from .request import RequestView
 from .spiffe import SpiffeId
 from .x509 import has_non_positive_serial, still_valid_of
 
@@ -639,6 +639,9 @@ class ForwardedCertificateAuthenticator:
     """
 
     forwarded = True
+    bearer = False
+    reads_query = False
+    reads_tls = False
     memoizable = True
     www_authenticate = None
 
@@ -855,6 +858,9 @@ class LinkerdIdentityAuthenticator:
     """
 
     forwarded = True
+    bearer = False
+    reads_query = False
+    reads_tls = False
     memoizable = True
     www_authenticate = None
 

@@ -32,11 +32,13 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from .core import Authenticator, Guard, Responder, Verdict
 from .errors import BadRequest
+from .guard import Guard, Verdict
 from .memory import MemoryLimits
 from .paths import quote_path
 from .policy import Policy, Rule
+from .request import Authenticator
+from .responses import Responder
 from .routes import RouteTable
 from .servers import peer_certificate_chain
 

@@ -51,9 +51,9 @@ from cryptography.x509.verification import (
 
 from ._cache import BoundedCache
 from .bundles import CERTIFICATE_ERRORS, X509BundleSource
-from .core import RequestView
 from .errors import AuthenticationFailed, ConfigurationError, InvalidSpiffeIdError
 from .peer import Peer, Proof, never_still_valid
+from .request import RequestView
 from .spiffe import SpiffeId
 
 __all__ = [
@@ -482,6 +482,7 @@ class MtlsAuthenticator:
 
     forwarded = False
     memoizable = True
+    reads_query = False
     reads_tls = True
     bearer = False
     www_authenticate = None

@@ -29,10 +29,10 @@ from typing import Literal
 from urllib.parse import unquote
 
 from ._cache import BoundedCache
-from .core import RequestView
 from .errors import AuthenticationFailed, ConfigurationError, InvalidSpiffeIdError
 from .peer import Peer, Proof
 from .proxies import TrustedProxies
+from .request import RequestView
 from .spiffe import SpiffeId
 from .x509 import (
     MAX_CERTIFICATE_BYTES,
@@ -297,6 +297,9 @@ class XfccAuthenticator:
     """
 
     forwarded = True
+    bearer = False
+    reads_query = False
+    reads_tls = False
     memoizable = True
     www_authenticate = None
 

@@ -547,6 +547,10 @@ class UpperCaseHeader:
     name = "custom"
     header_names = ("X-Token",)
     forwarded = False
+    bearer = False
+    reads_query = False
+    reads_tls = False
+    www_authenticate = None
 
     def authenticate(self, request: Any) -> None:  # pragma: no cover - never called
         return None

@@ -17,7 +17,6 @@ from starlette.testclient import TestClient
 
 from peer_middleware import Authenticated, Guard, PeerMiddleware, Policy, Proof, allow
 from peer_middleware.bundles import StaticX509Bundle
-from peer_middleware.core import RequestView
 from peer_middleware.errors import AuthenticationFailed, ConfigurationError
 from peer_middleware.forwarded import (
     MAX_FORWARDED_HEADER_LENGTH,
@@ -29,6 +28,7 @@ from peer_middleware.forwarded import (
     decode_sf_binary,
     decode_sf_binary_list,
 )
+from peer_middleware.request import RequestView
 from peer_middleware.testing import (
     Svid,
     TestCA,

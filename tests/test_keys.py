@@ -20,8 +20,8 @@ from peer_middleware import (
     SpiffeJwtBundle,
     StaticJwks,
 )
-from peer_middleware.core import RequestView
 from peer_middleware.keys import parse_jwks
+from peer_middleware.request import RequestView
 from peer_middleware.testing.tokens import JwksServer, SigningKey, TokenMinter
 
 AUDIENCE = "payments"

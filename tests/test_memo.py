@@ -67,9 +67,10 @@ class Counting:
         self.name = inner.name
         self.header_names = inner.header_names
         self.forwarded = inner.forwarded
-        self.bearer = getattr(inner, "bearer", False)
-        self.reads_tls = getattr(inner, "reads_tls", False)
-        self.reads_query = getattr(inner, "reads_query", False)
+        self.bearer = inner.bearer
+        self.reads_tls = inner.reads_tls
+        self.reads_query = inner.reads_query
+        self.www_authenticate = inner.www_authenticate
 
     def authenticate(self, request: RequestView) -> Peer | None:
         self.calls += 1

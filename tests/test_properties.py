@@ -51,7 +51,6 @@ from peer_middleware import (
     deny,
 )
 from peer_middleware.bundles import StaticX509Bundle
-from peer_middleware.core import RequestView
 from peer_middleware.errors import (
     AuthenticationFailed,
     BadRequest,
@@ -78,6 +77,7 @@ from peer_middleware.paths import (
     normalise_path,
     quote_path,
 )
+from peer_middleware.request import RequestView
 from peer_middleware.testing import TestCA, forwarded_cert_headers, linkerd_client_id
 from peer_middleware.testing.tokens import TokenMinter
 from peer_middleware.tokens import JwtSvidAuthenticator, KubernetesTokenAuthenticator

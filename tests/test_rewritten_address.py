@@ -32,7 +32,7 @@ import pytest
 from rewritten_address_apps import ADMIN, POLICY, echo
 
 from peer_middleware import PeerMiddleware, XfccAuthenticator
-from peer_middleware.core import Guard
+from peer_middleware.guard import Guard
 
 XFCC = "x-forwarded-client-cert"
 FORGED = f"URI={ADMIN}"

@@ -692,6 +692,10 @@ class Boom:
     name = "boom"
     header_names = ("x-boom",)
     forwarded = False
+    bearer = False
+    reads_query = False
+    reads_tls = False
+    www_authenticate = None
 
     def authenticate(self, request: Any) -> Peer | None:
         raise RuntimeError("authenticator bug")
@@ -795,6 +799,10 @@ class UpperCaseHeader:
     name = "custom"
     header_names = ("X-Token",)
     forwarded = False
+    bearer = False
+    reads_query = False
+    reads_tls = False
+    www_authenticate = None
 
     def authenticate(self, request: Any) -> Peer | None:  # pragma: no cover - never called
         return None

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from peer_middleware.core import RequestView
 from peer_middleware.errors import AuthenticationFailed, ConfigurationError
 from peer_middleware.peer import Peer, Proof
 from peer_middleware.proxies import TrustedProxies
+from peer_middleware.request import RequestView
 from peer_middleware.spiffe import SpiffeId
 from peer_middleware.xfcc import (
     MAX_XFCC_ELEMENTS,

@@ -30,8 +30,8 @@ from peer_middleware import (
     XfccAuthenticator,
     allow,
 )
-from peer_middleware.core import RequestView
 from peer_middleware.errors import AuthenticationFailed
+from peer_middleware.request import RequestView
 from peer_middleware.testing import xfcc_header
 from peer_middleware.testing.envoy import EnvoySidecar, find_envoy
 from peer_middleware.testing.pki import Svid, TestCA

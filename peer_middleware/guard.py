@@ -1,0 +1,636 @@
+"""The framework-free core: one request in, an identity and a decision out.
+
+The ASGI and WSGI adapters translate their request into the few values this
+module needs (method, decoded path, raw target, client address, the headers
+authenticators asked for) and turn its :class:`Verdict` back into a call to
+the app or a refusal. Nothing here knows about Starlette, Flask, ASGI or WSGI.
+
+Order of work for every request, failing closed at each step:
+
+1. the method must be an HTTP token, else 400;
+2. the raw target must carry no forbidden encoding, else 400; the decoded
+   path is normalised (see :mod:`peer_middleware.paths`), else 400;
+3. each authenticator, in order, may find a peer; one that finds a malformed
+   or invalid credential refuses the request with 401; forwarded credentials
+   are read only from trusted proxies. The first certificate-based peer is
+   the request's peer, and a bearer-token peer found as well is attached to
+   it as ``peer.token`` (a token alone makes the peer); a token bound to a
+   certificate (RFC 8705) is refused unless that certificate was presented;
+4. the policy decides (403 for a known peer, 401 without identity);
+5. one log record describes the decision.
+
+Any unexpected exception in steps 1 to 4 refuses the request with 403 and is
+logged with its traceback: a bug must never let a request through.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+
+from .errors import BadRequest, ConfigurationError, InvalidToken, RequestRefused, UntrustedIssuer
+from .memory import Memory, MemoryLimits
+from .paths import check_method, check_raw_target, normalise_path
+from .peer import Peer, Proof, never_still_valid
+from .policy import Decision, Policy, Route
+from .proxies import could_be_rewritten, rewrite_evidence
+from .request import Authenticator, RequestView
+from .responses import ProblemResponse, Refusal, Responder, default_responder, respond
+from .routes import RouteResolver
+
+__all__ = ["Guard", "Verdict", "logger", "route_refusal"]
+
+logger = logging.getLogger("peer_middleware")
+
+FORWARDED_FOR = "x-forwarded-for"
+FORWARDED = "forwarded"
+
+
+class Verdict:
+    """What the core decided for one request.
+
+    ``path`` is the normalised full path (what the router gets); ``route`` the
+    path the rules saw (``None`` when the request was refused before its path
+    was normalised); ``notes`` what the authenticators asked the log to
+    mention. ``www_authenticate`` is the challenge of the credential that was
+    refused, when it names one (an invalid bearer token); it replaces the
+    guard's default challenge in the 401 response.
+    """
+
+    __slots__ = ("decision", "notes", "path", "peer", "route", "www_authenticate")
+
+    def __init__(
+        self,
+        decision: Decision,
+        peer: Peer | None,
+        path: str,
+        route: str | None,
+        notes: tuple[str, ...] = (),
+        www_authenticate: str | None = None,
+    ) -> None:
+        self.decision = decision
+        self.peer = peer
+        self.path = path
+        self.route = route
+        self.notes = notes
+        self.www_authenticate = www_authenticate
+
+    @property
+    def allowed(self) -> bool:
+        return self.decision.allowed
+
+
+def _error_decision(error: RequestRefused) -> Decision:
+    return Decision(False, error.status, None, error.reason)
+
+
+_INTERNAL = Decision(False, 403, None, "internal error while authorizing; see the traceback")
+_COMMON_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"}
+)
+#: The most characters of credentials (headers, query, TLS chain) an
+#: identity or verdict remembered may hold.
+_IDENTITY_MAX_CHARS = 16 * 1024
+_NO_ROUTE = Route("(no route)")
+_AUTHENTICATOR_MEMBERS = (
+    "name",
+    "header_names",
+    "forwarded",
+    "bearer",
+    "reads_query",
+    "reads_tls",
+    "www_authenticate",
+    "authenticate",
+)
+_TOKEN_PROOF = Proof.TOKEN
+
+# An identity: the peer (or None), the checks that must all still hold for it
+# to be reused, the notes for the log.
+_Identity = tuple[Peer | None, tuple[Callable[[], bool], ...], tuple[str, ...]]
+
+
+_NEVER_AGAIN: tuple[Callable[[], bool], ...] = (never_still_valid,)
+
+
+class Guard:
+    """Authenticate and authorize requests; shared by every adapter.
+
+    ``policy`` decides; ``authenticators`` are tried in order: the first that
+    finds a certificate-based peer wins, and authenticators that declare
+    ``bearer = True`` (bearer tokens) are run as well, their peer attached as
+    ``peer.token`` (or, without a certificate, becoming the peer). Two tokens
+    on one request are refused. ``www_authenticate`` is sent with 401
+    responses when set (or taken from the first authenticator that declares
+    one); a refused credential may bring its own challenge.
+    """
+
+    __slots__ = (
+        "_forwarded",
+        "_identities",
+        "_rewrite_warned",
+        "_runs",
+        "_secret_headers",
+        "authenticators",
+        "header_names",
+        "memory",
+        "policy",
+        "reads_query",
+        "reads_tls",
+        "responder",
+        "www_authenticate",
+    )
+
+    def __init__(
+        self,
+        *,
+        policy: Policy,
+        authenticators: Iterable[Authenticator] = (),
+        responder: Responder | None = None,
+        www_authenticate: str | None = None,
+        memory: MemoryLimits | None = None,
+    ) -> None:
+        if not isinstance(policy, Policy):
+            raise ConfigurationError(f"policy must be a Policy, not {type(policy).__name__}")
+        self.policy = policy
+        self.authenticators: tuple[Authenticator, ...] = tuple(authenticators)
+        names: list[str] = []
+        for authenticator in self.authenticators:
+            if not isinstance(authenticator, Authenticator):
+                missing = [m for m in _AUTHENTICATOR_MEMBERS if not hasattr(authenticator, m)]
+                raise ConfigurationError(
+                    f"{authenticator!r} is not an Authenticator: it does not declare "
+                    + ", ".join(missing or ["authenticate"])
+                )
+            for header in authenticator.header_names:
+                if header != header.lower():
+                    raise ConfigurationError(f"header name {header!r} must be lower-case")
+                names.append(header)
+            if www_authenticate is None:
+                www_authenticate = authenticator.www_authenticate
+        self._forwarded = any(a.forwarded for a in self.authenticators)
+        self._runs = tuple((a, bool(a.bearer)) for a in self.authenticators)
+        #: True when an authenticator reads the query string (adapters pass it then only).
+        self.reads_query = any(a.reads_query for a in self.authenticators)
+        #: True when an authenticator reads the TLS client chain (adapters pass it then only).
+        self.reads_tls = any(a.reads_tls for a in self.authenticators)
+        if self._forwarded:
+            # Both headers a server may rewrite the client address from.
+            names.append(FORWARDED_FOR)
+            names.append(FORWARDED)
+        self.header_names: frozenset[str] = frozenset(names)
+        if responder is not None and not callable(responder):
+            raise ConfigurationError("responder must be callable")
+        self.responder: Responder = responder or default_responder
+        self.www_authenticate = www_authenticate
+        self._rewrite_warned = False
+        #: Everything the guard remembers between requests (see :mod:`peer_middleware.memory`).
+        self.memory = Memory(memory if memory is not None else MemoryLimits())
+        # When every authenticator is memoizable: credentials -> identity, and
+        # (method, path, raw target, root path, kind, credentials) -> allowed
+        # verdict. Both hold authenticated callers only, and entries of
+        # bounded size.
+        self._identities = bool(self.authenticators) and all(map(_memoizable, self.authenticators))
+        # Credentials the memory keeps only as a digest: bearer tokens.
+        self._secret_headers = frozenset(
+            name
+            for authenticator, bearer in self._runs
+            if bearer
+            for name in authenticator.header_names
+        )
+
+    def check(
+        self,
+        method: str,
+        path: str,
+        raw_target: str | None,
+        client: tuple[str, int] | None,
+        headers: dict[str, str],
+        root_path: str = "",
+        query: str = "",
+        tls_chain: tuple[bytes | str, ...] | None = None,
+        *,
+        kind: object = None,
+        router: RouteResolver | None = None,
+        request: object = None,
+    ) -> Verdict:
+        """Run the whole pipeline for one request.
+
+        ``path`` is the decoded path the router will see, ``raw_target`` the
+        target as sent when the server provides it. ``root_path`` is the
+        mount point the app is served under (ASGI ``root_path``): rules are
+        written against the path without it, as the router matches it. The
+        verdict's ``path`` is the normalised full path to write back for the
+        router. ``query`` is the raw query string, needed only when
+        :attr:`reads_query` is True; ``tls_chain`` the connection's client
+        certificate chain (leaf first), needed only when :attr:`reads_tls` is
+        True.
+
+        ``router`` finds the route the framework dispatches the request to
+        (``request`` is handed to it as it is), when the policy has rules
+        declared on routes; ``kind`` is everything else the route depends on
+        besides the method and path (the scope type, the host for host-based
+        routes), part of what the memory keys a verdict on.
+        """
+        normalised = path
+        matched: str | None = None
+        notes: tuple[str, ...] = ()
+        credentials: tuple[object, ...] | None = None
+        request_key: tuple[object, ...] | None = None
+        memory = self.memory
+        try:
+            if self._identities:
+                # Everything memoizable authenticators read: the client's host
+                # (with its port when the address may have been rewritten),
+                # the declared headers in order, the query and the TLS chain.
+                if client is None:
+                    where: object = None
+                elif len(client) != 2:
+                    where = client
+                elif not self._forwarded:
+                    where = client[0]
+                else:
+                    port = client[1]
+                    if (
+                        type(port) is int
+                        and 0 < port <= 65535
+                        and FORWARDED_FOR not in headers
+                        and FORWARDED not in headers
+                    ):
+                        # The common case, decided without a call: a real
+                        # port and no header the address could come from.
+                        where = client[0]
+                    elif could_be_rewritten(
+                        port, headers.get(FORWARDED_FOR), headers.get(FORWARDED)
+                    ):
+                        where = client
+                    else:
+                        where = client[0]
+                secret = self._secret_headers
+                if secret:
+                    # A usable token is never kept: only its SHA-256.
+                    credentials = (
+                        where,
+                        _digest(query) if query else query,
+                        tls_chain,
+                        *[
+                            (name, _digest(value) if name in secret else value)
+                            for name, value in headers.items()
+                        ],
+                    )
+                else:
+                    credentials = (where, query, tls_chain, *headers.items())
+                # A request seen before, byte for byte, from a caller whose
+                # proof still holds: the verdict is the one made then.
+                request_key = (method, path, raw_target, root_path, kind, credentials)
+                verdicts = memory.verdicts
+                try:
+                    seen = verdicts.young.get(request_key) or verdicts.get(request_key)
+                except TypeError:
+                    # A server handed over something unhashable (a TLS chain
+                    # of odd objects): no reuse; the authenticator says why.
+                    seen = credentials = request_key = None
+                if seen is not None:
+                    for still_valid in seen[1]:
+                        if not still_valid():
+                            break
+                    else:
+                        return self._logged(seen[0], method, path)
+            if method not in _COMMON_METHODS:
+                check_method(method)
+                if method != method.upper():
+                    # Methods are case-sensitive (RFC 9110, 9.1), yet several
+                    # routers upper-case them before dispatch: refuse, as Istio does.
+                    raise BadRequest(f"method {method[:32]!r} is not in upper case")
+            # Paths repeat; their checks are pure, so the memory serves
+            # repeat requests. The key says whether the raw target was seen:
+            # a path checked without one must not vouch for a raw target.
+            key = path if raw_target == path else (path, raw_target)
+            paths = memory.paths
+            cached = paths.young.get(key) or paths.get(key)
+            if cached is None:
+                if raw_target is not None:
+                    check_raw_target(raw_target)
+                cached = normalise_path(path)
+                paths.put(key, cached)
+                # A path never seen (a new resource id, most often): its
+                # verdict is not worth keeping either.
+                request_key = None
+            normalised = cached
+            matched = route_path(normalised, root_path) if root_path else normalised
+            known = None
+            identities = memory.identities
+            if credentials is not None:
+                known = identities.young.get(credentials) or identities.get(credentials)
+                if known is not None:
+                    for still_valid in known[1]:
+                        if not still_valid():
+                            known = None
+                            break
+            if known is None:
+                # A first sight of the credential: the verdict is kept only
+                # once the credential comes back (most cold ones never do).
+                request_key = None
+                known = self._authenticate(method, matched, client, headers, query, tls_chain)
+                if (
+                    credentials is not None
+                    and known[0] is not None
+                    and _chars(headers, query, tls_chain) <= _IDENTITY_MAX_CHARS
+                ):
+                    identities.put(credentials, known)
+            peer, checks, notes = known
+            policy = self.policy
+            decision = policy.decide(method, matched, peer, plans=memory.plans)
+            if decision.rule is None and router is not None and policy.routes:
+                # No central rule decided: the rules declared on the route the
+                # framework will run may allow it.
+                route = self._route(router, request, method, normalised, root_path, kind)
+                if route is not None:
+                    decision = policy.decide(method, matched, peer, route, plans=memory.plans)
+            verdict = Verdict(decision, peer, normalised, matched, notes)
+            if (
+                request_key is not None
+                and decision.allowed
+                and peer is not None
+                and len(path)
+                + len(raw_target or "")
+                + len(root_path)
+                + len(method)
+                + _chars(headers, query, tls_chain)
+                <= _IDENTITY_MAX_CHARS
+            ):
+                memory.verdicts.put(request_key, (verdict, checks))
+        except RequestRefused as error:
+            verdict = Verdict(
+                _error_decision(error),
+                None,
+                normalised,
+                matched,
+                notes,
+                error.www_authenticate,
+            )
+        except Exception:
+            logger.exception("peer_middleware failed while authorizing %s %r", method, path[:200])
+            verdict = Verdict(_INTERNAL, None, normalised, matched, notes)
+        return self._logged(verdict, method, path)
+
+    def _route(
+        self,
+        router: RouteResolver,
+        request: object,
+        method: str,
+        path: str,
+        root_path: str,
+        kind: object,
+    ) -> Route | None:
+        """The route the framework dispatches to, remembered per (kind, method, path)."""
+        key = (kind, method, root_path, path)
+        routes = self.memory.routes
+        route = routes.young.get(key) or routes.get(key)
+        if route is None:
+            route = router.resolve(request, method, path) or _NO_ROUTE
+            routes.put(key, route)
+        return None if route is _NO_ROUTE else route
+
+    def _logged(self, verdict: Verdict, method: str, path: str) -> Verdict:
+        """``verdict``, once its decision is logged."""
+        if verdict.decision.quiet:
+            # An allow with nothing to report is logged at DEBUG only.
+            if logger.isEnabledFor(logging.DEBUG):
+                self.log(verdict, method, path)
+        else:
+            self.log(verdict, method, path)
+        return verdict
+
+    def _authenticate(
+        self,
+        method: str,
+        path: str,
+        client: tuple[str, int] | None,
+        headers: dict[str, str],
+        query: str,
+        tls_chain: tuple[bytes | str, ...] | None,
+    ) -> _Identity:
+        """Run the authenticators: the request's peer, the checks that must
+        hold for it to be reused, and the notes for the log.
+
+        A result is reusable (``checks`` meaningful) only when no token was
+        refused as untrusted on the way; otherwise ``checks`` holds one that
+        always fails.
+        """
+        if self._forwarded and client is not None:
+            forwarded_for = headers.get(FORWARDED_FOR)
+            forwarded = headers.get(FORWARDED)
+            if could_be_rewritten(client[1], forwarded_for, forwarded):
+                client = self._client_if_trustworthy(client, forwarded_for, forwarded)
+        request = RequestView(method, path, client, headers, query, tls_chain)
+        primary: Peer | None = None
+        token: Peer | None = None
+        untrusted: UntrustedIssuer | None = None
+        for authenticator, bearer in self._runs:
+            if primary is not None and not bearer:
+                continue
+            try:
+                found = authenticator.authenticate(request)
+            except UntrustedIssuer as error:
+                # Another token authenticator may accept this token.
+                if untrusted is None:
+                    untrusted = error
+                continue
+            if found is None:
+                continue
+            if found.proof is _TOKEN_PROOF:
+                if token is not None:
+                    raise InvalidToken("two bearer tokens on one request")
+                token = found
+            elif primary is None:
+                primary = found
+        peer = primary
+        if token is not None:
+            if primary is None and token.certificate_sha256 is None:
+                peer = token  # a token alone, bound to no certificate
+            else:
+                peer = self._combine(primary, token)
+        elif untrusted is not None:
+            raise untrusted
+        notes = tuple(request.notes) if request.notes else ()
+        if untrusted is not None:
+            # Another authenticator might accept the token once its keys
+            # change: never reuse this result.
+            return peer, _NEVER_AGAIN, notes
+        checks = tuple(
+            found.still_valid
+            for found in (primary, token)
+            if found is not None and found.still_valid is not None
+        )
+        return peer, checks, notes
+
+    def _combine(self, primary: Peer | None, token: Peer) -> Peer:
+        """The request's peer from a certificate peer and a token peer."""
+        bound = token.certificate_sha256
+        if primary is None:
+            if bound is not None:
+                # RFC 8705 section 3: a bound token is accepted only with its certificate.
+                raise InvalidToken(
+                    "the token is bound to a client certificate (cnf x5t#S256) and the "
+                    "request presents none"
+                )
+            return token
+        if bound is not None and bound != primary.certificate_sha256:
+            raise InvalidToken(
+                "the token is bound to a client certificate (cnf x5t#S256) other than the "
+                "one presented"
+            )
+        return replace(primary, token=token)
+
+    def reject(self, error: RequestRefused, method: str, path: str) -> Verdict:
+        """A verdict for a request an adapter refused before :meth:`check`."""
+        verdict = Verdict(_error_decision(error), None, path[:200], None)
+        self.log(verdict, method, path)
+        return verdict
+
+    def _client_if_trustworthy(
+        self, client: tuple[str, int], forwarded_for: str | None, forwarded: str | None
+    ) -> tuple[str, int] | None:
+        """``client``, or ``None`` when the server took it from a forwarding header
+        (see :func:`~peer_middleware.proxies.rewrite_evidence`)."""
+        evidence = rewrite_evidence(client, forwarded_for, forwarded)
+        if evidence is None:
+            return client
+        if not self._rewrite_warned:
+            self._rewrite_warned = True
+            host = client[0]
+            if not isinstance(host, str) or not host.isprintable() or len(host) > 100:
+                host = repr(host)[:100]
+            logger.warning(
+                "the server reports a client address %s (%s), not the connection's own "
+                "peer; forwarded credentials are ignored because the proxy cannot be "
+                "identified. Let the server record the connection's own address (uvicorn "
+                "--http peer_middleware.servers.uvicorn:H11Protocol) or turn its rewriting "
+                "off (uvicorn --forwarded-allow-ips='' or proxy_headers=False; hypercorn "
+                "without ProxyFixMiddleware).",
+                evidence,
+                host,
+            )
+        return None
+
+    def refusal(self, verdict: Verdict, method: str) -> ProblemResponse:
+        """The response for a refused verdict."""
+        decision = verdict.decision
+        www = (
+            (verdict.www_authenticate or self.www_authenticate) if decision.status == 401 else None
+        )
+        path = verdict.route if verdict.route is not None else verdict.path
+        refusal = Refusal(
+            decision.status, decision.reason, decision.rule, www, method, path, verdict.peer
+        )
+        return respond(self.responder, refusal)
+
+    def log(self, verdict: Verdict, method: str, raw_path: str) -> None:
+        decision = verdict.decision
+        level = logging.DEBUG if decision.quiet else logging.INFO
+        if not logger.isEnabledFor(level):
+            return
+        path = verdict.route if verdict.route is not None else raw_path[:200]
+        fields = _log_fields(decision, verdict.peer, method, path, verdict.notes)
+        message = "%s %s %r status=%s rule=%s principal=%s proxy=%s reason=%r"
+        args: tuple[object, ...] = (
+            fields["outcome"] if not decision.dry_run else "would-refuse(dry-run)",
+            fields["method"],
+            path,
+            fields["status"] if not decision.dry_run else decision.status,
+            decision.rule,
+            fields["principal"],
+            fields["proxy"],
+            decision.reason,
+        )
+        extra_parts = []
+        if decision.shadow:
+            extra_parts.append(" shadow=%s")
+            args += (",".join(decision.shadow),)
+        if decision.audit:
+            extra_parts.append(" audit=%s")
+            args += (",".join(decision.audit),)
+        if fields["notes"]:
+            extra_parts.append(" notes=%r")
+            args += (fields["notes"],)
+        logger.log(level, message + "".join(extra_parts), *args, extra={"peer_middleware": fields})
+
+
+def route_refusal(
+    error: RequestRefused,
+    *,
+    method: str,
+    path: str,
+    peer: Peer | None,
+    responder: Responder,
+    www_authenticate: str | None,
+) -> ProblemResponse:
+    """Log a refusal raised inside a route (a per-route requirement) and build its response."""
+    fields = _log_fields(_error_decision(error), peer, method, path[:200], ())
+    logger.info(
+        "refused %s %r status=%s by a route requirement principal=%s reason=%r",
+        fields["method"],
+        fields["path"],
+        error.status,
+        fields["principal"],
+        error.reason,
+        extra={"peer_middleware": fields},
+    )
+    www = (error.www_authenticate or www_authenticate) if error.status == 401 else None
+    refusal = Refusal(error.status, error.reason, None, www, method, path, peer)
+    return respond(responder, refusal)
+
+
+def _memoizable(authenticator: Authenticator) -> bool:
+    """True when the authenticator's own class declares ``memoizable = True``."""
+    return vars(type(authenticator)).get("memoizable") is True
+
+
+def _digest(value: str) -> bytes:
+    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).digest()
+
+
+def route_path(path: str, root_path: str) -> str:
+    """The path the router matches under mount point ``root_path``.
+
+    Mirrors Starlette's ``get_route_path()``: rules are written against the
+    path without the mount point.
+    """
+    if not root_path or not path.startswith(root_path):
+        return path
+    if path == root_path:
+        return "/"
+    if path[len(root_path)] == "/":
+        return path[len(root_path) :]
+    return path
+
+
+def _chars(headers: dict[str, str], query: str, tls_chain: tuple[bytes | str, ...] | None) -> int:
+    """How many characters of credentials an identity-cache entry would keep."""
+    size = len(query) + sum(map(len, headers.values()))
+    if tls_chain:
+        size += sum(map(len, tls_chain))
+    return size
+
+
+def _log_fields(
+    decision: Decision, peer: Peer | None, method: str, path: str, notes: tuple[str, ...]
+) -> dict[str, object]:
+    """The structured fields of a decision record (``record.peer_middleware``)."""
+    return {
+        "outcome": "allowed" if decision.allowed else "refused",
+        "status": decision.enforced_status,
+        "rule": decision.rule,
+        "reason": decision.reason,
+        "principal": peer.principal if peer is not None else None,
+        "proof": peer.proof.value if peer is not None else None,
+        "proxy": peer.proxy if peer is not None else None,
+        "method": method[:32],
+        "path": path,
+        "dry_run": decision.dry_run,
+        "shadow": decision.shadow,
+        "audit": decision.audit,
+        "notes": notes,
+    }
