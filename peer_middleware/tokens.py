@@ -72,7 +72,7 @@ from urllib.parse import parse_qsl
 import jwt
 
 from ._cache import BoundedCache
-from .core import RequestView
+from .request import RequestView
 from .errors import ConfigurationError, InvalidSpiffeIdError, InvalidToken, UntrustedIssuer
 from .keys import ASYMMETRIC_ALGORITHMS, KeySet, KeySource, KeysUnavailable, VerificationKey
 from .peer import Peer, Proof
@@ -206,6 +206,7 @@ class BearerTokenAuthenticator:
     #: Token authenticators are run even after a certificate peer was found.
     bearer = True
     forwarded = False
+    reads_tls = False
     www_authenticate = "Bearer"
     kind = "bearer"
 
