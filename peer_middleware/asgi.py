@@ -29,13 +29,13 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from itertools import islice
 from typing import Any
 
-from .guard import Guard, Verdict, logger
+from .guard import Guard, Verdict, guard_from, logger
 from .memory import MemoryLimits
 from .paths import quote_path
 from .policy import Policy, Rule
 from .proxies import connection_client
 from .request import Authenticator
-from .responses import ProblemResponse, Responder
+from .responses import Responder
 from .routes import RouteTable
 
 __all__ = ["DECISION_SCOPE_KEY", "PEER_SCOPE_KEY", "PeerMiddleware"]
@@ -87,44 +87,37 @@ def _host(scope: Scope) -> bytes | None:
 class PeerMiddleware:
     """Authenticate the calling service and enforce ``policy`` on every request.
 
-    ``routes`` is an optional callable returning the app's
+    Give either the configuration (``policy``, ``authenticators``,
+    ``responder``, ``www_authenticate``, ``memory``) or a ``guard`` built from
+    it. ``routes`` is an optional callable returning the app's
     :class:`~peer_middleware.routes.RouteTable`, called once when the
     middleware is built (the FastAPI integration uses it for rules declared
     on routes): those rules apply to the route the app's router dispatches to.
     ``route_rules`` is an optional callable returning extra central rules.
-    ``memory`` bounds what the guard remembers (:class:`MemoryLimits`).
     Configuration errors raise here.
     """
 
-    __slots__ = ("_host_routes", "_routes", "_wanted", "app", "guard")
+    __slots__ = ("_wanted", "app", "guard")
 
     def __init__(
         self,
         app: ASGIApp,
         *,
-        policy: Policy,
+        policy: Policy | None = None,
         authenticators: Iterable[Authenticator] = (),
         responder: Responder | None = None,
         www_authenticate: str | None = None,
         route_rules: Callable[[], Iterable[Rule]] | None = None,
         routes: Callable[[], RouteTable] | None = None,
         memory: MemoryLimits | None = None,
+        guard: Guard | None = None,
     ) -> None:
         self.app = app
+        self.guard = guard_from(policy, authenticators, responder, www_authenticate, memory, guard)
         if route_rules is not None:
-            policy = policy.extended(route_rules())
-        table = routes() if routes is not None else None
-        if table is not None:
-            policy = policy.with_routes(table.rules)
-        self.guard = Guard(
-            policy=policy,
-            authenticators=authenticators,
-            responder=responder,
-            www_authenticate=www_authenticate,
-            memory=memory,
-        )
-        self._routes = table if table is not None and policy.routes else None
-        self._host_routes = self._routes is not None and self._routes.reads_host
+            self.guard.extend(route_rules())
+        if routes is not None:
+            self.guard.use_routes(routes())
         self._wanted = {name.encode("latin-1"): name for name in self.guard.header_names}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -162,7 +155,7 @@ class PeerMiddleware:
                 client = None
         guard = self.guard
         kind: object = scope_type
-        if self._host_routes:
+        if guard.reads_host:
             kind = (scope_type, _host(scope))
         verdict = guard.check(
             method,
@@ -174,11 +167,10 @@ class PeerMiddleware:
             scope.get("query_string", b"").decode("latin-1") if guard.reads_query else "",
             _tls_chain(scope) if guard.reads_tls else None,
             kind=kind,
-            router=self._routes,
             request=scope,
         )
         if not verdict.decision.allowed:
-            await self._refuse(scope_type, scope, send, verdict, method)
+            await self._refuse(scope_type, scope, send, verdict)
             return
         if verdict.path != path:
             scope["path"] = verdict.path
@@ -187,10 +179,10 @@ class PeerMiddleware:
         scope[DECISION_SCOPE_KEY] = verdict.decision
         await self.app(scope, receive, send)
 
-    async def _refuse(
-        self, scope_type: str, scope: Scope, send: Send, verdict: Verdict, method: str
-    ) -> None:
-        response: ProblemResponse = self.guard.refusal(verdict, method)
+    @staticmethod
+    async def _refuse(scope_type: str, scope: Scope, send: Send, verdict: Verdict) -> None:
+        response = verdict.response
+        assert response is not None  # every refused verdict carries its response
         headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
         headers.append((b"content-length", str(len(response.body)).encode("ascii")))
         if scope_type == "http":

@@ -1,6 +1,6 @@
 """Former home of the guard, the request view and the responses (kept for imports)."""
 
-from .guard import Guard, Verdict, logger, route_refusal
+from .guard import Guard, Verdict, logger
 from .request import Authenticator, RequestView
 from .responses import ProblemResponse, Refusal, Responder, default_responder
 
@@ -14,5 +14,4 @@ __all__ = [
     "Verdict",
     "default_responder",
     "logger",
-    "route_refusal",
 ]

@@ -45,13 +45,13 @@ from starlette.routing import Host, Match
 from starlette.websockets import WebSocket
 
 from .asgi import DECISION_SCOPE_KEY, PEER_SCOPE_KEY, PeerMiddleware
-from .errors import AccessDenied, AuthenticationFailed, ConfigurationError, RequestRefused
-from .guard import Guard, route_refusal
+from .errors import AccessDenied, AuthenticationFailed, RequestRefused
+from .guard import Guard
 from .memory import MemoryLimits
 from .peer import Peer
 from .policy import Policy, Route, Rule, Who
 from .request import Authenticator
-from .responses import Responder, default_responder
+from .responses import Responder
 from .routes import Requirement, declared_rules
 
 __all__ = [
@@ -235,20 +235,20 @@ def collect_route_rules(app: FastAPI) -> list[Rule]:
     return [rule for rules in route_table(app).rules.values() for rule in rules]
 
 
-def _exception_handler(responder: Responder, www_authenticate: str | None) -> Any:
+def _exception_handler(guard: Guard) -> Any:
     async def handle(connection: HTTPConnection, exc: Exception) -> Response | None:
         if not isinstance(exc, RequestRefused):  # pragma: no cover - registered for it only
             raise exc
         peer = connection.scope.get(PEER_SCOPE_KEY)
         websocket = connection.scope["type"] == "websocket"
-        problem = route_refusal(
+        verdict = guard.reject(
             exc,
-            method="GET" if websocket else connection.scope.get("method", "GET"),
-            path=connection.url.path,
-            peer=peer if isinstance(peer, Peer) else None,
-            responder=responder,
-            www_authenticate=www_authenticate,
+            "GET" if websocket else connection.scope.get("method", "GET"),
+            connection.url.path,
+            peer if isinstance(peer, Peer) else None,
         )
+        problem = verdict.response
+        assert problem is not None  # every refused verdict carries its response
         response = Response(problem.body, status_code=problem.status, headers=dict(problem.headers))
         if not websocket:
             return response
@@ -279,10 +279,8 @@ def install(
     Refusals raised by dependencies get the same fixed responses as the
     middleware's.
     """
-    if not isinstance(policy, Policy):
-        raise ConfigurationError(f"policy must be a Policy, not {type(policy).__name__}")
-    authenticators = tuple(authenticators)
-    # Validate everything now; Starlette builds the middleware itself later.
+    # Built (and so validated) now; Starlette builds the middleware itself
+    # later, with this guard, and the route table as the routes are then.
     guard = Guard(
         policy=policy,
         authenticators=authenticators,
@@ -290,15 +288,5 @@ def install(
         www_authenticate=www_authenticate,
         memory=memory,
     )
-    app.add_middleware(
-        PeerMiddleware,
-        policy=policy,
-        authenticators=authenticators,
-        responder=responder,
-        www_authenticate=www_authenticate,
-        routes=lambda: route_table(app),
-        memory=memory,
-    )
-    app.add_exception_handler(
-        RequestRefused, _exception_handler(responder or default_responder, guard.www_authenticate)
-    )
+    app.add_middleware(PeerMiddleware, guard=guard, routes=lambda: route_table(app))
+    app.add_exception_handler(RequestRefused, _exception_handler(guard))

@@ -45,12 +45,12 @@ from werkzeug.exceptions import HTTPException, SecurityError
 from werkzeug.local import LocalProxy
 
 from .errors import AccessDenied, AuthenticationFailed, ConfigurationError, RequestRefused
-from .guard import Guard, route_refusal
+from .guard import Guard
 from .memory import MemoryLimits
 from .peer import Peer
 from .policy import Policy, Route, Rule, Who
 from .request import Authenticator
-from .responses import Responder, default_responder
+from .responses import Responder
 from .routes import Requirement, declared_rules
 from .wsgi import DECISION_ENVIRON_KEY, PEER_ENVIRON_KEY, PeerWSGIMiddleware, _text_to_wsgi
 
@@ -189,14 +189,8 @@ class PeerAuth:
         self.authenticators = tuple(authenticators)
         self.responder = responder
         self.www_authenticate = www_authenticate
-        # Validate now, not on the first request.
-        Guard(
-            policy=policy,
-            authenticators=self.authenticators,
-            responder=responder,
-            www_authenticate=www_authenticate,
-            memory=memory,
-        )
+        # Validated now, not on the first request; the first app gets this guard.
+        self._unused: Guard | None = self._new_guard()
         self._middlewares: dict[int, PeerWSGIMiddleware] = {}
         if app is not None:
             self.init_app(app)
@@ -204,34 +198,30 @@ class PeerAuth:
     def init_app(self, app: Flask) -> None:
         if EXTENSION_KEY in app.extensions:
             raise ConfigurationError("PeerAuth is already installed on this app")
+        guard, self._unused = self._unused or self._new_guard(), None
         middleware = PeerWSGIMiddleware(
-            app.wsgi_app,
-            policy=self.policy,
-            authenticators=self.authenticators,
-            responder=self.responder,
-            www_authenticate=self.www_authenticate,
-            routes=lambda: FlaskRouteTable(app),
-            memory=self.memory,
+            app.wsgi_app, guard=guard, routes=lambda: FlaskRouteTable(app)
         )
         app.wsgi_app = middleware  # type: ignore[method-assign]
         app.extensions[EXTENSION_KEY] = self
         self._middlewares[id(app)] = middleware
         app.before_request(_load_peer)
-        guard = middleware.guard
-        responder = self.responder or default_responder
 
         def handle_refusal(error: RequestRefused) -> Response:
-            problem = route_refusal(
-                error,
-                method=request.method,
-                path=request.path,
-                peer=get_peer(),
-                responder=responder,
-                www_authenticate=guard.www_authenticate,
-            )
+            problem = guard.reject(error, request.method, request.path, get_peer()).response
+            assert problem is not None  # every refused verdict carries its response
             return Response(problem.body, status=problem.status, headers=list(problem.headers))
 
         app.register_error_handler(RequestRefused, handle_refusal)
+
+    def _new_guard(self) -> Guard:
+        return Guard(
+            policy=self.policy,
+            authenticators=self.authenticators,
+            responder=self.responder,
+            www_authenticate=self.www_authenticate,
+            memory=self.memory,
+        )
 
     def finalise(self, app: Flask) -> None:
         """Merge the views' rules into the policy now (else before the first request)."""

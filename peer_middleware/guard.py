@@ -34,13 +34,13 @@ from .errors import BadRequest, ConfigurationError, InvalidToken, RequestRefused
 from .memory import Memory, MemoryLimits
 from .paths import check_method, check_raw_target, normalise_path
 from .peer import Peer, Proof, never_still_valid
-from .policy import Decision, Policy, Route
+from .policy import Decision, Policy, Route, Rule
 from .proxies import could_be_rewritten, rewrite_evidence
 from .request import Authenticator, RequestView
 from .responses import ProblemResponse, Refusal, Responder, default_responder, respond
-from .routes import RouteResolver
+from .routes import RouteResolver, RouteTable
 
-__all__ = ["Guard", "Verdict", "logger", "route_refusal"]
+__all__ = ["Guard", "Verdict", "guard_from", "logger"]
 
 logger = logging.getLogger("peer_middleware")
 
@@ -56,10 +56,12 @@ class Verdict:
     was normalised); ``notes`` what the authenticators asked the log to
     mention. ``www_authenticate`` is the challenge of the credential that was
     refused, when it names one (an invalid bearer token); it replaces the
-    guard's default challenge in the 401 response.
+    guard's default challenge in the 401 response. ``response`` is what a
+    refused request gets on the wire (``None`` when allowed): the adapters
+    only serialise it.
     """
 
-    __slots__ = ("decision", "notes", "path", "peer", "route", "www_authenticate")
+    __slots__ = ("decision", "notes", "path", "peer", "response", "route", "www_authenticate")
 
     def __init__(
         self,
@@ -76,6 +78,7 @@ class Verdict:
         self.route = route
         self.notes = notes
         self.www_authenticate = www_authenticate
+        self.response: ProblemResponse | None = None
 
     @property
     def allowed(self) -> bool:
@@ -130,6 +133,7 @@ class Guard:
         "_forwarded",
         "_identities",
         "_rewrite_warned",
+        "_router",
         "_runs",
         "_secret_headers",
         "authenticators",
@@ -154,6 +158,7 @@ class Guard:
         if not isinstance(policy, Policy):
             raise ConfigurationError(f"policy must be a Policy, not {type(policy).__name__}")
         self.policy = policy
+        self._router: RouteResolver | None = None
         self.authenticators: tuple[Authenticator, ...] = tuple(authenticators)
         names: list[str] = []
         for authenticator in self.authenticators:
@@ -200,6 +205,30 @@ class Guard:
             for name in authenticator.header_names
         )
 
+    def use_routes(self, table: RouteTable) -> None:
+        """Apply the rules declared on ``table``'s routes, resolved by ``table``.
+
+        Called once, before the guard serves its first request (the adapters
+        do it when they are built, or before the first request for Flask).
+        Rule names that clash raise :class:`ConfigurationError`.
+        """
+        if self._router is not None:
+            raise ConfigurationError("this guard already has its routes")
+        policy = self.policy.with_routes(table.rules)
+        self.policy = policy
+        self._router = table if policy.routes else None
+        self.memory.clear()
+
+    def extend(self, rules: Iterable[Rule]) -> None:
+        """Append central ``rules`` to the policy (once, before serving)."""
+        self.policy = self.policy.extended(rules)
+        self.memory.clear()
+
+    @property
+    def reads_host(self) -> bool:
+        """True when the route a request reaches can depend on its ``Host`` header."""
+        return self._router is not None and self._router.reads_host
+
     def check(
         self,
         method: str,
@@ -212,7 +241,6 @@ class Guard:
         tls_chain: tuple[bytes | str, ...] | None = None,
         *,
         kind: object = None,
-        router: RouteResolver | None = None,
         request: object = None,
     ) -> Verdict:
         """Run the whole pipeline for one request.
@@ -227,11 +255,11 @@ class Guard:
         certificate chain (leaf first), needed only when :attr:`reads_tls` is
         True.
 
-        ``router`` finds the route the framework dispatches the request to
-        (``request`` is handed to it as it is), when the policy has rules
-        declared on routes; ``kind`` is everything else the route depends on
-        besides the method and path (the scope type, the host for host-based
-        routes), part of what the memory keys a verdict on.
+        ``request`` is the adapter's own request (scope, environ), handed as
+        it is to the route table (:meth:`use_routes`) to find the route the
+        framework dispatches to; ``kind`` is everything else the route depends
+        on besides the method and path (the scope type, the host when
+        :attr:`reads_host`), part of what the memory keys a verdict on.
         """
         normalised = path
         matched: str | None = None
@@ -342,7 +370,8 @@ class Guard:
             peer, checks, notes = known
             policy = self.policy
             decision = policy.decide(method, matched, peer, plans=memory.plans)
-            if decision.rule is None and router is not None and policy.routes:
+            router = self._router
+            if decision.rule is None and router is not None:
                 # No central rule decided: the rules declared on the route the
                 # framework will run may allow it.
                 route = self._route(router, request, method, normalised, root_path, kind)
@@ -394,13 +423,20 @@ class Guard:
         return None if route is _NO_ROUTE else route
 
     def _logged(self, verdict: Verdict, method: str, path: str) -> Verdict:
-        """``verdict``, once its decision is logged."""
-        if verdict.decision.quiet:
+        """``verdict``, once its decision is logged and, when refused, its response built.
+
+        Every verdict the guard hands out leaves through here: there is one
+        way to be refused.
+        """
+        decision = verdict.decision
+        if decision.quiet:
             # An allow with nothing to report is logged at DEBUG only.
             if logger.isEnabledFor(logging.DEBUG):
                 self.log(verdict, method, path)
-        else:
-            self.log(verdict, method, path)
+            return verdict
+        self.log(verdict, method, path)
+        if not decision.allowed and verdict.response is None:
+            verdict.response = self._response(verdict, method)
         return verdict
 
     def _authenticate(
@@ -484,11 +520,16 @@ class Guard:
             )
         return replace(primary, token=token)
 
-    def reject(self, error: RequestRefused, method: str, path: str) -> Verdict:
-        """A verdict for a request an adapter refused before :meth:`check`."""
-        verdict = Verdict(_error_decision(error), None, path[:200], None)
-        self.log(verdict, method, path)
-        return verdict
+    def reject(
+        self, error: RequestRefused, method: str, path: str, peer: Peer | None = None
+    ) -> Verdict:
+        """A refused verdict for ``error``: a request an adapter refused before
+        :meth:`check`, or one a route's own requirement refused inside the app
+        (then ``peer`` is the request's peer)."""
+        verdict = Verdict(
+            _error_decision(error), peer, path[:200], None, (), error.www_authenticate
+        )
+        return self._logged(verdict, method, path)
 
     def _client_if_trustworthy(
         self, client: tuple[str, int], forwarded_for: str | None, forwarded: str | None
@@ -515,7 +556,7 @@ class Guard:
             )
         return None
 
-    def refusal(self, verdict: Verdict, method: str) -> ProblemResponse:
+    def _response(self, verdict: Verdict, method: str) -> ProblemResponse:
         """The response for a refused verdict."""
         decision = verdict.decision
         www = (
@@ -558,29 +599,30 @@ class Guard:
         logger.log(level, message + "".join(extra_parts), *args, extra={"peer_middleware": fields})
 
 
-def route_refusal(
-    error: RequestRefused,
-    *,
-    method: str,
-    path: str,
-    peer: Peer | None,
-    responder: Responder,
+def guard_from(
+    policy: Policy | None,
+    authenticators: Iterable[Authenticator],
+    responder: Responder | None,
     www_authenticate: str | None,
-) -> ProblemResponse:
-    """Log a refusal raised inside a route (a per-route requirement) and build its response."""
-    fields = _log_fields(_error_decision(error), peer, method, path[:200], ())
-    logger.info(
-        "refused %s %r status=%s by a route requirement principal=%s reason=%r",
-        fields["method"],
-        fields["path"],
-        error.status,
-        fields["principal"],
-        error.reason,
-        extra={"peer_middleware": fields},
-    )
-    www = (error.www_authenticate or www_authenticate) if error.status == 401 else None
-    refusal = Refusal(error.status, error.reason, None, www, method, path, peer)
-    return respond(responder, refusal)
+    memory: MemoryLimits | None,
+    guard: Guard | None,
+) -> Guard:
+    """The guard given, or one built from the configuration (never both)."""
+    if guard is None:
+        if policy is None:
+            raise ConfigurationError("give policy= (and the rest of the configuration) or guard=")
+        return Guard(
+            policy=policy,
+            authenticators=authenticators,
+            responder=responder,
+            www_authenticate=www_authenticate,
+            memory=memory,
+        )
+    if not isinstance(guard, Guard):
+        raise ConfigurationError(f"guard must be a Guard, not {type(guard).__name__}")
+    if policy is not None or tuple(authenticators) or responder or www_authenticate or memory:
+        raise ConfigurationError("give guard= or the configuration it is built from, not both")
+    return guard
 
 
 def _memoizable(authenticator: Authenticator) -> bool:

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from .errors import BadRequest
-from .guard import Guard, Verdict
+from .guard import Guard, Verdict, guard_from
 from .memory import MemoryLimits
 from .paths import quote_path
 from .policy import Policy, Rule
@@ -114,57 +114,47 @@ def _tls_chain(environ: WSGIEnvironment) -> tuple[bytes | str, ...] | None:
 class PeerWSGIMiddleware:
     """Authenticate the calling service and enforce ``policy`` on every request.
 
-    ``routes`` is an optional callable returning the app's
+    Give either the configuration (``policy``, ``authenticators``,
+    ``responder``, ``www_authenticate``, ``memory``) or a ``guard`` built from
+    it. ``routes`` is an optional callable returning the app's
     :class:`~peer_middleware.routes.RouteTable`, and ``route_rules`` one
     returning extra central rules; both are called once, before the first
     request is served (the Flask integration uses ``routes`` for the rules
     declared on views, which are registered after the app is wrapped): rules
-    declared on a route apply to the route the app dispatches to.
-    ``memory`` bounds what the guard remembers. Everything else is validated
-    here.
+    declared on a route apply to the route the app dispatches to. Everything
+    else is validated here.
     """
 
     def __init__(
         self,
         app: WSGIApplication,
         *,
-        policy: Policy,
+        policy: Policy | None = None,
         authenticators: Iterable[Authenticator] = (),
         responder: Responder | None = None,
         www_authenticate: str | None = None,
         route_rules: Callable[[], Iterable[Rule]] | None = None,
         routes: Callable[[], RouteTable] | None = None,
         memory: MemoryLimits | None = None,
+        guard: Guard | None = None,
     ) -> None:
         self.app = app
-        self._options = {
-            "authenticators": tuple(authenticators),
-            "responder": responder,
-            "www_authenticate": www_authenticate,
-            "memory": memory,
-        }
-        self.guard = Guard(policy=policy, **self._options)  # type: ignore[arg-type]
+        self.guard = guard_from(policy, authenticators, responder, www_authenticate, memory, guard)
         self._route_rules = route_rules
-        self._routes_factory = routes
-        self._routes: RouteTable | None = None
-        self._host_routes = False
+        self._routes = routes
         self._finalised = route_rules is None and routes is None
         self._lock = threading.Lock()
         self._environ_keys = tuple((name, _environ_key(name)) for name in self.guard.header_names)
 
     def finalise(self) -> None:
-        """Merge the route rules into the policy now (done before the first request)."""
+        """Apply the route rules now (done before the first request)."""
         with self._lock:
             if self._finalised:
                 return
-            rules = self._route_rules() if self._route_rules is not None else ()
-            policy = self.guard.policy.extended(rules)
-            table = self._routes_factory() if self._routes_factory is not None else None
-            if table is not None:
-                policy = policy.with_routes(table.rules)
-            self.guard = Guard(policy=policy, **self._options)  # type: ignore[arg-type]
-            self._routes = table if table is not None and policy.routes else None
-            self._host_routes = self._routes is not None and self._routes.reads_host
+            if self._route_rules is not None:
+                self.guard.extend(self._route_rules())
+            if self._routes is not None:
+                self.guard.use_routes(self._routes())
             self._finalised = True
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -197,9 +187,7 @@ class PeerWSGIMiddleware:
             path = _wsgi_to_text(path_info)
             script_name = _wsgi_to_text(environ.get("SCRIPT_NAME", ""))
         except BadRequest as error:
-            return self._refuse(
-                guard, guard.reject(error, method, path_info), method, start_response
-            )
+            return self._refuse(guard.reject(error, method, path_info), start_response)
         query_string = environ.get("QUERY_STRING", "") if guard.reads_query else ""
         tls_chain = _tls_chain(environ) if guard.reads_tls else None
         verdict = guard.check(
@@ -211,12 +199,11 @@ class PeerWSGIMiddleware:
             "",
             query_string,
             tls_chain,
-            kind=environ.get("HTTP_HOST") if self._host_routes else None,
-            router=self._routes,
+            kind=environ.get("HTTP_HOST") if guard.reads_host else None,
             request=environ,
         )
         if not verdict.decision.allowed:
-            return self._refuse(guard, verdict, method, start_response)
+            return self._refuse(verdict, start_response)
         if verdict.path != path:
             new_path = _text_to_wsgi(verdict.path)
             environ["PATH_INFO"] = new_path
@@ -232,10 +219,9 @@ class PeerWSGIMiddleware:
         return self.app(environ, start_response)
 
     @staticmethod
-    def _refuse(
-        guard: Guard, verdict: Verdict, method: str, start_response: StartResponse
-    ) -> Iterable[bytes]:
-        response = guard.refusal(verdict, method)
+    def _refuse(verdict: Verdict, start_response: StartResponse) -> Iterable[bytes]:
+        response = verdict.response
+        assert response is not None  # every refused verdict carries its response
         headers = [*response.headers, ("content-length", str(len(response.body)))]
         status = _STATUS_LINES.get(response.status, f"{response.status} Refused")
         start_response(status, headers)

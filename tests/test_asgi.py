@@ -20,6 +20,7 @@ from peer_middleware import (
     Anyone,
     ConfigurationError,
     Decision,
+    Guard,
     Namespace,
     Peer,
     PeerMiddleware,
@@ -1396,7 +1397,13 @@ class UpperCaseHeader:
     ("options", "message"),
     [
         pytest.param({"policy": RULES}, "policy must be a Policy, not list", id="rules-list"),
-        pytest.param({"policy": None}, "policy must be a Policy, not NoneType", id="none"),
+        pytest.param({"policy": None}, "give policy= .* or guard=", id="none"),
+        pytest.param(
+            {"guard": Guard(policy=POLICY), "policy": POLICY},
+            "give guard= or the configuration it is built from, not both",
+            id="guard-and-policy",
+        ),
+        pytest.param({"guard": object()}, "guard must be a Guard, not object", id="not-a-guard"),
         pytest.param(
             {"policy": POLICY, "authenticators": [object()]},
             "is not an Authenticator",

@@ -9,7 +9,7 @@ audit rules and rules declared on routes.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -81,6 +81,7 @@ class Routes:
     """Routes as a router would dispatch them: /reports/<anything> is one route."""
 
     reads_host = False
+    rules: ClassVar[dict[Route, list[Any]]] = {REPORTS: [allow("reports", Principal(CALLERS[2]))]}
 
     def resolve(self, request: object, method: str, path: str) -> Route | None:
         assert isinstance(request, dict)
@@ -101,8 +102,7 @@ def policy() -> Policy:
             allow("health", Anyone(), methods=["GET", "HEAD"], paths="/healthz"),
             allow("shadow-open", Anyone(), paths="/x", shadow=True),
             audit("audit-orders", Namespace("shop", trust_domain=TD), paths="/orders/*"),
-        ],
-        routes={REPORTS: [allow("reports", Principal(CALLERS[2]))]},
+        ]
     )
 
 
@@ -166,7 +166,7 @@ def test_memory_off_changes_no_decision(stream: tuple[list[Any], list[Any]]) -> 
     ]
 
     def guard(memory: MemoryLimits | None) -> Guard:
-        return Guard(
+        built = Guard(
             policy=policy(),
             authenticators=[
                 XfccAuthenticator(trusted_proxies=["127.0.0.1"]),
@@ -174,9 +174,10 @@ def test_memory_off_changes_no_decision(stream: tuple[list[Any], list[Any]]) -> 
             ],
             memory=memory,
         )
+        built.use_routes(Routes())
+        return built
 
     remembering, forgetting = guard(None), guard(MemoryLimits.off())
-    routes = Routes()
     for op in ops:
         if op[0] == "advance":
             now[0] += op[1]
@@ -207,7 +208,6 @@ def test_memory_off_changes_no_decision(stream: tuple[list[Any], list[Any]]) -> 
                 client,
                 dict(headers),
                 kind=kind,
-                router=routes,
                 request={"type": kind},
             )
             outcomes.append(
