@@ -7,16 +7,24 @@ verifiers can drop what they cached. Sources:
 * :class:`StaticX509Bundle`: fixed certificates, per trust domain;
 * :class:`X509BundleFile`: a PEM file (one trust domain) or a SPIFFE bundle
   JSON file (one trust domain, or an object mapping several), reloaded when it
-  changes, from a daemon thread: a bad new file keeps the last good bundle
-  and logs an error;
-* :class:`SpiffeBundleSet`: several sources at once (federation);
+  changes, from a daemon thread: a new file that cannot be parsed keeps the
+  last good bundle and logs an error;
+* :class:`SpiffeBundleSet`: several sources at once (federation), each trust
+  domain in one of them only;
 * :class:`~peer_middleware.workload.WorkloadApiX509Source`: the SPIFFE
   Workload API (SPIRE agent), with the optional ``spiffe`` package.
 
 SPIFFE bundle JSON is a JWK set (SPIFFE Trust Domain and Bundle
 specification, section 4): the keys with ``"use": "x509-svid"`` each carry one
 CA certificate, base64 DER, in ``x5c``; keys for JWT-SVIDs and keys with an
-unknown ``use`` are ignored. Example::
+unknown ``use`` are ignored. A bundle's keys are authoritative for its trust
+domain (section 3): a well-formed bundle without any ``x509-svid`` key, such as
+``{"keys": []}``, means that no X.509-SVID of that trust domain is valid. It
+replaces the bundle it follows and every such SVID is then refused; it is not
+"invalid, keep the last one". A trust domain named twice, in one document
+(``"c.local"`` twice, or next to ``"spiffe://c.local"``) or by two sources of
+one :class:`SpiffeBundleSet`, is a configuration error: which of the two
+bundles is meant cannot be known. Example::
 
     bundles = SpiffeBundleSet(
         X509BundleFile("/etc/spiffe/bundle.pem", trust_domain="cluster.local"),
@@ -87,7 +95,15 @@ def _trust_domain(name: str) -> str:
     return configured_trust_domain(name)
 
 
-def _freeze(authorities: Mapping[str, Iterable[x509.Certificate]]) -> _Authorities:
+def _freeze(
+    authorities: Mapping[str, Iterable[x509.Certificate]], *, allow_empty: bool = False
+) -> _Authorities:
+    """Check and copy ``authorities``; ``allow_empty`` admits a trust domain without a CA.
+
+    An empty set of authorities is what a SPIFFE bundle without ``x509-svid``
+    keys says (every X.509-SVID of the trust domain is refused); a mapping
+    written in code with an empty list is taken for a mistake.
+    """
     frozen: dict[str, tuple[x509.Certificate, ...]] = {}
     if not isinstance(authorities, Mapping):
         raise ConfigurationError("authorities must map trust domain names to certificates")
@@ -96,7 +112,7 @@ def _freeze(authorities: Mapping[str, Iterable[x509.Certificate]]) -> _Authoriti
         if isinstance(certificates, x509.Certificate):
             certificates = (certificates,)
         certs = tuple(certificates)
-        if not certs:
+        if not certs and not allow_empty:
             raise ConfigurationError(f"trust domain {domain!r} has no CA certificate")
         for cert in certs:
             if not isinstance(cert, x509.Certificate):
@@ -124,10 +140,18 @@ _BUNDLE_ENTRY_ERRORS: tuple[type[Exception], ...] = (binascii.Error, *CERTIFICAT
 
 
 def parse_pem_bundle(data: bytes | str) -> tuple[x509.Certificate, ...]:
-    """The certificates of a PEM bundle; raises :class:`ValueError` if there are none."""
+    """The certificates of a PEM bundle; raises :class:`ValueError` if there are none.
+
+    PEM has no way to say "no certificate" on purpose: an empty file is what a
+    writer that truncated the file and has not written it yet leaves behind, so
+    it is refused like any other content that cannot be parsed (a SPIFFE bundle,
+    ``{"keys": []}``, says "trust nothing" unambiguously).
+    """
     raw = data.encode("ascii", "strict") if isinstance(data, str) else data
     if len(raw) > MAX_BUNDLE_BYTES:
         raise ValueError(f"bundle is larger than {MAX_BUNDLE_BYTES} bytes")
+    if b"-----BEGIN" not in raw:
+        raise ValueError("no certificate in the PEM bundle")
     try:
         certs = tuple(x509.load_pem_x509_certificates(raw))
     except CERTIFICATE_ERRORS as exc:
@@ -142,8 +166,11 @@ def parse_spiffe_bundle(document: bytes | str | Mapping[str, Any]) -> tuple[x509
 
     Keys whose ``use`` is ``x509-svid`` must carry exactly one certificate in
     ``x5c`` (SPIFFE Trust Domain and Bundle, section 4.2.2); others are
-    ignored. Raises :class:`ValueError` when the document is malformed or holds
-    no X.509 authority.
+    ignored. A bundle without such a key (``{"keys": []}``) gives an empty
+    tuple: its trust domain has no X.509 authority, and none of its SVIDs is
+    valid. Raises :class:`ValueError` when the document is malformed (not an
+    object, no ``keys`` array, a name given twice in one object, a key that
+    is not an object, an ``x509-svid`` key without exactly one certificate).
     """
     value = _load_json(document) if not isinstance(document, Mapping) else document
     keys = value.get("keys")
@@ -164,21 +191,94 @@ def parse_spiffe_bundle(document: bytes | str | Mapping[str, Any]) -> tuple[x509
         except _BUNDLE_ENTRY_ERRORS as exc:
             reason = f"SPIFFE bundle key {index}: x5c is not a certificate: {exc}"
             raise ValueError(reason) from None
-    if not certs:
-        raise ValueError("SPIFFE bundle holds no x509-svid key")
     return tuple(certs)
+
+
+class DuplicateJsonName(ValueError):
+    """A JSON object gives one name twice.
+
+    ``name`` is the name; ``top_level`` is true when the object is the
+    document's outermost one (in a bundle-set file, its names are trust domains).
+    """
+
+    def __init__(self, name: str, *, top_level: bool) -> None:
+        super().__init__(f"the name {name!r} appears twice in one JSON object")
+        self.name = name
+        self.top_level = top_level
+
+
+class _UniqueNames:
+    """A ``json.loads`` ``object_pairs_hook`` that notes the first name given twice.
+
+    Python's json keeps the last of two equal names silently, which would let
+    a second entry override the first unseen. Objects are completed innermost
+    first, so the last call is for the outermost object.
+    """
+
+    __slots__ = ("calls", "duplicate")
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.duplicate: tuple[str, int] | None = None
+
+    def __call__(self, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        self.calls += 1
+        value = dict(pairs)
+        if len(value) != len(pairs) and self.duplicate is None:
+            seen: set[str] = set()
+            for name, _ in pairs:
+                if name in seen:
+                    self.duplicate = (name, self.calls)
+                    break
+                seen.add(name)
+        return value
+
+
+def _parse_json(data: bytes | str) -> tuple[Any, DuplicateJsonName | None]:
+    """The parsed document, and the first name it gives twice in one object, if any."""
+    hook = _UniqueNames()
+    value = json.loads(data, object_pairs_hook=hook)
+    if hook.duplicate is None:
+        return value, None
+    name, call = hook.duplicate
+    return value, DuplicateJsonName(name, top_level=call == hook.calls)
+
+
+def strict_json_loads(data: bytes | str) -> Any:
+    """``json.loads``, refusing an object that gives a name twice.
+
+    RFC 8259 (section 4) leaves duplicate names to the parser, and RFC 7517
+    (section 4) lets a JWK parser refuse them: trust material is refused.
+    Raises :class:`DuplicateJsonName`, or the errors of ``json.loads``.
+    """
+    value, duplicate = _parse_json(data)
+    if duplicate is not None:
+        raise duplicate
+    return value
 
 
 def _load_json(document: bytes | str) -> Mapping[str, Any]:
     if len(document) > MAX_BUNDLE_BYTES:
         raise ValueError(f"bundle is larger than {MAX_BUNDLE_BYTES} bytes")
     try:
-        value = json.loads(document)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        value, duplicate = _parse_json(document)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ValueError(f"not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise ValueError("a SPIFFE bundle must be a JSON object")
+    if duplicate is not None:
+        if duplicate.top_level and "keys" not in value:
+            # The outermost object of a bundle-set file maps trust domains.
+            raise ValueError(f"trust domain {_shown_domain(duplicate.name)!r} given twice")
+        raise ValueError(str(duplicate))
     return value
+
+
+def _shown_domain(name: str) -> str:
+    try:
+        return _trust_domain(name)
+    except ConfigurationError:
+        return name
 
 
 def parse_trust_bundles(
@@ -189,7 +289,10 @@ def parse_trust_bundles(
     Accepted forms: PEM certificates (``trust_domain`` required); one SPIFFE
     bundle, a JWK set (``trust_domain`` required); a JSON object mapping trust
     domain names (``cluster.local`` or ``spiffe://cluster.local``) to SPIFFE
-    bundles. Raises :class:`ValueError` on anything else.
+    bundles. A SPIFFE bundle without ``x509-svid`` keys maps its trust domain
+    to an empty tuple (see :func:`parse_spiffe_bundle`). Raises
+    :class:`ValueError` on anything else, and when the mapping names a trust
+    domain twice (even as ``c.local`` and ``spiffe://c.local``).
     """
     if len(data) > MAX_BUNDLE_BYTES:
         raise ValueError(f"bundle is larger than {MAX_BUNDLE_BYTES} bytes")
@@ -206,11 +309,15 @@ def parse_trust_bundles(
     if not value:
         raise ValueError("empty JSON object: no trust domain")
     result: dict[str, tuple[x509.Certificate, ...]] = {}
+    named: set[str] = set()
     for name, bundle in value.items():
         try:
             domain = _trust_domain(name)
         except ConfigurationError as exc:
             raise ValueError(str(exc)) from None
+        if domain in named:
+            raise ValueError(f"trust domain {domain!r} given twice")
+        named.add(domain)
         if trust_domain is not None and domain != trust_domain:
             continue
         if not isinstance(bundle, Mapping):
@@ -227,7 +334,9 @@ def parse_trust_bundles(
 class StaticX509Bundle:
     """Fixed X.509 authorities: ``StaticX509Bundle({"cluster.local": [ca_cert, ...]})``.
 
-    Trust domain names may be given bare or as ``spiffe://<name>``.
+    Trust domain names may be given bare or as ``spiffe://<name>``; each needs
+    at least one certificate (:meth:`from_spiffe_bundle` also accepts a bundle
+    without any: its trust domain then trusts nothing).
     """
 
     __slots__ = ("_authorities",)
@@ -252,9 +361,12 @@ class StaticX509Bundle:
         raw = document.encode("utf-8") if isinstance(document, str) else document
         domain = None if trust_domain is None else _trust_domain(trust_domain)
         try:
-            return cls(parse_trust_bundles(raw, trust_domain=domain))
+            authorities = parse_trust_bundles(raw, trust_domain=domain)
         except ValueError as exc:
             raise ConfigurationError(f"SPIFFE bundle: {exc}") from exc
+        bundle = cls.__new__(cls)
+        bundle._authorities = _freeze(authorities, allow_empty=True)
+        return bundle
 
     @property
     def generation(self) -> int:
@@ -291,14 +403,20 @@ class X509BundleFile:
     ``path`` holds PEM certificates (then ``trust_domain`` is required), one
     SPIFFE bundle (``trust_domain`` required) or a JSON object mapping trust
     domain names to SPIFFE bundles (``trust_domain``, if given, selects one).
-    The file is read once here, and a bad file raises
-    :class:`ConfigurationError`: a service must not start without trust.
+    The file is read once here, and a file that cannot be read or parsed
+    raises :class:`ConfigurationError`: a service must not start without
+    trust. A well-formed SPIFFE bundle without ``x509-svid`` keys
+    (``{"keys": []}``) is not such a file: it loads, and its trust domain
+    trusts nothing (a warning is logged).
 
     Every ``reload_interval`` seconds a daemon thread compares the file's
     identity (inode, size, modification time) and, when that changed, its
     SHA-256; new contents are parsed off the request path and swapped in
-    atomically, and :attr:`generation` increases. A file that cannot be read or
-    parsed keeps the last good bundle and logs an error (once per distinct
+    atomically, and :attr:`generation` increases. A well-formed bundle always
+    replaces the last one, an empty one included: emptying a trust domain's
+    bundle revokes its CAs at the next reload. A file that cannot be read or
+    parsed (an empty or truncated PEM file, broken JSON, a trust domain given
+    twice) keeps the last good bundle and logs an error (once per distinct
     content). ``reload_interval=None`` starts no thread: call :meth:`reload`.
     Replacing the file with a rename (as Kubernetes does for mounted
     ConfigMaps and Secrets) is seen like any other change.
@@ -331,7 +449,8 @@ class X509BundleFile:
             authorities = parse_trust_bundles(data, trust_domain=self.trust_domain)
         except (OSError, ValueError) as exc:
             raise ConfigurationError(f"trust bundle {str(self.path)!r}: {exc}") from exc
-        self._authorities = _freeze(authorities)
+        self._authorities = _freeze(authorities, allow_empty=True)
+        self._warn_empty(self._authorities)
         self._signature = signature
         self._digest = hashlib.sha256(data).digest()
         self._stop = threading.Event()
@@ -396,7 +515,9 @@ class X509BundleFile:
             if digest == self._digest and not force:
                 return False
             try:
-                authorities = _freeze(parse_trust_bundles(data, trust_domain=self.trust_domain))
+                authorities = _freeze(
+                    parse_trust_bundles(data, trust_domain=self.trust_domain), allow_empty=True
+                )
             except (ValueError, ConfigurationError) as exc:
                 if digest != self._failed_digest:
                     logger.error(
@@ -408,6 +529,9 @@ class X509BundleFile:
                 return False
             self._failed_digest = None
             self._digest = digest
+            # The authorities first, then the generation: a verifier that reads
+            # the new generation is sure to find the new authorities, so what it
+            # caches under that generation (a store, a result) is never the old.
             self._authorities = authorities
             self._generation += 1
             logger.info(
@@ -415,7 +539,18 @@ class X509BundleFile:
                 str(self.path),
                 ", ".join(sorted(authorities)),
             )
+            self._warn_empty(authorities)
             return True
+
+    def _warn_empty(self, authorities: _Authorities) -> None:
+        for domain in sorted(authorities):
+            if not authorities[domain]:
+                logger.warning(
+                    "trust bundle %r: trust domain %r holds no X.509 authority: "
+                    "its X.509-SVIDs are all refused",
+                    str(self.path),
+                    domain,
+                )
 
     def close(self) -> None:
         """Stop watching the file (the current authorities stay usable)."""
@@ -439,14 +574,29 @@ class X509BundleFile:
         return f"X509BundleFile({str(self.path)!r}, trust_domains={sorted(self._authorities)!r})"
 
 
+def _trust_domains_of(source: X509BundleSource) -> frozenset[str]:
+    """The trust domains ``source`` says it knows (its ``trust_domains``, if it has one)."""
+    domains = getattr(source, "trust_domains", None)
+    if not isinstance(domains, Iterable) or isinstance(domains, (str, bytes)):
+        return frozenset()
+    return frozenset(domain for domain in domains if isinstance(domain, str))
+
+
 class SpiffeBundleSet:
     """Several bundle sources at once, for federation: ``SpiffeBundleSet(a, b, ...)``.
 
-    A trust domain's authorities come from the first source that knows it.
+    Each trust domain must come from one source only: two sources that both
+    know a trust domain (by their ``trust_domains``, which the sources of this
+    package have) are a :class:`ConfigurationError` here. A source that comes
+    to know a trust domain another source already knows (a reloaded file that
+    gained one) makes that trust domain trust nothing, with an error logged,
+    until only one source knows it: which bundle is meant cannot be known.
+    A source that knows a trust domain but holds no authority for it (an
+    empty SPIFFE bundle) is the answer: no other source is asked.
     :attr:`generation` changes whenever any source's does.
     """
 
-    __slots__ = ("_generation", "_lock", "_seen", "sources")
+    __slots__ = ("_generation", "_lock", "_reported", "_seen", "sources")
 
     def __init__(self, *sources: X509BundleSource) -> None:
         if not sources:
@@ -454,10 +604,24 @@ class SpiffeBundleSet:
         for source in sources:
             if not isinstance(source, X509BundleSource):
                 raise ConfigurationError(f"{source!r} is not an X509BundleSource")
+        owners: dict[str, X509BundleSource] = {}
+        for source in sources:
+            for domain in sorted(_trust_domains_of(source)):
+                owner = owners.get(domain)
+                if owner is not None:
+                    raise ConfigurationError(
+                        f"trust domain {domain!r} is in two bundle sources of one "
+                        f"SpiffeBundleSet: {owner!r} and {source!r}"
+                    )
+                owners[domain] = source
+        if len({id(source) for source in sources}) != len(sources):
+            raise ConfigurationError("SpiffeBundleSet() is given one bundle source twice")
         self.sources = tuple(sources)
         self._seen = tuple(source.generation for source in self.sources)
         self._generation = 0
         self._lock = threading.Lock()
+        # Trust domain known to several sources -> the sources' generations when logged.
+        self._reported: dict[str, tuple[int, ...]] = {}
 
     @property
     def generation(self) -> int:
@@ -469,12 +633,34 @@ class SpiffeBundleSet:
                     self._generation += 1
         return self._generation
 
-    def x509_authorities(self, trust_domain: str) -> Sequence[x509.Certificate] | None:
+    @property
+    def trust_domains(self) -> frozenset[str]:
+        """The trust domains its sources say they know (by their own ``trust_domains``)."""
+        domains: set[str] = set()
         for source in self.sources:
-            found = source.x509_authorities(trust_domain)
-            if found:
-                return found
-        return None
+            domains |= _trust_domains_of(source)
+        return frozenset(domains)
+
+    def x509_authorities(self, trust_domain: str) -> Sequence[x509.Certificate] | None:
+        found: Sequence[x509.Certificate] | None = None
+        for source in self.sources:
+            authorities = source.x509_authorities(trust_domain)
+            if authorities is None:
+                continue
+            if found is not None:
+                # Logged once per state of the sources, not on every request.
+                state = tuple(source.generation for source in self.sources)
+                if self._reported.get(trust_domain) != state:
+                    self._reported[trust_domain] = state
+                    logger.error(
+                        "trust domain %r is in more than one source of %r: "
+                        "its X.509-SVIDs are all refused",
+                        trust_domain,
+                        self,
+                    )
+                return ()
+            found = authorities
+        return found
 
     def __repr__(self) -> str:
         return f"SpiffeBundleSet{self.sources!r}"

@@ -29,7 +29,10 @@ fallback key, and no key material is ever taken from a token.
 Key material is checked when loaded: private or symmetric keys (``d``,
 ``k``), ``oct`` keys, keys whose ``use`` is not for signatures, keys whose
 ``key_ops`` exclude ``verify``, RSA keys under 2048 bits, keys without a
-``kid`` and duplicate ``kid`` values are skipped and logged.
+``kid`` and duplicate ``kid`` values are skipped and logged. A JSON document
+in which one object gives a name twice (two ``keys`` arrays, a JWK with two
+``use`` members) is refused as a whole, as content that cannot be parsed:
+Python's json would silently keep the last one.
 """
 
 from __future__ import annotations
@@ -37,7 +40,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import ipaddress
-import json
 import logging
 import math
 import os
@@ -56,6 +58,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from .bundles import DuplicateJsonName, strict_json_loads
 from .errors import ConfigurationError, PeerMiddlewareError
 from .spiffe import configured_trust_domain
 
@@ -237,7 +240,9 @@ def parse_jwks(
 
 def _decode_json(data: bytes, what: str) -> Any:
     try:
-        return json.loads(data)
+        return strict_json_loads(data)
+    except DuplicateJsonName as exc:
+        raise ValueError(f"{what}: {exc}") from None
     except (ValueError, RecursionError) as exc:
         raise ValueError(f"{what} is not JSON: {exc}") from None
 

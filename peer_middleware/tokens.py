@@ -31,7 +31,8 @@ precise reason in the decision log (the token itself is never logged):
    SHA-256, while it has not expired and its key is still published;
 3. shape: three base64url segments (compact JWS);
 4. header: ``alg`` in the configured allow-list of asymmetric algorithms
-   (``none`` and HMAC can never be configured); no ``jku``, ``x5u``, ``jwk``,
+   (``none`` and HMAC can never be configured; for JWT-SVIDs, only those of
+   the JWT-SVID specification, section 2.1); no ``jku``, ``x5u``, ``jwk``,
    ``x5c`` or ``crit``; ``typ`` absent, ``JWT`` or ``JOSE``; a ``kid``;
 5. key: chosen by ``kid`` in the configured key sources, never from the
    token; an unknown ``kid`` signals a rate-limited refresh and is refused;
@@ -72,21 +73,41 @@ from urllib.parse import parse_qsl
 import jwt
 
 from ._cache import BoundedCache
-from .request import RequestView
 from .errors import ConfigurationError, InvalidSpiffeIdError, InvalidToken, UntrustedIssuer
 from .keys import ASYMMETRIC_ALGORITHMS, KeySet, KeySource, KeysUnavailable, VerificationKey
 from .peer import Peer, Proof
+from .request import RequestView
 from .spiffe import SpiffeId, configured_trust_domain
 
 __all__ = [
     "DEFAULT_ALGORITHMS",
+    "JWT_SVID_ALGORITHMS",
+    "KUBERNETES_ALGORITHMS",
     "BearerTokenAuthenticator",
     "JwtSvidAuthenticator",
     "KubernetesTokenAuthenticator",
 ]
 
-#: The algorithms accepted unless configured otherwise.
-DEFAULT_ALGORITHMS = ("RS256", "ES256", "ES384", "PS256", "EdDSA")
+#: The signature algorithms of JWT-SVIDs (SPIFFE JWT-SVID specification,
+#: section 2.1: a validator must reject any other): the default of
+#: :class:`JwtSvidAuthenticator`, and all it may be configured with.
+JWT_SVID_ALGORITHMS = (
+    "RS256",
+    "RS384",
+    "RS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "PS256",
+    "PS384",
+    "PS512",
+)
+#: The algorithms :class:`KubernetesTokenAuthenticator` (and
+#: :class:`BearerTokenAuthenticator`) accept unless configured otherwise.
+KUBERNETES_ALGORITHMS = ("RS256", "ES256", "ES384", "PS256", "EdDSA")
+#: The earlier name of :data:`KUBERNETES_ALGORITHMS`, kept for compatibility.
+#: It is not the default of :class:`JwtSvidAuthenticator`.
+DEFAULT_ALGORITHMS = KUBERNETES_ALGORITHMS
 
 _FORBIDDEN_HEADERS = frozenset({"jku", "x5u", "jwk", "x5c", "crit"})
 _TYPES = frozenset({"JWT", "JOSE"})
@@ -193,7 +214,9 @@ class BearerTokenAuthenticator:
     ``issuers``
         the ``iss`` values accepted (required for Kubernetes tokens).
     ``algorithms``
-        allowed signature algorithms, a subset of the asymmetric ones.
+        allowed signature algorithms, a subset of the asymmetric ones
+        (default :data:`KUBERNETES_ALGORITHMS`; :class:`JwtSvidAuthenticator`
+        has its own).
     ``leeway``
         seconds of clock skew tolerated for ``exp``, ``nbf`` and ``iat``.
     ``header``
@@ -216,7 +239,7 @@ class BearerTokenAuthenticator:
         keys: KeySource | Iterable[KeySource],
         audience: str | Iterable[str],
         issuers: str | Iterable[str] | None = None,
-        algorithms: Iterable[str] = DEFAULT_ALGORITHMS,
+        algorithms: Iterable[str] = KUBERNETES_ALGORITHMS,
         leeway: float = 30.0,
         header: str | None = None,
         query_parameter: str | None = None,
@@ -532,7 +555,9 @@ class JwtSvidAuthenticator(BearerTokenAuthenticator):
     With :class:`~peer_middleware.keys.SpiffeJwtBundle` keys, a token is
     verified only by a key of its ``sub``'s trust domain. ``trust_domains``
     additionally limits the trust domains accepted. ``issuers`` is optional
-    (the specification does not require ``iss``).
+    (the specification does not require ``iss``). ``algorithms`` defaults to
+    :data:`JWT_SVID_ALGORITHMS`, the specification's nine (section 2.1); any
+    other, ``EdDSA`` included, is a :class:`ConfigurationError`.
     """
 
     kind = "jwt-svid"
@@ -545,7 +570,7 @@ class JwtSvidAuthenticator(BearerTokenAuthenticator):
         audience: str | Iterable[str],
         trust_domains: Iterable[str] | None = None,
         issuers: str | Iterable[str] | None = None,
-        algorithms: Iterable[str] = DEFAULT_ALGORITHMS,
+        algorithms: Iterable[str] = JWT_SVID_ALGORITHMS,
         leeway: float = 30.0,
         header: str | None = None,
         query_parameter: str | None = None,
@@ -563,11 +588,19 @@ class JwtSvidAuthenticator(BearerTokenAuthenticator):
             self.trust_domains: frozenset[str] | None = frozenset(domains)
         else:
             self.trust_domains = None
+        # A tuple: the caller's iterable may be read only once.
+        chosen = (algorithms,) if isinstance(algorithms, str) else tuple(algorithms)
+        refused = sorted({str(a) for a in chosen} - frozenset(JWT_SVID_ALGORITHMS))
+        if refused:
+            raise ConfigurationError(
+                f"JWT-SVID algorithms must be among {', '.join(JWT_SVID_ALGORITHMS)} "
+                f"(JWT-SVID specification, section 2.1); refused: {refused}"
+            )
         super().__init__(
             keys=keys,
             audience=audience,
             issuers=issuers,
-            algorithms=algorithms,
+            algorithms=chosen,
             leeway=leeway,
             header=header,
             query_parameter=query_parameter,
@@ -637,7 +670,7 @@ class KubernetesTokenAuthenticator(BearerTokenAuthenticator):
         audience: str | Iterable[str],
         issuers: str | Iterable[str],
         trust_domain: str,
-        algorithms: Iterable[str] = DEFAULT_ALGORITHMS,
+        algorithms: Iterable[str] = KUBERNETES_ALGORITHMS,
         leeway: float = 30.0,
         header: str | None = None,
         query_parameter: str | None = None,

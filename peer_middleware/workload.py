@@ -12,7 +12,10 @@ a worker thread: :meth:`WorkloadApiX509Source.open` does the latter::
 
 Every update (rotation, federation changes) replaces a snapshot that
 :meth:`~WorkloadApiX509Source.x509_authorities` reads without locking or
-blocking, and increases :attr:`~WorkloadApiX509Source.generation`.
+blocking, and increases :attr:`~WorkloadApiX509Source.generation`. A bundle
+that the update carries without any X.509 authority stays known, with none:
+its trust domain's X.509-SVIDs are then refused (a warning is logged when a
+trust domain becomes so).
 """
 
 from __future__ import annotations
@@ -113,16 +116,25 @@ class WorkloadApiX509Source:
             context = self._source.get_x509_context()
             authorities: dict[str, tuple[x509.Certificate, ...]] = {}
             for bundle in context.x509_bundle_set.bundles:
-                certs = tuple(bundle.x509_authorities)
-                if certs:
-                    authorities[str(bundle.trust_domain)] = certs
+                # An empty bundle is kept: it says the trust domain trusts nothing
+                # (rather than that this source does not know it).
+                authorities[str(bundle.trust_domain)] = tuple(bundle.x509_authorities)
         except Exception:
             # Keep the last good snapshot; the Workload API client retries.
             logger.exception("SPIFFE Workload API update could not be read; keeping the last one")
             return
         with self._lock:
+            previous = self._authorities
+            # The authorities first, then the generation (see X509BundleFile.reload).
             self._authorities = authorities
             self._generation += 1
+        for domain in sorted(authorities):
+            if not authorities[domain] and previous.get(domain) != ():
+                logger.warning(
+                    "SPIFFE Workload API: trust domain %r holds no X.509 authority: "
+                    "its X.509-SVIDs are all refused",
+                    domain,
+                )
 
     @property
     def generation(self) -> int:

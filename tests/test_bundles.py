@@ -119,7 +119,9 @@ SPIFFE_BUNDLES: list[tuple[str, Callable[[dict[str, TestCA]], str], str]] = [
     ("not-object", lambda c: "[1]", "a SPIFFE bundle must be a JSON object"),
     ("no-keys", lambda c: "{}", "SPIFFE bundle has no 'keys' array"),
     ("key-not-object", lambda c: jwks(1), "SPIFFE bundle key 0 is not an object"),  # type: ignore[arg-type]
-    ("no-x509-key", lambda c: jwks({"use": "jwt-svid"}), "SPIFFE bundle holds no x509-svid key"),
+    # No X.509 authority: a well-formed bundle whose trust domain trusts nothing.
+    ("no-x509-key", lambda c: jwks({"use": "jwt-svid"}), "empty"),
+    ("no-key", lambda c: jwks(), "empty"),
     (
         "two-certs-in-x5c",
         lambda c: jwks({"use": "x509-svid", "x5c": [b64der(c["a"]), b64der(c["a"])]}),
@@ -147,6 +149,9 @@ def test_parse_spiffe_bundle(
     document = make(cas)
     if expected == "ok":
         assert parse_spiffe_bundle(document) == (cas["a"].certificate,)
+        return
+    if expected == "empty":
+        assert parse_spiffe_bundle(document) == ()
         return
     with pytest.raises(ValueError, match=r".") as caught:
         parse_spiffe_bundle(document)
@@ -222,14 +227,16 @@ def test_parse_trust_bundles_errors(data: bytes, trust_domain: str | None, messa
 
 
 def test_federation_picks_the_bundle_by_trust_domain(cas: dict[str, TestCA]) -> None:
-    first = StaticX509Bundle({TD: [cas["a"].certificate]})
-    second = StaticX509Bundle(
-        {TD: [cas["a2"].certificate], "partner.example": [cas["partner"].certificate]}
-    )
+    first = StaticX509Bundle({TD: [cas["a"].certificate, cas["a2"].certificate]})
+    second = StaticX509Bundle({"partner.example": [cas["partner"].certificate]})
     bundles = SpiffeBundleSet(first, second)
-    assert bundles.x509_authorities(TD) == (cas["a"].certificate,)
+    assert bundles.x509_authorities(TD) == (cas["a"].certificate, cas["a2"].certificate)
     assert bundles.x509_authorities("partner.example") == (cas["partner"].certificate,)
     assert bundles.x509_authorities("nobody.example") is None
+    assert bundles.trust_domains == {TD, "partner.example"}
+    # Each trust domain from one source only (tests/test_trust_regressions.py has more).
+    with pytest.raises(ConfigurationError, match=r"trust domain 'cluster\.local' is in two"):
+        SpiffeBundleSet(first, StaticX509Bundle({TD: [cas["a2"].certificate]}))
 
 
 def test_bundle_set_generation_follows_its_sources() -> None:

@@ -19,10 +19,11 @@ from peer_middleware import (
     Proof,
     StaticJwks,
 )
-from peer_middleware.core import RequestView
 from peer_middleware.errors import AuthenticationFailed, UntrustedIssuer
 from peer_middleware.keys import SpiffeJwtBundle
+from peer_middleware.request import RequestView
 from peer_middleware.testing.tokens import SigningKey, TokenMinter, certificate_thumbprint
+from peer_middleware.tokens import JWT_SVID_ALGORITHMS
 
 ISSUER = "https://kubernetes.default.svc.cluster.local"
 AUDIENCE = "payments"
@@ -113,9 +114,16 @@ def test_jwt_svid_sub_becomes_the_spiffe_id(
     source = SpiffeJwtBundle({"example.org": bundle})
     try:
         auth = JwtSvidAuthenticator(keys=source, audience=AUDIENCE, clock=clock)
-        peer = auth.authenticate(
-            bearer(minter.jwt_svid("spiffe://example.org/ns/shop/sa/cart", AUDIENCE))
-        )
+        token = minter.jwt_svid("spiffe://example.org/ns/shop/sa/cart", AUDIENCE)
+        if signing_key.algorithm not in JWT_SVID_ALGORITHMS:
+            # EdDSA: not a JWT-SVID algorithm (JWT-SVID specification, section 2.1).
+            error = refused(auth, bearer(token))
+            assert (
+                error.reason
+                == f"jwt-svid token: algorithm {signing_key.algorithm!r} is not allowed"
+            )
+            return
+        peer = auth.authenticate(bearer(token))
         assert peer is not None
         assert peer.principal == "spiffe://example.org/ns/shop/sa/cart"
         # The same key, but the sub is of another trust domain: refused.

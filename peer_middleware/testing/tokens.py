@@ -37,8 +37,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 __all__ = ["JwksServer", "KeyKind", "SigningKey", "TokenMinter", "certificate_thumbprint"]
 
-KeyKind = Literal["rsa", "ec", "ec384", "ed25519"]
-_ALGORITHMS: dict[str, str] = {"rsa": "RS256", "ec": "ES256", "ec384": "ES384", "ed25519": "EdDSA"}
+KeyKind = Literal["rsa", "ec", "ec384", "ec521", "ed25519"]
+_ALGORITHMS: dict[str, str] = {
+    "rsa": "RS256",
+    "ec": "ES256",
+    "ec384": "ES384",
+    "ec521": "ES512",
+    "ed25519": "EdDSA",
+}
 
 
 class SigningKey:
@@ -53,6 +59,8 @@ class SigningKey:
             self.private_key = ec.generate_private_key(ec.SECP256R1())
         elif kind == "ec384":
             self.private_key = ec.generate_private_key(ec.SECP384R1())
+        elif kind == "ec521":
+            self.private_key = ec.generate_private_key(ec.SECP521R1())
         elif kind == "ed25519":
             self.private_key = ed25519.Ed25519PrivateKey.generate()
         else:
