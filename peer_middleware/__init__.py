@@ -23,10 +23,7 @@ from .errors import (
 from .forwarded import ForwardedCertificateAuthenticator, LinkerdIdentityAuthenticator, Preset
 from .guard import Guard
 from .keys import JwksUrl, KeySource, KeysUnavailable, OidcDiscovery, SpiffeJwtBundle, StaticJwks
-from .memory import MemoryLimits
-from .peer import Peer, Proof
-from .policy import (
-    Action,
+from .matchers import (
     AllOf,
     AnyOf,
     Anyone,
@@ -34,28 +31,26 @@ from .policy import (
     CertificateBound,
     CertificateVerified,
     Claim,
-    Decision,
     HasToken,
     Issuer,
+    Matcher,
     Namespace,
     Not,
-    Policy,
     Principal,
     ProvenBy,
     RequestPrincipal,
-    Route,
-    Rule,
     ServiceAccount,
     SidecarAsserted,
     TrustDomain,
     Who,
-    allow,
-    audit,
-    deny,
 )
+from .memory import MemoryLimits
+from .peer import Peer, Proof
+from .policy import Policy
 from .proxies import TrustedProxies
 from .request import Authenticator, RequestView
 from .responses import ProblemResponse, Refusal, default_responder
+from .rules import Action, Decision, Route, Rule, allow, audit, deny
 from .spiffe import SpiffeId
 from .tokens import BearerTokenAuthenticator, JwtSvidAuthenticator, KubernetesTokenAuthenticator
 from .wsgi import DECISION_ENVIRON_KEY, PEER_ENVIRON_KEY, PeerWSGIMiddleware
@@ -96,6 +91,7 @@ __all__ = [
     "KeysUnavailable",
     "KubernetesTokenAuthenticator",
     "LinkerdIdentityAuthenticator",
+    "Matcher",
     "MemoryLimits",
     "MtlsAuthenticator",
     "Namespace",

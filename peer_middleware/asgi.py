@@ -32,11 +32,12 @@ from typing import Any
 from .guard import Guard, Verdict, guard_from, logger
 from .memory import MemoryLimits
 from .paths import quote_path
-from .policy import Policy, Rule
+from .policy import Policy
 from .proxies import connection_client
 from .request import Authenticator
 from .responses import Responder
 from .routes import RouteTable
+from .rules import Rule
 
 __all__ = ["DECISION_SCOPE_KEY", "PEER_SCOPE_KEY", "PeerMiddleware"]
 

@@ -47,12 +47,14 @@ from starlette.websockets import WebSocket
 from .asgi import DECISION_SCOPE_KEY, PEER_SCOPE_KEY, PeerMiddleware
 from .errors import AccessDenied, AuthenticationFailed, RequestRefused
 from .guard import Guard
+from .matchers import Matcher
 from .memory import MemoryLimits
 from .peer import Peer
-from .policy import Policy, Route, Rule, Who
+from .policy import Policy
 from .request import Authenticator
 from .responses import Responder
 from .routes import Requirement, declared_rules
+from .rules import Route, Rule
 
 __all__ = [
     "CurrentPeer",
@@ -102,7 +104,7 @@ class RouteRequirement:
 
     __slots__ = ("name", "requirement", "who")
 
-    def __init__(self, who: Who, name: str | None = None) -> None:
+    def __init__(self, who: Matcher, name: str | None = None) -> None:
         self.requirement = Requirement(who, name)
         self.who = who
         self.name = name
@@ -118,7 +120,7 @@ class RouteRequirement:
         return f"require({self.who.describe()})"
 
 
-def require(who: Who, *, name: str | None = None) -> Any:
+def require(who: Matcher, *, name: str | None = None) -> Any:
     """A route dependency that allows ``who`` on this route (see the module doc).
 
     Use it in ``dependencies=[...]`` of a route, router or app, or as a

@@ -46,12 +46,14 @@ from werkzeug.local import LocalProxy
 
 from .errors import AccessDenied, AuthenticationFailed, ConfigurationError, RequestRefused
 from .guard import Guard
+from .matchers import Matcher
 from .memory import MemoryLimits
 from .peer import Peer
-from .policy import Policy, Route, Rule, Who
+from .policy import Policy
 from .request import Authenticator
 from .responses import Responder
 from .routes import Requirement, declared_rules
+from .rules import Route, Rule
 from .wsgi import DECISION_ENVIRON_KEY, PEER_ENVIRON_KEY, PeerWSGIMiddleware, _text_to_wsgi
 
 __all__ = [
@@ -79,12 +81,12 @@ def get_peer() -> Peer | None:
 current_peer: Peer = cast(Peer, LocalProxy(get_peer))
 
 
-def require(who: Who, *, name: str | None = None) -> Callable[[F], F]:
+def require(who: Matcher, *, name: str | None = None) -> Callable[[F], F]:
     """Declare on a view that ``who`` may call it (see the module doc)."""
     Requirement(who, name)  # validated now, at import time
 
     def decorate(view: F) -> F:
-        existing: list[tuple[Who, str | None]] = list(getattr(view, _REQUIREMENTS, ()))
+        existing: list[tuple[Matcher, str | None]] = list(getattr(view, _REQUIREMENTS, ()))
         inner = getattr(view, "__wrapped_view__", view)
 
         @functools.wraps(inner)
@@ -100,7 +102,7 @@ def require(who: Who, *, name: str | None = None) -> Callable[[F], F]:
     return decorate
 
 
-def _check(requirements: list[tuple[Who, str | None]]) -> None:
+def _check(requirements: list[tuple[Matcher, str | None]]) -> None:
     if DECISION_ENVIRON_KEY not in request.environ:
         # The middleware is not in front of this app: refuse, never assume.
         raise AuthenticationFailed("peer_middleware is not installed in front of this view")
@@ -227,7 +229,7 @@ class PeerAuth:
         """Merge the views' rules into the policy now (else before the first request)."""
         self._middlewares[id(app)].finalise()
 
-    def require(self, who: Who, *, name: str | None = None) -> Callable[[F], F]:
+    def require(self, who: Matcher, *, name: str | None = None) -> Callable[[F], F]:
         """Same as the module-level :func:`require`."""
         return require(who, name=name)
 

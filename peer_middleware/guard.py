@@ -34,11 +34,12 @@ from .errors import BadRequest, ConfigurationError, InvalidToken, RequestRefused
 from .memory import Memory, MemoryLimits
 from .paths import check_method, check_raw_target, normalise_path
 from .peer import Peer, Proof, never_still_valid
-from .policy import Decision, Policy, Route, Rule
+from .policy import Policy
 from .proxies import could_be_rewritten, rewrite_evidence
 from .request import Authenticator, RequestView
 from .responses import ProblemResponse, Refusal, Responder, default_responder, respond
 from .routes import RouteResolver, RouteTable
+from .rules import Decision, Route, Rule
 
 __all__ = ["Guard", "Verdict", "guard_from", "logger"]
 

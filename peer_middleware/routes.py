@@ -4,7 +4,7 @@ A rule declared on a route (``require(...)`` in FastAPI and Flask) applies to
 the route the framework dispatches a request to, and to nothing else: never
 to a path pattern that happens to match a neighbour. Each integration
 therefore provides a :class:`RouteTable`: the rules declared on its routes,
-keyed by :class:`~peer_middleware.policy.Route`, and a ``resolve`` that finds
+keyed by :class:`~peer_middleware.rules.Route`, and a ``resolve`` that finds
 the route the framework's own router will pick for a request (same order,
 converters, methods, mounts and websockets, by calling the router's own
 matching code). The guard asks it only when no central rule decided.
@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from .errors import ConfigurationError
-from .policy import AllOf, Route, Rule, Who, allow
+from .matchers import AllOf, Matcher
+from .rules import Route, Rule, allow
 
 __all__ = ["Requirement", "RouteResolver", "RouteTable", "declared_rules"]
 
@@ -56,11 +57,11 @@ class RouteTable(RouteResolver, Protocol):
 class Requirement:
     """``who`` may call the route it is declared on; ``name`` names the rule."""
 
-    who: Who
+    who: Matcher
     name: str | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.who, Who):
+        if not isinstance(self.who, Matcher):
             raise ConfigurationError(f"require(): {self.who!r} is not a matcher")
         if self.name is not None and (not isinstance(self.name, str) or not self.name.strip()):
             raise ConfigurationError("require(): name must be a non-empty string")

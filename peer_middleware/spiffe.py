@@ -116,9 +116,6 @@ class SpiffeId:
     uri: str = field(compare=False, repr=False)
     namespace: str | None = field(compare=False, repr=False)
     service_account: str | None = field(compare=False, repr=False)
-    #: Keys under which compiled policies index rules that name this ID, its
-    #: trust domain or its namespace (see :mod:`peer_middleware.policy`).
-    match_keys: tuple[tuple[str, str], ...] = field(compare=False, repr=False, default=())
 
     @classmethod
     def parse(cls, value: str) -> SpiffeId:
@@ -191,7 +188,4 @@ def _parse_cached(value: str) -> SpiffeId:
         raise type(exc)(value, exc.detail) from None
     _validate_path(value, path)
     namespace, service_account = _kubernetes_parts(path)
-    keys: tuple[tuple[str, str], ...] = (("id", value), ("td", trust_domain))
-    if namespace is not None:
-        keys += (("ns", f"{trust_domain}/{namespace}"),)
-    return SpiffeId(trust_domain, path, value, namespace, service_account, keys)
+    return SpiffeId(trust_domain, path, value, namespace, service_account)

@@ -36,10 +36,11 @@ from .errors import BadRequest
 from .guard import Guard, Verdict, guard_from
 from .memory import MemoryLimits
 from .paths import quote_path
-from .policy import Policy, Rule
+from .policy import Policy
 from .request import Authenticator
 from .responses import Responder
 from .routes import RouteTable
+from .rules import Rule
 from .servers import peer_certificate_chain
 
 if TYPE_CHECKING:

@@ -320,29 +320,6 @@ def test_namespace_and_service_account(value, namespace, service_account):
     assert sid.service_account == service_account
 
 
-@pytest.mark.parametrize(
-    ("value", "keys"),
-    [
-        (
-            "spiffe://cluster.local/ns/shop/sa/checkout",
-            (
-                ("id", "spiffe://cluster.local/ns/shop/sa/checkout"),
-                ("td", "cluster.local"),
-                ("ns", "cluster.local/shop"),
-            ),
-        ),
-        (
-            "spiffe://td/ns/a/sa/b/c",
-            (("id", "spiffe://td/ns/a/sa/b/c"), ("td", "td")),
-        ),
-        ("spiffe://td", (("id", "spiffe://td"), ("td", "td"))),
-    ],
-    ids=["kubernetes", "not-kubernetes", "trust-domain-only"],
-)
-def test_match_keys(value, keys):
-    assert SpiffeId.parse(value).match_keys == keys
-
-
 def test_equality_and_hash():
     a = SpiffeId.parse("spiffe://td/a/b")
     b = SpiffeId.from_parts("td", "/a/b")
