@@ -90,8 +90,11 @@ from peer_middleware import (  # noqa: E402
     allow,
     deny,
 )
+from peer_middleware.authenticators import (  # noqa: E402
+    ForwardedCertificateAuthenticator,
+    MtlsAuthenticator,
+)
 from peer_middleware.bundles import StaticX509Bundle  # noqa: E402
-from peer_middleware.forwarded import ForwardedCertificateAuthenticator  # noqa: E402
 from peer_middleware.keys import StaticJwks  # noqa: E402
 from peer_middleware.testing import (  # noqa: E402
     TestCA,
@@ -102,7 +105,6 @@ from peer_middleware.testing import (  # noqa: E402
     xfcc_header,
 )
 from peer_middleware.x509 import (  # noqa: E402
-    MtlsAuthenticator,
     X509SvidVerifier,
     svid_extension_policies,
 )

@@ -13,13 +13,12 @@ from __future__ import annotations
 from _common import fuzz, instrumented, latin1, lines
 
 with instrumented():
-    from peer_middleware.bundles import StaticX509Bundle
-    from peer_middleware.errors import AuthenticationFailed
-    from peer_middleware.forwarded import (
+    from peer_middleware.authenticators import (
         ForwardedCertificateAuthenticator,
         LinkerdIdentityAuthenticator,
-        Preset,
-        _Bad,
+    )
+    from peer_middleware.bundles import StaticX509Bundle
+    from peer_middleware.certs import (
         decode_der_base64,
         decode_der_base64_list,
         decode_der_concatenation,
@@ -27,6 +26,8 @@ with instrumented():
         decode_sf_binary,
         decode_sf_binary_list,
     )
+    from peer_middleware.errors import AuthenticationFailed, CertificateDecodingError
+    from peer_middleware.presets import Preset
     from peer_middleware.request import RequestView
     from peer_middleware.spiffe import SpiffeId
     from peer_middleware.x509 import X509SvidVerifier
@@ -112,7 +113,7 @@ def test_one_input(data: bytes) -> None:
         for decode in DECODERS:
             try:
                 certs = decode(first)
-            except _Bad:
+            except CertificateDecodingError:
                 continue
             assert isinstance(certs, (bytes, list))
     request = RequestView("GET", "/", ("127.0.0.1", 1), headers)

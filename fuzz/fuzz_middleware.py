@@ -28,8 +28,8 @@ with instrumented():
         audit,
         deny,
     )
+    from peer_middleware.authenticators import ForwardedCertificateAuthenticator
     from peer_middleware.bundles import StaticX509Bundle
-    from peer_middleware.forwarded import ForwardedCertificateAuthenticator
     from peer_middleware.keys import StaticJwks
     from peer_middleware.tokens import JwtSvidAuthenticator
     from peer_middleware.x509 import X509SvidVerifier

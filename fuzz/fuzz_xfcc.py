@@ -11,11 +11,12 @@ from __future__ import annotations
 from _common import fuzz, instrumented, latin1
 
 with instrumented():
+    from peer_middleware.authenticators import XfccAuthenticator
     from peer_middleware.bundles import StaticX509Bundle
     from peer_middleware.errors import AuthenticationFailed
     from peer_middleware.request import RequestView
     from peer_middleware.x509 import X509SvidVerifier
-    from peer_middleware.xfcc import XfccAuthenticator, XfccSyntaxError, format_xfcc, parse_xfcc
+    from peer_middleware.xfcc import XfccSyntaxError, format_xfcc, parse_xfcc
 
 import contextlib
 

@@ -9,6 +9,12 @@ per-route rules before the handler runs. See the README for a tour.
 from __future__ import annotations
 
 from .asgi import DECISION_SCOPE_KEY, PEER_SCOPE_KEY, PeerMiddleware
+from .authenticators import (
+    ForwardedCertificateAuthenticator,
+    LinkerdIdentityAuthenticator,
+    MtlsAuthenticator,
+    XfccAuthenticator,
+)
 from .bundles import SpiffeBundleSet, StaticX509Bundle, X509BundleFile, X509BundleSource
 from .errors import (
     AccessDenied,
@@ -20,7 +26,6 @@ from .errors import (
     PeerMiddlewareError,
     RequestRefused,
 )
-from .forwarded import ForwardedCertificateAuthenticator, LinkerdIdentityAuthenticator, Preset
 from .guard import Guard
 from .keys import JwksUrl, KeySource, KeysUnavailable, OidcDiscovery, SpiffeJwtBundle, StaticJwks
 from .matchers import (
@@ -47,6 +52,7 @@ from .matchers import (
 from .memory import MemoryLimits
 from .peer import Peer, Proof
 from .policy import Policy
+from .presets import Preset
 from .proxies import TrustedProxies
 from .request import Authenticator, RequestView
 from .responses import ProblemResponse, Refusal, default_responder
@@ -54,8 +60,8 @@ from .rules import Action, Decision, Route, Rule, allow, audit, deny
 from .spiffe import SpiffeId
 from .tokens import BearerTokenAuthenticator, JwtSvidAuthenticator, KubernetesTokenAuthenticator
 from .wsgi import DECISION_ENVIRON_KEY, PEER_ENVIRON_KEY, PeerWSGIMiddleware
-from .x509 import MtlsAuthenticator, VerifiedSvid, X509SvidVerifier
-from .xfcc import XfccAuthenticator, XfccElement, format_xfcc, parse_xfcc
+from .x509 import VerifiedSvid, X509SvidVerifier
+from .xfcc import XfccElement, format_xfcc, parse_xfcc
 
 __version__ = "0.1.0"
 

@@ -10,6 +10,7 @@ One root, split by meaning::
     └── RequestRefused                         a request that must not reach the app
         ├── BadRequest            400  malformed path, method or header
         ├── AuthenticationFailed  401  a credential was presented and is invalid
+        │   ├── CertificateDecodingError  a certificate sent as text cannot be decoded
         │   └── InvalidToken              a bearer token (``Bearer error="invalid_token"``)
         │       └── UntrustedIssuer       not from an issuer this authenticator accepts
         └── AccessDenied          403  raised by per-route checks inside handlers
@@ -20,10 +21,14 @@ caller sees never contains it: refusals have fixed, generic bodies.
 
 from __future__ import annotations
 
+from typing import Literal
+
 __all__ = [
     "AccessDenied",
     "AuthenticationFailed",
     "BadRequest",
+    "CertificateDecodingError",
+    "CertificateFault",
     "ConfigurationError",
     "InvalidSpiffeIdError",
     "InvalidToken",
@@ -182,6 +187,35 @@ class AuthenticationFailed(RequestRefused):
     ) -> None:
         self.scheme = scheme
         self.www_authenticate = www_authenticate
+        super().__init__(reason)
+
+
+#: What is wrong with a certificate sent as text (:attr:`CertificateDecodingError.fault`).
+CertificateFault = Literal[
+    "too-many",  # more certificates than the limit (counted before any is decoded)
+    "pem-text",  # text outside the PEM CERTIFICATE blocks
+    "pem-truncated",  # a PEM block without its END line
+    "pem-empty",  # no PEM block at all
+    "base64",  # not base64: a character outside the alphabet, truncated, empty, not ASCII
+    "url-encoding",  # %XX escapes that are not UTF-8
+    "structured-field",  # not an RFC 8941 byte sequence, or a list of them
+    "der",  # DER written back to back that does not split into certificates
+]
+
+
+class CertificateDecodingError(AuthenticationFailed):
+    """A certificate, or a chain of them, sent as text cannot be decoded (401).
+
+    Raised by the decoders of :mod:`peer_middleware.certs` (PEM, base64 DER,
+    RFC 8941 byte sequences, DER written back to back) before anything is
+    parsed as a certificate, and again by their callers with their context
+    (the forwarded-certificate authenticator puts the header's name in front
+    of the reason). ``fault`` says what is wrong, as one short, stable
+    :data:`CertificateFault`; the reason says where.
+    """
+
+    def __init__(self, reason: str, *, fault: CertificateFault) -> None:
+        self.fault: CertificateFault = fault
         super().__init__(reason)
 
 

@@ -51,15 +51,19 @@ from cryptography.x509.verification import (
 
 from ._cache import BoundedCache
 from .bundles import CERTIFICATE_ERRORS, X509BundleSource
-from .errors import AuthenticationFailed, ConfigurationError, InvalidSpiffeIdError
-from .peer import Peer, Proof, never_still_valid
-from .request import RequestView
+from .certs import PEM_BEGIN, PEM_END, has_non_positive_serial, split_pem
+from .errors import (
+    AuthenticationFailed,
+    CertificateDecodingError,
+    ConfigurationError,
+    InvalidSpiffeIdError,
+)
+from .peer import never_still_valid
 from .spiffe import SpiffeId
 
 __all__ = [
     "MAX_CERTIFICATE_BYTES",
     "MAX_CHAIN_LENGTH",
-    "MtlsAuthenticator",
     "VerifiedSvid",
     "X509SvidVerifier",
     "split_pem_chain",
@@ -70,9 +74,6 @@ __all__ = [
 MAX_CERTIFICATE_BYTES = 16 * 1024
 #: Upper bound for ``max_chain_length`` (leaf included).
 MAX_CHAIN_LENGTH = 16
-
-_PEM_BEGIN = "-----BEGIN CERTIFICATE-----"
-_PEM_END = "-----END CERTIFICATE-----"
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,80 +127,32 @@ def svid_extension_policies() -> tuple[ExtensionPolicy, ExtensionPolicy]:
     return ca_policy, ee_policy
 
 
+_CHAIN_REASONS = {
+    "pem-text": "certificate chain has text outside PEM blocks",
+    "pem-truncated": "certificate chain has a truncated PEM block",
+    "pem-empty": "certificate chain holds no PEM certificate",
+}
+
+
 def split_pem_chain(text: str, *, max_certificates: int = MAX_CHAIN_LENGTH) -> list[str]:
     """Split concatenated PEM certificates into one string each, in order.
 
-    Raises :class:`AuthenticationFailed` when there is text outside the
-    blocks, a block is not terminated, or there are more than
-    ``max_certificates`` blocks (counted before anything is parsed).
+    :func:`peer_middleware.certs.split_pem`, with the reasons a certificate
+    chain has always been refused with: text outside the blocks, a block that
+    is not terminated, no block, or more than ``max_certificates`` blocks
+    (counted before anything is parsed) raise
+    :class:`~peer_middleware.errors.CertificateDecodingError`.
     """
-    if text.count(_PEM_BEGIN) > max_certificates:
-        raise AuthenticationFailed(f"certificate chain has more than {max_certificates} entries")
-    blocks: list[str] = []
-    position = 0
-    length = len(text)
-    while True:
-        start = text.find(_PEM_BEGIN, position)
-        if start == -1:
-            if text[position:].strip():
-                raise AuthenticationFailed("certificate chain has text outside PEM blocks")
-            break
-        if text[position:start].strip():
-            raise AuthenticationFailed("certificate chain has text outside PEM blocks")
-        end = text.find(_PEM_END, start)
-        if end == -1:
-            raise AuthenticationFailed("certificate chain has a truncated PEM block")
-        position = end + len(_PEM_END)
-        blocks.append(text[start:position])
-        if position >= length:
-            break
-    if not blocks:
-        raise AuthenticationFailed("certificate chain holds no PEM certificate")
-    return blocks
+    try:
+        return split_pem(text, limit=max_certificates)
+    except CertificateDecodingError as exc:
+        reason = _CHAIN_REASONS.get(
+            exc.fault, f"certificate chain has more than {max_certificates} entries"
+        )
+        raise CertificateDecodingError(reason, fault=exc.fault) from None
 
 
 _BASE64_BODY = re.compile(r"[A-Za-z0-9+/=\r\n\t ]+")
-
-
-def _der_header(data: bytes, position: int) -> tuple[int, int, int]:
-    """The tag, content length and content offset of the DER value at ``position``."""
-    tag, first = data[position], data[position + 1]
-    if first < 0x80:
-        return tag, first, position + 2
-    count = first & 0x7F
-    if not 0 < count <= 4 or position + 2 + count > len(data):
-        raise ValueError("bad DER length")
-    return (
-        tag,
-        int.from_bytes(data[position + 2 : position + 2 + count], "big"),
-        position + 2 + count,
-    )
-
-
-def has_non_positive_serial(der: bytes) -> bool:
-    """True when the DER certificate's serial number is zero or negative.
-
-    RFC 5280 (section 4.1.2.2) requires a positive serial, and cryptography
-    parses any other with a deprecation warning (an exception under ``-W
-    error``, and in its future releases); such certificates are refused
-    before they are parsed. Anything this cannot read is left to the parser.
-    """
-    try:
-        tag, _, position = _der_header(der, 0)  # Certificate
-        if tag != 0x30:
-            return False
-        tag, _, position = _der_header(der, position)  # TBSCertificate
-        if tag != 0x30:
-            return False
-        tag, length, start = _der_header(der, position)
-        if tag == 0xA0:  # [0] EXPLICIT version
-            tag, length, start = _der_header(der, start + length)
-        serial = der[start : start + length]
-        if tag != 0x02 or not serial or len(serial) != length:
-            return False
-    except (IndexError, ValueError):
-        return False
-    return bool(serial[0] & 0x80) or not any(serial)
 
 
 def _load(item: bytes | str, index: int, count: int) -> tuple[x509.Certificate, bytes]:
@@ -233,13 +186,9 @@ def _load(item: bytes | str, index: int, count: int) -> tuple[x509.Certificate, 
         text = text.strip()
         # Exactly one PEM block: text before or after it, or a second block,
         # is refused rather than ignored.
-        if (
-            not text.startswith(_PEM_BEGIN)
-            or not text.endswith(_PEM_END)
-            or text.count("-----") != 4
-        ):
+        if not text.startswith(PEM_BEGIN) or not text.endswith(PEM_END) or text.count("-----") != 4:
             raise AuthenticationFailed(f"{where} is not exactly one PEM certificate")
-        body = text[len(_PEM_BEGIN) : -len(_PEM_END)]
+        body = text[len(PEM_BEGIN) : -len(PEM_END)]
         if _BASE64_BODY.fullmatch(body) is None:
             raise AuthenticationFailed(f"{where} is not valid PEM: bad base64")
         try:
@@ -463,56 +412,3 @@ class X509SvidVerifier:
 
     def __repr__(self) -> str:
         return f"X509SvidVerifier({self.bundles!r})"
-
-
-class MtlsAuthenticator:
-    """Identity from the client certificate of this very connection (direct mTLS).
-
-    The server terminates TLS and hands the client's chain to the app (ASGI
-    ``scope["extensions"]["tls"]["client_cert_chain"]``; WSGI
-    ``SSL_CLIENT_CERT`` and ``SSL_CLIENT_CERT_CHAIN_n``, or gunicorn's
-    socket); ``verifier`` checks it against the trust bundle. The peer's proof
-    is :attr:`Proof.MTLS`. A request without a client certificate yields no
-    peer (the policy decides); an invalid one is refused with 401.
-
-    The server must *request* a client certificate (``ssl.CERT_OPTIONAL`` or
-    ``CERT_REQUIRED``); what it accepted is verified again here, against the
-    SPIFFE bundle of the leaf's trust domain.
-    """
-
-    forwarded = False
-    memoizable = True
-    reads_query = False
-    reads_tls = True
-    bearer = False
-    www_authenticate = None
-    header_names: tuple[str, ...] = ()
-
-    def __init__(self, verifier: X509SvidVerifier, *, cache_size: int = 1024) -> None:
-        if not isinstance(verifier, X509SvidVerifier):
-            raise ConfigurationError(f"{verifier!r} is not an X509SvidVerifier")
-        self.verifier = verifier
-        self.name = "mtls"
-        # id(VerifiedSvid) -> (svid, peer): a repeat caller gets the same Peer object.
-        self._peers = BoundedCache[int, tuple[VerifiedSvid, Peer]](cache_size)
-
-    def authenticate(self, request: RequestView) -> Peer | None:
-        chain = request.tls_chain
-        if not chain:
-            return None
-        svid = self.verifier.verify(chain)
-        hit = self._peers.get(id(svid))
-        if hit is not None and hit[0] is svid:
-            return hit[1]
-        peer = Peer(
-            svid.spiffe_id,
-            Proof.MTLS,
-            source=self.name,
-            certificate_sha256=svid.sha256,
-            still_valid=still_valid_of(self.verifier, svid),
-        )
-        self._peers.put(id(svid), (svid, peer))
-        return peer
-
-    def __repr__(self) -> str:
-        return f"MtlsAuthenticator({self.verifier!r})"

@@ -8,7 +8,6 @@ from collections.abc import Callable
 from urllib.parse import quote
 
 import pytest
-from cryptography.hazmat.primitives.serialization import Encoding
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -16,18 +15,18 @@ from starlette.routing import Route
 from starlette.testclient import TestClient
 
 from peer_middleware import Authenticated, Guard, PeerMiddleware, Policy, Proof, allow
-from peer_middleware.bundles import StaticX509Bundle
-from peer_middleware.errors import AuthenticationFailed, ConfigurationError
-from peer_middleware.forwarded import (
-    MAX_FORWARDED_HEADER_LENGTH,
+from peer_middleware.authenticators import (
     ForwardedCertificateAuthenticator,
     LinkerdIdentityAuthenticator,
-    Preset,
-    decode_der_concatenation,
-    decode_pem,
-    decode_sf_binary,
-    decode_sf_binary_list,
 )
+from peer_middleware.authenticators.forwarded import MAX_FORWARDED_HEADER_LENGTH
+from peer_middleware.bundles import StaticX509Bundle
+from peer_middleware.errors import (
+    AuthenticationFailed,
+    CertificateDecodingError,
+    ConfigurationError,
+)
+from peer_middleware.presets import Preset
 from peer_middleware.request import RequestView
 from peer_middleware.testing import (
     Svid,
@@ -472,8 +471,11 @@ GARBAGE: list[tuple[Preset, dict[str, str], str]] = [
 def test_garbage_is_refused_with_a_reason(
     preset: Preset, headers: dict[str, str], reason: str, verifier: X509SvidVerifier
 ) -> None:
-    with pytest.raises(AuthenticationFailed, match=reason):
+    with pytest.raises(AuthenticationFailed, match=reason) as caught:
         authenticator(preset, verifier).authenticate(view(headers))
+    if isinstance(caught.value, CertificateDecodingError):
+        # A value that does not decode: the reason names the header it came in.
+        assert caught.value.reason.split(": ", 1)[0] in headers
 
 
 def _huge_chain(preset: Preset, svid: Svid, count: int) -> dict[str, str]:
@@ -618,48 +620,6 @@ def test_repr_and_names(verifier: X509SvidVerifier) -> None:
     assert str(Preset.AWS_ALB) == "aws-alb"
 
 
-# -- decoders ------------------------------------------------------------------------------
-
-
-def test_decode_pem_with_spaces_for_line_breaks(chained: Svid) -> None:
-    text = chained.chain_pem.decode("ascii").replace("\n", " ")
-    assert decode_pem(text) == [
-        chained.der,
-        *(c.public_bytes(Encoding.DER) for c in chained.chain),
-    ]
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        "",
-        "   ",
-        "junk -----BEGIN CERTIFICATE----- AAAA -----END CERTIFICATE-----",
-        "-----BEGIN CERTIFICATE----- AAAA -----END CERTIFICATE----- junk",
-        "-----BEGIN CERTIFICATE----- -----END CERTIFICATE-----",
-    ],
-)
-def test_decode_pem_refuses(text: str) -> None:
-    with pytest.raises(Exception, match=r"PEM|base64"):
-        decode_pem(text)
-
-
-def test_decode_sf_binary_accepts_missing_padding(direct: Svid) -> None:
-    encoded = b64(direct.der).rstrip("=")
-    assert decode_sf_binary(f" :{encoded}: ") == direct.der
-    assert decode_sf_binary_list("") == []
-
-
-def test_decode_der_concatenation(chained: Svid) -> None:
-    parts = [chained.der, *(c.public_bytes(Encoding.DER) for c in chained.chain)]
-    assert decode_der_concatenation(b64(b"".join(parts))) == parts
-    short = b64(b"\x30\x03abc")
-    assert decode_der_concatenation(short) == [b"\x30\x03abc"]
-    for bad in (b"\x31\x00", b"\x30\x80", b"\x30\x85" + b"\x00" * 8, b"\x30"):
-        with pytest.raises(Exception, match="DER chain"):
-            decode_der_concatenation(b64(bad))
-
-
 # -- Linkerd -------------------------------------------------------------------------------
 
 
@@ -747,3 +707,14 @@ def test_linkerd_client_id_needs_namespace_and_account() -> None:
     with pytest.raises(ValueError, match="namespace and a service account"):
         linkerd_client_id("spiffe://cluster.local/workload")
     assert "LinkerdIdentityAuthenticator(trust_domain='cluster.local'" in repr(linkerd())
+
+
+def test_the_former_module_still_exports_its_names() -> None:
+    from peer_middleware import authenticators, certs, forwarded, presets
+
+    assert forwarded.ForwardedCertificateAuthenticator is (
+        authenticators.ForwardedCertificateAuthenticator
+    )
+    assert forwarded.LinkerdIdentityAuthenticator is authenticators.LinkerdIdentityAuthenticator
+    assert forwarded.Preset is presets.Preset
+    assert forwarded.decode_pem is certs.decode_pem

@@ -50,24 +50,26 @@ from peer_middleware import (
     audit,
     deny,
 )
-from peer_middleware.bundles import StaticX509Bundle
-from peer_middleware.errors import (
-    AuthenticationFailed,
-    BadRequest,
-    InvalidSpiffeIdError,
-    InvalidToken,
-)
-from peer_middleware.forwarded import (
+from peer_middleware.authenticators import (
     ForwardedCertificateAuthenticator,
     LinkerdIdentityAuthenticator,
-    Preset,
-    _Bad,
+    MtlsAuthenticator,
+)
+from peer_middleware.bundles import StaticX509Bundle
+from peer_middleware.certs import (
     decode_der_base64,
     decode_der_base64_list,
     decode_der_concatenation,
     decode_pem,
     decode_sf_binary,
     decode_sf_binary_list,
+)
+from peer_middleware.errors import (
+    AuthenticationFailed,
+    BadRequest,
+    CertificateDecodingError,
+    InvalidSpiffeIdError,
+    InvalidToken,
 )
 from peer_middleware.keys import StaticJwks
 from peer_middleware.paths import (
@@ -77,11 +79,12 @@ from peer_middleware.paths import (
     normalise_path,
     quote_path,
 )
+from peer_middleware.presets import Preset
 from peer_middleware.request import RequestView
 from peer_middleware.testing import TestCA, forwarded_cert_headers, linkerd_client_id
 from peer_middleware.testing.tokens import TokenMinter
 from peer_middleware.tokens import JwtSvidAuthenticator, KubernetesTokenAuthenticator
-from peer_middleware.x509 import MtlsAuthenticator, X509SvidVerifier, split_pem_chain
+from peer_middleware.x509 import X509SvidVerifier, split_pem_chain
 from peer_middleware.xfcc import XfccElement, XfccSyntaxError, format_xfcc, parse_xfcc
 
 # -- profiles ------------------------------------------------------------------------
@@ -429,7 +432,7 @@ DECODER_TEXT = st.lists(
 def test_decoders_raise_only_their_error(name: str, value: str) -> None:
     try:
         result = DECODERS[name](value)
-    except _Bad:
+    except CertificateDecodingError:
         return
     assert isinstance(result, (bytes, list))
 
@@ -1195,8 +1198,8 @@ def test_middleware_answers_only_200_400_401_403(
 
 def test_every_decoder_is_exercised() -> None:
     """The decoder table above names every public decoder of the module."""
-    from peer_middleware import forwarded
+    from peer_middleware import certs
 
-    assert {n for n in forwarded.__all__ if n.startswith("decode_")} == {
+    assert {n for n in certs.__all__ if n.startswith("decode_")} == {
         f"decode_{n}" for n in DECODERS
     }

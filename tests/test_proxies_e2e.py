@@ -1,6 +1,6 @@
 """Real nginx, HAProxy, Caddy, Traefik and Apache terminating mTLS in front of uvicorn.
 
-Each proxy runs on 127.0.0.1 with the configuration :mod:`peer_middleware.forwarded`
+Each proxy runs on 127.0.0.1 with the configuration ``docs/proxies.md``
 recommends and forwards to a Starlette app served by uvicorn, wrapped in
 ``PeerMiddleware`` with a :class:`ForwardedCertificateAuthenticator` for its
 preset. Everything is started and stopped by process id. Without a proxy binary
@@ -24,8 +24,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from peer_middleware import Anyone, Authenticated, PeerMiddleware, Policy, Principal, allow
+from peer_middleware.authenticators import ForwardedCertificateAuthenticator
 from peer_middleware.bundles import StaticX509Bundle
-from peer_middleware.forwarded import ForwardedCertificateAuthenticator, Preset
+from peer_middleware.presets import Preset
 from peer_middleware.testing import TestCA, forwarded_cert_headers
 from peer_middleware.testing.processes import UvicornThread
 from peer_middleware.testing.proxies import (

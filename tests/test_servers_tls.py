@@ -159,8 +159,9 @@ def _clock() -> datetime:
 def _authenticators(bundle_pem: bytes) -> list[Any] | None:
     """The mTLS authenticator trusting ``bundle_pem``, or ``None`` before it exists."""
     try:
+        from peer_middleware.authenticators import MtlsAuthenticator
         from peer_middleware.bundles import StaticX509Bundle
-        from peer_middleware.x509 import MtlsAuthenticator, X509SvidVerifier
+        from peer_middleware.x509 import X509SvidVerifier
     except ImportError:
         return None
     from cryptography import x509

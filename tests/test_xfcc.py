@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from peer_middleware.authenticators import XfccAuthenticator
 from peer_middleware.errors import AuthenticationFailed, ConfigurationError
 from peer_middleware.peer import Peer, Proof
 from peer_middleware.proxies import TrustedProxies
@@ -12,7 +13,6 @@ from peer_middleware.spiffe import SpiffeId
 from peer_middleware.xfcc import (
     MAX_XFCC_ELEMENTS,
     MAX_XFCC_LENGTH,
-    XfccAuthenticator,
     XfccElement,
     XfccSyntaxError,
     format_xfcc,

@@ -61,8 +61,8 @@ from typing import Any, TypedDict
 from cryptography import x509
 
 from peer_middleware.bundles import CERTIFICATE_ERRORS
+from peer_middleware.certs import has_non_positive_serial
 from peer_middleware.proxies import CONNECTION_EXTENSION
-from peer_middleware.x509 import has_non_positive_serial
 
 __all__ = [
     "TlsExtension",

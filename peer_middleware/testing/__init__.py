@@ -22,9 +22,9 @@
   with switchable failure modes.
 * :func:`asgi_tls_extensions` and :func:`wsgi_tls_environ`: a caller's client
   certificate chain as an ASGI server with the TLS extension, or mod_wsgi,
-  hands it to the app (for :class:`~peer_middleware.x509.MtlsAuthenticator`).
+  hands it to the app (for :class:`~peer_middleware.authenticators.MtlsAuthenticator`).
 * :func:`forwarded_cert_headers`: the headers a TLS-terminating proxy (nginx,
-  HAProxy, Caddy, ... see :class:`~peer_middleware.forwarded.Preset`) sends
+  HAProxy, Caddy, ... see :class:`~peer_middleware.presets.Preset`) sends
   for a caller's certificate, or for a request without one;
   :func:`linkerd_client_id`: Linkerd's ``l5d-client-id`` for a caller.
 * :class:`~peer_middleware.testing.envoy.EnvoySidecar` and the helpers in
@@ -43,7 +43,7 @@ from urllib.parse import quote
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from peer_middleware.forwarded import Preset
+from peer_middleware.presets import Preset
 from peer_middleware.spiffe import SpiffeId
 from peer_middleware.xfcc import XfccElement, format_xfcc
 
@@ -112,7 +112,7 @@ def forwarded_cert_headers(preset: Preset | str, caller: Svid | None) -> dict[st
 
     With ``caller=None``, the headers it sends for a request without a client
     certificate (which may be none at all). Header names are the preset's
-    defaults (see :mod:`peer_middleware.forwarded`).
+    defaults (see :mod:`peer_middleware.presets` and ``docs/proxies.md``).
     """
     preset = Preset(preset)
     if caller is None:
@@ -204,7 +204,7 @@ def asgi_tls_extensions(caller: Svid) -> dict[str, dict[str, object]]:
 
     ``client_cert_chain`` is the caller's leaf and intermediates, PEM strings,
     leaf first. Merge it into a test scope to exercise
-    :class:`~peer_middleware.x509.MtlsAuthenticator` without a TLS handshake.
+    :class:`~peer_middleware.authenticators.MtlsAuthenticator` without a TLS handshake.
     """
     pems = [
         cert.public_bytes(Encoding.PEM).decode("ascii")

@@ -12,8 +12,8 @@ configuration). Everything listens on 127.0.0.1 only. The proxy then:
   (``require_client_certificate=True`` refuses connections without one);
 * forwards every request to the plain-HTTP upstream ``127.0.0.1:<upstream_port>``,
   replacing the forwarded-certificate headers as the matching
-  :class:`~peer_middleware.forwarded.Preset` expects, with the safe
-  configuration the :mod:`peer_middleware.forwarded` documentation gives.
+  :class:`~peer_middleware.presets.Preset` expects, with the safe
+  configuration ``docs/proxies.md`` gives.
 
 :attr:`ProxyProcess.config_text` is the configuration written, for reading in a
 failing test. Nothing here is for production use.
