@@ -77,14 +77,6 @@ def _tls_chain(scope: Scope) -> tuple[bytes | str, ...] | None:
     return tuple(islice(chain, _MAX_TLS_CHAIN))
 
 
-def _host(scope: Scope) -> bytes | None:
-    """The ``Host`` header as sent (host-based routes read it)."""
-    for name, value in scope.get("headers", ()):
-        if name == b"host":
-            return bytes(value)
-    return None
-
-
 class PeerMiddleware:
     """Authenticate the calling service and enforce ``policy`` on every request.
 
@@ -155,9 +147,6 @@ class PeerMiddleware:
             if len(client) != 2:
                 client = None
         guard = self.guard
-        kind: object = scope_type
-        if guard.reads_host:
-            kind = (scope_type, _host(scope))
         verdict = guard.check(
             method,
             path,
@@ -167,7 +156,6 @@ class PeerMiddleware:
             root_path,
             scope.get("query_string", b"").decode("latin-1") if guard.reads_query else "",
             _tls_chain(scope) if guard.reads_tls else None,
-            kind=kind,
             request=scope,
         )
         if not verdict.decision.allowed:

@@ -39,9 +39,10 @@ from typing import Annotated, Any
 
 import fastapi.routing
 from fastapi import Depends, FastAPI
+from starlette.applications import Starlette
 from starlette.requests import HTTPConnection
 from starlette.responses import Response
-from starlette.routing import Host, Match
+from starlette.routing import Host, Match, Mount, Router
 from starlette.websockets import WebSocket
 
 from .asgi import DECISION_SCOPE_KEY, PEER_SCOPE_KEY, PeerMiddleware
@@ -165,6 +166,21 @@ def _describe(matcher: Any, prefix: str) -> str:
     return f"{','.join(sorted(methods)) if methods else '*'} {path}"
 
 
+def _opaque(mounted: Any) -> bool:
+    """True when a mounted app's own routing cannot be followed from here.
+
+    The table descends only into a plain router, or a Starlette or FastAPI
+    app that adds no middleware of its own (which could rewrite the path)
+    and sets no ``root_path`` (FastAPI replaces the mount's with it): for any
+    other app the central policy alone judges what it serves.
+    """
+    if isinstance(mounted, Router):
+        return False
+    if isinstance(mounted, Starlette):
+        return bool(mounted.user_middleware) or bool(getattr(mounted, "root_path", ""))
+    return True
+
+
 class StarletteRouteTable:
     """The routes of a Starlette or FastAPI app, as its router dispatches them.
 
@@ -175,27 +191,46 @@ class StarletteRouteTable:
     wins (a mount or host descends into the routes inside it), exactly as
     Starlette's and FastAPI's routers do. Only full matches count: a route
     that answers 405 or a trailing-slash redirect runs no handler, so the
-    central policy alone judges those requests.
+    central policy alone judges those requests. A mounted app whose routing
+    cannot be followed (its own middleware, its own ``root_path``, not a
+    Starlette app) is judged by the central policy alone. Routes added after
+    the table is built make :meth:`unchanged` false: the guard then refuses
+    what only rules declared on routes would allow.
     """
 
-    __slots__ = ("_nodes", "reads_host", "rules")
+    __slots__ = ("_lists", "_nodes", "reads_host", "rules")
 
     def __init__(self, routes: Sequence[Any]) -> None:
         declared: list[tuple[Route, list[Requirement]]] = []
         self.reads_host = False
+        self._lists: list[tuple[Sequence[Any], int]] = []
         self._nodes = self._build(routes, "", declared)
         self.rules: dict[Route, tuple[Rule, ...]] = declared_rules(declared)
+
+    def _watch(self, routes: Sequence[Any]) -> None:
+        """Remember a list of routes and its length, and those of the routers it includes."""
+        self._lists.append((routes, len(routes)))
+        for route in routes:
+            included = getattr(route, "original_router", None)  # FastAPI's included routers
+            inner = getattr(included, "routes", None)
+            if isinstance(inner, list):
+                self._watch(inner)
 
     def _build(
         self, routes: Sequence[Any], prefix: str, declared: list[tuple[Route, list[Requirement]]]
     ) -> tuple[_Node, ...]:
+        self._watch(routes)
         nodes: list[_Node] = []
         for matcher in _contexts(routes):
             original = getattr(matcher, "original_route", matcher)
             if isinstance(original, Host):
                 self.reads_host = True
-            inner = getattr(matcher, "routes", None) if hasattr(original, "routes") else None
-            if inner is not None:
+            if isinstance(original, (Mount, Host)):
+                mounted = getattr(original, "_base_app", None) or original.app
+                if _opaque(mounted):
+                    nodes.append(_Node(matcher, None, ()))
+                    continue
+                inner = getattr(matcher, "routes", None) or ()
                 mount_path = str(getattr(matcher, "path", "") or "")
                 children = self._build(inner, prefix + mount_path, declared)
                 nodes.append(_Node(matcher, None, children))
@@ -208,6 +243,18 @@ class StarletteRouteTable:
             nodes.append(_Node(matcher, route, None))
         return tuple(nodes)
 
+    def variant(self, request: object) -> object:
+        """What the route depends on besides method and path: the scope type, and
+        the ``Host`` header when routes are chosen by host."""
+        assert isinstance(request, dict)
+        if self.reads_host:
+            return (request["type"], _host(request))
+        return request["type"]
+
+    def unchanged(self) -> bool:
+        """True while no route was added to or removed from the app since the table was built."""
+        return all(len(routes) == count for routes, count in self._lists)
+
     def resolve(self, request: object, method: str, path: str) -> Route | None:
         """The route with declared rules that the router dispatches ``request`` to, if any."""
         assert isinstance(request, dict)
@@ -215,6 +262,14 @@ class StarletteRouteTable:
         probe["path"] = path
         probe["fastapi"] = {}
         return _match(self._nodes, probe)
+
+
+def _host(scope: dict[str, Any]) -> bytes | None:
+    """The ``Host`` header as sent (Starlette's ``Host`` routes read it)."""
+    for name, value in scope.get("headers", ()):
+        if name == b"host":
+            return bytes(value)
+    return None
 
 
 def _match(nodes: tuple[_Node, ...], scope: dict[str, Any]) -> Route | None:

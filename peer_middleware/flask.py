@@ -128,7 +128,7 @@ class FlaskRouteTable:
     the central policy alone judges it.
     """
 
-    __slots__ = ("_app", "_routes", "reads_host", "rules")
+    __slots__ = ("_app", "_count", "_routes", "reads_host", "rules")
 
     def __init__(self, app: Flask) -> None:
         self._app = app
@@ -149,6 +149,28 @@ class FlaskRouteTable:
         self.reads_host = bool(
             app.url_map.host_matching or app.subdomain_matching or app.config.get("SERVER_NAME")
         )
+        self._count = _rule_count(app)
+
+    def variant(self, request: object) -> object:
+        """What the view depends on besides method and path, as Werkzeug's
+        ``bind_to_environ`` reads it: the scheme (``ws``/``wss`` for a websocket
+        upgrade) and, when rules are chosen by host, the ``Host`` header."""
+        assert isinstance(request, dict)
+        scheme = request.get("wsgi.url_scheme")
+        connection = request.get("HTTP_CONNECTION")
+        if (
+            connection
+            and request.get("HTTP_UPGRADE", "").lower() == "websocket"
+            and any(v.strip(" \t") == "upgrade" for v in connection.lower().split(","))
+        ):
+            scheme = "wss" if scheme == "https" else "ws"
+        if self.reads_host:
+            return (scheme, request.get("HTTP_HOST"))
+        return scheme
+
+    def unchanged(self) -> bool:
+        """True while no URL rule was added since the table was built."""
+        return _rule_count(self._app) == self._count
 
     def resolve(self, request: object, method: str, path: str) -> Route | None:
         """The view with declared rules that Flask dispatches ``request`` to, if any."""
@@ -166,6 +188,13 @@ class FlaskRouteTable:
             # 404, 405, a redirect, an untrusted host: no view runs.
             return None
         return self._routes.get(url_rule.endpoint)
+
+
+def _rule_count(app: Flask) -> int:
+    rules = getattr(app.url_map, "_rules", None)
+    if isinstance(rules, list):
+        return len(rules)
+    return sum(1 for _ in app.url_map.iter_rules())  # pragma: no cover - other Werkzeug
 
 
 def collect_view_rules(app: Flask) -> list[Rule]:

@@ -30,7 +30,14 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 
-from .errors import BadRequest, ConfigurationError, InvalidToken, RequestRefused, UntrustedIssuer
+from .errors import (
+    AccessDenied,
+    BadRequest,
+    ConfigurationError,
+    InvalidToken,
+    RequestRefused,
+    UntrustedIssuer,
+)
 from .memory import Memory, MemoryLimits
 from .paths import check_method, check_raw_target, normalise_path
 from .peer import Peer, Proof, never_still_valid
@@ -135,6 +142,7 @@ class Guard:
         "_identities",
         "_rewrite_warned",
         "_router",
+        "_routes_changed_logged",
         "_runs",
         "_secret_headers",
         "authenticators",
@@ -160,6 +168,7 @@ class Guard:
             raise ConfigurationError(f"policy must be a Policy, not {type(policy).__name__}")
         self.policy = policy
         self._router: RouteResolver | None = None
+        self._routes_changed_logged = False
         self.authenticators: tuple[Authenticator, ...] = tuple(authenticators)
         names: list[str] = []
         for authenticator in self.authenticators:
@@ -225,11 +234,6 @@ class Guard:
         self.policy = self.policy.extended(rules)
         self.memory.clear()
 
-    @property
-    def reads_host(self) -> bool:
-        """True when the route a request reaches can depend on its ``Host`` header."""
-        return self._router is not None and self._router.reads_host
-
     def check(
         self,
         method: str,
@@ -241,7 +245,6 @@ class Guard:
         query: str = "",
         tls_chain: tuple[bytes | str, ...] | None = None,
         *,
-        kind: object = None,
         request: object = None,
     ) -> Verdict:
         """Run the whole pipeline for one request.
@@ -258,10 +261,11 @@ class Guard:
 
         ``request`` is the adapter's own request (scope, environ), handed as
         it is to the route table (:meth:`use_routes`) to find the route the
-        framework dispatches to; ``kind`` is everything else the route depends
-        on besides the method and path (the scope type, the host when
-        :attr:`reads_host`), part of what the memory keys a verdict on.
+        framework dispatches to; what else that route depends on (the table's
+        ``variant``) is part of what the memory keys a verdict on.
         """
+        router = self._router
+        variant = router.variant(request) if router is not None else None
         normalised = path
         matched: str | None = None
         notes: tuple[str, ...] = ()
@@ -312,7 +316,7 @@ class Guard:
                     credentials = (where, query, tls_chain, *headers.items())
                 # A request seen before, byte for byte, from a caller whose
                 # proof still holds: the verdict is the one made then.
-                request_key = (method, path, raw_target, root_path, kind, credentials)
+                request_key = (method, path, raw_target, root_path, variant, credentials)
                 verdicts = memory.verdicts
                 try:
                     seen = verdicts.young.get(request_key) or verdicts.get(request_key)
@@ -371,13 +375,15 @@ class Guard:
             peer, checks, notes = known
             policy = self.policy
             decision = policy.decide(method, matched, peer, plans=memory.plans)
-            router = self._router
             if decision.rule is None and router is not None:
                 # No central rule decided: the rules declared on the route the
                 # framework will run may allow it.
-                route = self._route(router, request, method, normalised, root_path, kind)
+                route = self._route(router, request, method, normalised, root_path, variant)
                 if route is not None:
                     decision = policy.decide(method, matched, peer, route, plans=memory.plans)
+                    if decision.allowed and decision.rule is not None:
+                        # Reused only while the app's routes are as they were.
+                        checks = (*checks, router.unchanged)
             verdict = Verdict(decision, peer, normalised, matched, notes)
             if (
                 request_key is not None
@@ -412,10 +418,23 @@ class Guard:
         method: str,
         path: str,
         root_path: str,
-        kind: object,
+        variant: object,
     ) -> Route | None:
-        """The route the framework dispatches to, remembered per (kind, method, path)."""
-        key = (kind, method, root_path, path)
+        """The route the framework dispatches to, remembered per (variant, method, path).
+
+        Refuses (403) once the app's routes changed after the table was built:
+        the rules declared on routes were read from the routes as they were.
+        """
+        if not router.unchanged():
+            if not self._routes_changed_logged:
+                self._routes_changed_logged = True
+                logger.error(
+                    "the app's routes changed after peer_middleware read the rules declared on "
+                    "them; requests that only those rules would allow are refused until the "
+                    "app restarts. Declare every route before the app serves requests."
+                )
+            raise AccessDenied("the app's routes changed after start-up")
+        key = (variant, method, root_path, path)
         routes = self.memory.routes
         route = routes.young.get(key) or routes.get(key)
         if route is None:

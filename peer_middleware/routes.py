@@ -34,13 +34,17 @@ class RouteResolver(Protocol):
     framework's router picks for ``request`` (the adapter's own request
     object: an ASGI scope, a WSGI environ) when its path is the normalised
     ``path``, or ``None`` when no route with declared rules would run. It must
-    match routes exactly as the framework's router does. ``reads_host`` is
-    True when the answer can depend on the ``Host`` header (host-based
-    routes); the adapters then key the guard's memory on it.
+    match routes exactly as the framework's router does. ``variant(request)``
+    is everything else the answer depends on (the scope type, the ``Host``
+    header for host-based routes, a websocket upgrade): the guard keys its
+    memory of routes and verdicts on it. ``unchanged()`` is False once the
+    app's routes changed after the table was built; the guard then refuses
+    what only rules declared on routes would allow.
     """
 
-    @property
-    def reads_host(self) -> bool: ...
+    def variant(self, request: object) -> object: ...
+
+    def unchanged(self) -> bool: ...
 
     def resolve(self, request: object, method: str, path: str) -> Route | None: ...
 

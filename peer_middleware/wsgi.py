@@ -200,7 +200,6 @@ class PeerWSGIMiddleware:
             "",
             query_string,
             tls_chain,
-            kind=environ.get("HTTP_HOST") if guard.reads_host else None,
             request=environ,
         )
         if not verdict.decision.allowed:

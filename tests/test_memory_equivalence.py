@@ -80,8 +80,14 @@ class SwappableKeys:
 class Routes:
     """Routes as a router would dispatch them: /reports/<anything> is one route."""
 
-    reads_host = False
     rules: ClassVar[dict[Route, list[Any]]] = {REPORTS: [allow("reports", Principal(CALLERS[2]))]}
+
+    def variant(self, request: object) -> object:
+        assert isinstance(request, dict)
+        return request["type"]
+
+    def unchanged(self) -> bool:
+        return True
 
     def resolve(self, request: object, method: str, path: str) -> Route | None:
         assert isinstance(request, dict)
@@ -207,7 +213,6 @@ def test_memory_off_changes_no_decision(stream: tuple[list[Any], list[Any]]) -> 
                 path,
                 client,
                 dict(headers),
-                kind=kind,
                 request={"type": kind},
             )
             outcomes.append(

@@ -599,3 +599,112 @@ def test_property_flask_view_runs_only_when_allowed(
                 path,
                 principal,
             )
+
+
+# --------------------------------------------------------------------------
+# What else the dispatch depends on: a websocket upgrade in Flask, a mounted
+# app's own root_path, routes added after start-up.
+# --------------------------------------------------------------------------
+
+UPGRADE = {"Connection": "keep-alive, Upgrade", "Upgrade": "websocket"}
+
+
+def test_flask_websocket_rule_does_not_inherit_the_http_view_rule() -> None:
+    app, ran = flask_app()
+
+    @app.get("/feed")
+    @flask_require(SHOP)
+    def feed() -> str:
+        ran.append("http")
+        return "http feed"
+
+    def admin_stream() -> str:
+        ran.append("websocket")
+        return "admin stream"
+
+    # As flask-sock registers its views: a websocket rule at the same path.
+    app.add_url_rule("/feed", "admin_stream", admin_stream, websocket=True)
+    client = app.test_client()
+
+    def send(headers: dict[str, str]) -> int:
+        return client.get("/feed", headers=headers, environ_base=PROXY_BASE).status_code
+
+    # Whatever the memory holds (anonymous and allowed plain requests first),
+    # the upgrade reaches the websocket rule, which declares nothing.
+    assert send({}) == 401
+    for _ in range(3):
+        assert send(xfcc(SHOP_CALLER)) == 200
+    for _ in range(3):
+        assert send({**xfcc(SHOP_CALLER), **UPGRADE}) == 403
+    assert ran == ["http"] * 3
+
+
+def test_fastapi_mounted_app_with_its_own_root_path_is_judged_centrally() -> None:
+    # FastAPI replaces the mount's root_path with its own, so its router
+    # matches another path than the mount suggests: its routes are not followed.
+    with pytest.warns(UserWarning, match="root_path"):
+        sub = FastAPI(root_path="/v1")
+    ran: list[str] = []
+
+    @sub.get("/admin/x")
+    async def admin() -> str:
+        ran.append("admin")
+        return "admin"
+
+    @sub.get("/x", dependencies=[fastapi_require(SHOP)])
+    async def x() -> str:  # pragma: no cover - not reached through the mount
+        ran.append("x")
+        return "x"
+
+    app = FastAPI(routes=[Mount("/admin", app=sub)])
+    install(app, policy=CENTRAL, authenticators=authenticators())
+
+    assert get(app, "/admin/x") == 403
+    assert ran == []
+
+
+def test_fastapi_mounted_app_with_its_own_middleware_is_judged_centrally() -> None:
+    sub = FastAPI()
+    ran: list[str] = []
+
+    @sub.get("/items/{item_id}", dependencies=[fastapi_require(SHOP)])
+    async def item(item_id: str) -> str:  # pragma: no cover - refused before
+        ran.append("item")
+        return item_id
+
+    @sub.middleware("http")
+    async def rewrite(request: Any, call_next: Any) -> Any:  # pragma: no cover - not reached
+        return await call_next(request)
+
+    app = FastAPI(routes=[Mount("/api", app=sub)])
+    install(app, policy=CENTRAL, authenticators=authenticators())
+
+    assert get(app, "/api/items/1") == 403
+    assert ran == []
+
+
+def test_fastapi_routes_added_after_start_up_refuse_what_route_rules_allowed() -> None:
+    plugins = APIRouter()
+    app = FastAPI()
+    app.include_router(plugins)
+    ran: list[str] = []
+
+    @app.get("/items/{item_id}", dependencies=[fastapi_require(SHOP)])
+    async def item(item_id: str) -> str:
+        ran.append(f"item {item_id}")
+        return item_id
+
+    install(app, policy=CENTRAL, authenticators=authenticators())
+    with TestClient(app, client=PROXY) as client:
+        for _ in range(3):  # remembered
+            assert client.get("/items/debug-dump", headers=xfcc(SHOP_CALLER)).status_code == 200
+
+        @plugins.get("/items/debug-dump")
+        async def dump() -> str:  # pragma: no cover - refused
+            ran.append("dump")
+            return "secrets"
+
+        assert client.get("/items/debug-dump", headers=xfcc(SHOP_CALLER)).status_code == 403
+        assert client.get("/items/1", headers=xfcc(SHOP_CALLER)).status_code == 403
+        assert client.get("/healthz").status_code == 404  # central rules still apply
+    assert ran == ["item debug-dump"] * 3
