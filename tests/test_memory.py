@@ -139,3 +139,26 @@ def test_byte_bounded_cache_keeps_hot_entries_through_a_flood() -> None:
     cache.clear()
     assert len(cache) == 0
     assert cache.nbytes == 0
+
+
+def test_long_forwarded_headers_are_not_remembered_by_the_authenticator() -> None:
+    # A mesh workload writes the leading part of an appended XFCC header: many
+    # distinct 60 KiB values must not pile up in the authenticator's cache.
+    xfcc = XfccAuthenticator(trusted_proxies=["127.0.0.1"], forward_client_cert="append_forward")
+    guard = Guard(policy=POLICY, authenticators=[xfcc])
+    gc.collect()
+    tracemalloc.start()
+    try:
+        for index in range(300):
+            value = (
+                f'By=spiffe://cluster.local/ns/x/sa/{index};Subject="{"a" * 60_000}",'
+                "By=spiffe://cluster.local/ns/a/sa/b;URI=spiffe://cluster.local/ns/shop/sa/cart"
+            )
+            guard.check(
+                "GET", "/payments/1", "/payments/1", PROXY, {"x-forwarded-client-cert": value}
+            )
+        gc.collect()
+        held, _peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 4 * MiB, f"{held / MiB:.1f} MiB held"

@@ -106,6 +106,10 @@ def _check_intermediates(certs: list[bytes]) -> None:
             )
 
 
+#: The most characters of headers the authenticator remembers (as the guard does).
+MAX_CACHED_CHARACTERS = 16 * 1024
+
+
 class ForwardedCertificateAuthenticator:
     """Identity from a client certificate a trusted proxy forwards in a header.
 
@@ -226,8 +230,8 @@ class ForwardedCertificateAuthenticator:
         else:
             chain = hit[0]
         # The verifier decides every time (it caches, and knows about expiry and
-        # bundle rotation); the cache here saves decoding and keeps one Peer
-        # object per caller, which the policy's decision cache relies on.
+        # bundle rotation); the cache here saves decoding, and the peer built
+        # for a result the verifier hands out again.
         verified = self.verifier.verify(chain)
         if hit is not None and hit[1] is verified:
             return hit[2]
@@ -239,7 +243,10 @@ class ForwardedCertificateAuthenticator:
             certificate_sha256=verified.sha256,
             still_valid=still_valid_of(self.verifier, verified),
         )
-        self._cache.put(key, (chain, verified, peer))
+        if sum(len(v) for v in values if v is not None) <= MAX_CACHED_CHARACTERS:
+            # Long headers are decoded every time they come: the memory this
+            # cache holds stays small whatever is sent.
+            self._cache.put(key, (chain, verified, peer))
         return peer
 
     def _chain(self, headers: Mapping[str, str]) -> list[bytes] | None:

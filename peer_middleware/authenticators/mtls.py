@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from peer_middleware._cache import BoundedCache
 from peer_middleware.errors import ConfigurationError
 from peer_middleware.peer import Peer, Proof
 from peer_middleware.request import RequestView
-from peer_middleware.x509 import VerifiedSvid, X509SvidVerifier, still_valid_of
+from peer_middleware.x509 import X509SvidVerifier, still_valid_of
 
 __all__ = ["MtlsAuthenticator"]
 
@@ -24,6 +23,10 @@ class MtlsAuthenticator:
     The server must *request* a client certificate (``ssl.CERT_OPTIONAL`` or
     ``CERT_REQUIRED``); what it accepted is verified again here, against the
     SPIFFE bundle of the leaf's trust domain.
+
+    It remembers nothing itself: the verifier remembers verified chains (its
+    own ``cache_size``), the guard the peers. ``cache_size`` is accepted for
+    compatibility and unused.
     """
 
     forwarded = False
@@ -37,28 +40,26 @@ class MtlsAuthenticator:
     def __init__(self, verifier: X509SvidVerifier, *, cache_size: int = 1024) -> None:
         if not isinstance(verifier, X509SvidVerifier):
             raise ConfigurationError(f"{verifier!r} is not an X509SvidVerifier")
+        if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
+            raise ConfigurationError("cache_size must be a non-negative integer")
         self.verifier = verifier
         self.name = "mtls"
-        # id(VerifiedSvid) -> (svid, peer): a repeat caller gets the same Peer object.
-        self._peers = BoundedCache[int, tuple[VerifiedSvid, Peer]](cache_size)
 
     def authenticate(self, request: RequestView) -> Peer | None:
         chain = request.tls_chain
         if not chain:
             return None
+        # The verifier remembers what it verified (keyed by the chain's exact
+        # bytes, until it expires or the bundle rotates); the guard remembers
+        # the peer.
         svid = self.verifier.verify(chain)
-        hit = self._peers.get(id(svid))
-        if hit is not None and hit[0] is svid:
-            return hit[1]
-        peer = Peer(
+        return Peer(
             svid.spiffe_id,
             Proof.MTLS,
             source=self.name,
             certificate_sha256=svid.sha256,
             still_valid=still_valid_of(self.verifier, svid),
         )
-        self._peers.put(id(svid), (svid, peer))
-        return peer
 
     def __repr__(self) -> str:
         return f"MtlsAuthenticator({self.verifier!r})"

@@ -31,6 +31,10 @@ __all__ = ["XfccAuthenticator"]
 _HEX = frozenset("0123456789abcdefABCDEF")
 
 
+#: The longest header value the authenticator remembers (as the guard does).
+MAX_CACHED_CHARACTERS = 16 * 1024
+
+
 class XfccAuthenticator:
     """Identity from Envoy/Istio's ``x-forwarded-client-cert``, asserted by a sidecar.
 
@@ -150,7 +154,10 @@ class XfccAuthenticator:
             if self.verifier is not None and self.verifier.verify(verified[0]) is verified[1]:
                 return hit[0]
         entry = self._verify(value, proxy)
-        self._cache.put(key, entry)
+        if len(value) <= MAX_CACHED_CHARACTERS:
+            # A long header (many elements, a chain) is verified every time it
+            # comes: the memory this cache holds stays small whatever is sent.
+            self._cache.put(key, entry)
         return entry[0]
 
     def _verify(
