@@ -98,11 +98,13 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def lint(session: nox.Session) -> None:
-    """ruff (lint and format check) and mypy --strict."""
-    session.install("-e", ".[test]", "ruff", "mypy")
+    """ruff (lint and format check), mypy --strict and the layers (import-linter)."""
+    session.install("-e", ".[test]", "ruff", "mypy", "import-linter>=2.1")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy", "--strict", "peer_middleware")
+    # Every import points down the layers of pyproject.toml's [tool.importlinter].
+    session.run("lint-imports")
 
 
 @nox.session(python="3.11")
