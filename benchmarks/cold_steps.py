@@ -32,7 +32,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.verification import PolicyBuilder
 
-from peer_middleware import tokens as token_module
+from peer_middleware import jwt as jwt_module
 from peer_middleware import x509 as x509_module
 from peer_middleware.request import RequestView
 
@@ -183,12 +183,12 @@ def token_steps(count: int, rounds: int) -> Steps:
         )
         mark("pyjwt decode (signature, aud, required claims)")
         for name in ("exp", "nbf", "iat"):
-            token_module._number(claims, name)
-        token_module._certificate_thumbprint(claims)
+            jwt_module._number(claims, name)
+        jwt_module._certificate_thumbprint(claims)
         mark("time claims, cnf")
         authenticator._identity(claims, key, "")
         mark("SPIFFE ID of sub")
-        token_module._freeze(claims)
+        jwt_module._freeze(claims)
         mark("frozen claims")
 
     result: Steps = {}

@@ -830,7 +830,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         workers_after = uvicorn_workers(uvicorn.pid)
         log = uvicorn.log_text(limit=5_000_000)
-        refresh_failures = len(re.findall(r"refreshing keys failed", log))
+        refresh_failures = len(
+            re.findall(r"(?:cannot be read|is invalid), (?:keeping the last good|no) keys", log)
+        )
         if uvicorn.poll() is not None:
             print(f"uvicorn exited with {uvicorn.poll()}:\n{uvicorn.log_text()}")
         return _report(

@@ -13,10 +13,10 @@ from typing import Any
 from _common import fuzz, instrumented, latin1, lines
 
 with instrumented():
+    from peer_middleware.authenticators import JwtSvidAuthenticator, KubernetesTokenAuthenticator
     from peer_middleware.errors import InvalidToken
     from peer_middleware.keys import StaticJwks
     from peer_middleware.request import RequestView
-    from peer_middleware.tokens import JwtSvidAuthenticator, KubernetesTokenAuthenticator
 
 from peer_middleware.testing.tokens import TokenMinter
 

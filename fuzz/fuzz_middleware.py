@@ -28,10 +28,12 @@ with instrumented():
         audit,
         deny,
     )
-    from peer_middleware.authenticators import ForwardedCertificateAuthenticator
+    from peer_middleware.authenticators import (
+        ForwardedCertificateAuthenticator,
+        JwtSvidAuthenticator,
+    )
     from peer_middleware.bundles import StaticX509Bundle
     from peer_middleware.keys import StaticJwks
-    from peer_middleware.tokens import JwtSvidAuthenticator
     from peer_middleware.x509 import X509SvidVerifier
 
 from peer_middleware.testing import TestCA, forwarded_cert_headers, xfcc_header

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from .asgi import DECISION_SCOPE_KEY, PEER_SCOPE_KEY, PeerMiddleware
 from .authenticators import (
+    BearerTokenAuthenticator,
     ForwardedCertificateAuthenticator,
+    JwtSvidAuthenticator,
+    KubernetesTokenAuthenticator,
     LinkerdIdentityAuthenticator,
     MtlsAuthenticator,
     XfccAuthenticator,
@@ -23,11 +26,12 @@ from .errors import (
     ConfigurationError,
     InvalidSpiffeIdError,
     InvalidToken,
+    KeysUnavailable,
     PeerMiddlewareError,
     RequestRefused,
 )
 from .guard import Guard
-from .keys import JwksUrl, KeySource, KeysUnavailable, OidcDiscovery, SpiffeJwtBundle, StaticJwks
+from .keys import JwksUrl, KeySource, OidcDiscovery, SpiffeJwtBundle, StaticJwks
 from .matchers import (
     AllOf,
     AnyOf,
@@ -58,7 +62,6 @@ from .request import Authenticator, RequestView
 from .responses import ProblemResponse, Refusal, default_responder
 from .rules import Action, Decision, Route, Rule, allow, audit, deny
 from .spiffe import SpiffeId
-from .tokens import BearerTokenAuthenticator, JwtSvidAuthenticator, KubernetesTokenAuthenticator
 from .wsgi import DECISION_ENVIRON_KEY, PEER_ENVIRON_KEY, PeerWSGIMiddleware
 from .x509 import VerifiedSvid, X509SvidVerifier
 from .xfcc import XfccElement, format_xfcc, parse_xfcc

@@ -7,8 +7,8 @@ verifiers can drop what they cached. Sources:
 * :class:`StaticX509Bundle`: fixed certificates, per trust domain;
 * :class:`X509BundleFile`: a PEM file (one trust domain) or a SPIFFE bundle
   JSON file (one trust domain, or an object mapping several), reloaded when it
-  changes, from a daemon thread: a new file that cannot be parsed keeps the
-  last good bundle and logs an error;
+  changes, from a daemon thread (:mod:`peer_middleware._reload`): a new file
+  that cannot be parsed keeps the last good bundle and logs an error;
 * :class:`SpiffeBundleSet`: several sources at once (federation), each trust
   domain in one of them only;
 * :class:`~peer_middleware.workload.WorkloadApiX509Source`: the SPIFFE
@@ -41,18 +41,19 @@ import json
 import logging
 import os
 import threading
-import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from cryptography import x509
 
-from .errors import ConfigurationError
+from ._reload import Outcome, Reloader
+from .errors import ConfigurationError, DuplicateJsonName
 from .spiffe import SCHEME_PREFIX, configured_trust_domain
 
 __all__ = [
     "MAX_BUNDLE_BYTES",
+    "DuplicateJsonName",
     "SpiffeBundleSet",
     "StaticX509Bundle",
     "X509BundleFile",
@@ -192,19 +193,6 @@ def parse_spiffe_bundle(document: bytes | str | Mapping[str, Any]) -> tuple[x509
             reason = f"SPIFFE bundle key {index}: x5c is not a certificate: {exc}"
             raise ValueError(reason) from None
     return tuple(certs)
-
-
-class DuplicateJsonName(ValueError):
-    """A JSON object gives one name twice.
-
-    ``name`` is the name; ``top_level`` is true when the object is the
-    document's outermost one (in a bundle-set file, its names are trust domains).
-    """
-
-    def __init__(self, name: str, *, top_level: bool) -> None:
-        super().__init__(f"the name {name!r} appears twice in one JSON object")
-        self.name = name
-        self.top_level = top_level
 
 
 class _UniqueNames:
@@ -383,20 +371,6 @@ class StaticX509Bundle:
         return f"StaticX509Bundle(trust_domains={sorted(self._authorities)!r})"
 
 
-def _watch(ref: weakref.ReferenceType[X509BundleFile], stop: threading.Event, every: float) -> None:
-    # Holds only a weak reference, so an abandoned source is collected and its
-    # thread ends at the next tick.
-    while not stop.wait(every):
-        source = ref()
-        if source is None:
-            return
-        try:
-            source.reload()
-        except Exception:  # pragma: no cover - reload() logs and never raises
-            logger.exception("trust bundle reload failed")
-        del source
-
-
 class X509BundleFile:
     """Authorities read from a file, reloaded when it changes.
 
@@ -419,7 +393,9 @@ class X509BundleFile:
     twice) keeps the last good bundle and logs an error (once per distinct
     content). ``reload_interval=None`` starts no thread: call :meth:`reload`.
     Replacing the file with a rename (as Kubernetes does for mounted
-    ConfigMaps and Secrets) is seen like any other change.
+    ConfigMaps and Secrets) is seen like any other change. The thread is the
+    shared :class:`~peer_middleware._reload.Reloader`'s: it holds the source
+    only weakly, so an abandoned source is collected and its thread ends.
     """
 
     def __init__(
@@ -438,52 +414,63 @@ class X509BundleFile:
         ):
             raise ConfigurationError("reload_interval must be a positive number of seconds or None")
         self.reload_interval = reload_interval
-        self._lock = threading.Lock()
         self._signature: tuple[int, ...] | None = None
         self._digest: bytes | None = None
         self._failed_digest: bytes | None = None
-        self._generation = 0
-        self._authorities: _Authorities = {}
         try:
             data, signature = self._read()
-            authorities = parse_trust_bundles(data, trust_domain=self.trust_domain)
+            parsed = parse_trust_bundles(data, trust_domain=self.trust_domain)
         except (OSError, ValueError) as exc:
             raise ConfigurationError(f"trust bundle {str(self.path)!r}: {exc}") from exc
-        self._authorities = _freeze(authorities, allow_empty=True)
-        self._warn_empty(self._authorities)
+        authorities = _freeze(parsed, allow_empty=True)
+        self._warn_empty(authorities)
         self._signature = signature
         self._digest = hashlib.sha256(data).digest()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        if reload_interval is not None:
-            self._thread = threading.Thread(
-                target=_watch,
-                args=(weakref.ref(self), self._stop, float(reload_interval)),
-                name=f"peer_middleware bundle watcher {self.path.name}",
-                daemon=True,
-            )
-            self._thread.start()
+        self._reloader: Reloader[X509BundleFile, _Authorities] = Reloader(
+            self,
+            _reread,
+            subject=f"trust bundle {str(self.path)!r}",
+            noun="bundle",
+            logger=logger,
+            level=logging.ERROR,
+            interval=None if reload_interval is None else float(reload_interval),
+            thread_name=f"peer_middleware bundle watcher {self.path.name}",
+            start=False,
+        )
+        self._reloader.put(authorities)
+        self._reloader.start()
 
     def _read(self) -> tuple[bytes, tuple[int, ...]]:
         with open(self.path, "rb") as handle:
             info = os.fstat(handle.fileno())
             if info.st_size > MAX_BUNDLE_BYTES:
-                raise ValueError(f"file is larger than {MAX_BUNDLE_BYTES} bytes")
+                raise OSError(f"file is larger than {MAX_BUNDLE_BYTES} bytes")
             data = handle.read(MAX_BUNDLE_BYTES + 1)
         if len(data) > MAX_BUNDLE_BYTES:
-            raise ValueError(f"file is larger than {MAX_BUNDLE_BYTES} bytes")
+            raise OSError(f"file is larger than {MAX_BUNDLE_BYTES} bytes")
         return data, (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
 
     @property
+    def _authorities(self) -> _Authorities:
+        snapshot = self._reloader.snapshot
+        return {} if snapshot is None else snapshot.value
+
+    @property
+    def _thread(self) -> threading.Thread | None:
+        return self._reloader.thread
+
+    @property
     def generation(self) -> int:
-        return self._generation
+        snapshot = self._reloader.snapshot
+        return 0 if snapshot is None else snapshot.generation
 
     @property
     def trust_domains(self) -> frozenset[str]:
         return frozenset(self._authorities)
 
     def x509_authorities(self, trust_domain: str) -> Sequence[x509.Certificate] | None:
-        return self._authorities.get(trust_domain)
+        snapshot = self._reloader.snapshot
+        return None if snapshot is None else snapshot.value.get(trust_domain)
 
     def reload(self, *, force: bool = False) -> bool:
         """Re-read the file if it changed; True when new authorities were swapped in.
@@ -491,56 +478,7 @@ class X509BundleFile:
         Never raises: a missing, unreadable or invalid file is logged at ERROR
         and the last good authorities stay in use.
         """
-        with self._lock:
-            try:
-                info = os.stat(self.path)
-                signature: tuple[int, ...] = (
-                    info.st_dev,
-                    info.st_ino,
-                    info.st_size,
-                    info.st_mtime_ns,
-                )
-                if not force and signature == self._signature:
-                    return False
-                data, signature = self._read()
-            except (OSError, ValueError) as exc:
-                logger.error(
-                    "trust bundle %r cannot be read, keeping the last good bundle: %s",
-                    str(self.path),
-                    exc,
-                )
-                return False
-            digest = hashlib.sha256(data).digest()
-            self._signature = signature
-            if digest == self._digest and not force:
-                return False
-            try:
-                authorities = _freeze(
-                    parse_trust_bundles(data, trust_domain=self.trust_domain), allow_empty=True
-                )
-            except (ValueError, ConfigurationError) as exc:
-                if digest != self._failed_digest:
-                    logger.error(
-                        "trust bundle %r is invalid, keeping the last good bundle: %s",
-                        str(self.path),
-                        exc,
-                    )
-                self._failed_digest = digest
-                return False
-            self._failed_digest = None
-            self._digest = digest
-            # The authorities first, then the generation: a verifier that reads
-            # the new generation is sure to find the new authorities, so what it
-            # caches under that generation (a store, a result) is never the old.
-            self._authorities = authorities
-            self._generation += 1
-            logger.info(
-                "trust bundle %r reloaded: trust domains %s",
-                str(self.path),
-                ", ".join(sorted(authorities)),
-            )
-            self._warn_empty(authorities)
-            return True
+        return self._reloader.attempt(force=force) is Outcome.CHANGED
 
     def _warn_empty(self, authorities: _Authorities) -> None:
         for domain in sorted(authorities):
@@ -554,10 +492,7 @@ class X509BundleFile:
 
     def close(self) -> None:
         """Stop watching the file (the current authorities stay usable)."""
-        self._stop.set()
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=5)
+        self._reloader.close()
 
     def __enter__(self) -> X509BundleFile:
         return self
@@ -565,13 +500,42 @@ class X509BundleFile:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def __del__(self) -> None:
-        stop = getattr(self, "_stop", None)
-        if stop is not None:
-            stop.set()
-
     def __repr__(self) -> str:
         return f"X509BundleFile({str(self.path)!r}, trust_domains={sorted(self._authorities)!r})"
+
+
+def _reread(bundle: X509BundleFile, force: bool) -> _Authorities | None:
+    """The file's new authorities for the reloader; ``None`` when nothing changed.
+
+    Raises when the file cannot be read (:class:`OSError`) or parsed: the
+    reloader then logs why and keeps the last good authorities. Content
+    already refused once is not parsed, nor logged, again.
+    """
+    info = os.stat(bundle.path)
+    signature: tuple[int, ...] = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+    if not force and signature == bundle._signature:
+        return None
+    data, signature = bundle._read()
+    digest = hashlib.sha256(data).digest()
+    bundle._signature = signature
+    if (digest == bundle._digest and not force) or digest == bundle._failed_digest:
+        return None
+    try:
+        authorities = _freeze(
+            parse_trust_bundles(data, trust_domain=bundle.trust_domain), allow_empty=True
+        )
+    except ValueError:  # ConfigurationError included
+        bundle._failed_digest = digest
+        raise
+    bundle._failed_digest = None
+    bundle._digest = digest
+    logger.info(
+        "trust bundle %r reloaded: trust domains %s",
+        str(bundle.path),
+        ", ".join(sorted(authorities)),
+    )
+    bundle._warn_empty(authorities)
+    return authorities
 
 
 def _trust_domains_of(source: X509BundleSource) -> frozenset[str]:

@@ -7,6 +7,10 @@ One root, split by meaning::
     │                                          middleware, policy or rule is built
     ├── InvalidSpiffeIdError (also ValueError) a string that is not a SPIFFE ID;
     │   └── one subclass per rule of the SPIFFE-ID specification
+    ├── DuplicateJsonName (also ValueError)    trust material (a bundle, a JWKS) whose
+    │                                          JSON gives one name twice in an object
+    ├── KeysUnavailable                        no token key set can be trusted now:
+    │                                          never fetched, or stale past max_stale
     └── RequestRefused                         a request that must not reach the app
         ├── BadRequest            400  malformed path, method or header
         ├── AuthenticationFailed  401  a credential was presented and is invalid
@@ -30,8 +34,10 @@ __all__ = [
     "CertificateDecodingError",
     "CertificateFault",
     "ConfigurationError",
+    "DuplicateJsonName",
     "InvalidSpiffeIdError",
     "InvalidToken",
+    "KeysUnavailable",
     "PeerMiddlewareError",
     "RequestRefused",
     "SpiffeIdDotSegment",
@@ -148,6 +154,25 @@ class SpiffeIdInvalidPathCharacter(InvalidSpiffeIdError):
         "SPIFFE ID path segment characters are limited to letters, numbers, "
         "dots, dashes, and underscores"
     )
+
+
+class DuplicateJsonName(PeerMiddlewareError, ValueError):
+    """A JSON object of trust material gives one name twice.
+
+    Python's json would keep the last of the two silently; trust material is
+    refused instead (RFC 8259 section 4, RFC 7517 section 4). ``name`` is the
+    name; ``top_level`` is true when the object is the document's outermost
+    one (in a bundle-set file, its names are trust domains).
+    """
+
+    def __init__(self, name: str, *, top_level: bool) -> None:
+        super().__init__(f"the name {name!r} appears twice in one JSON object")
+        self.name = name
+        self.top_level = top_level
+
+
+class KeysUnavailable(PeerMiddlewareError):
+    """No key set can be trusted right now (never fetched, or stale for too long)."""
 
 
 class RequestRefused(PeerMiddlewareError):

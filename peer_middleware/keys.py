@@ -13,12 +13,13 @@ the current immutable :class:`KeySet` and never does I/O. Sources:
   (``--service-account-issuer``); keys are tagged with the issuer, so they
   verify only tokens that name it.
 
-Network and file I/O happen only on a background daemon thread per source,
-with bounded timeouts and response sizes. Requests only read the current key
-set. A token whose ``kid`` is not in the set makes the request path *signal*
-a refresh (:meth:`~KeySource.key_set` with ``refresh=True``), which is rate
-limited (``min_refresh_interval``) and single flight (one thread does all
-fetching); the request itself is refused.
+Network and file I/O happen only on a background daemon thread per source
+(the shared :class:`~peer_middleware._reload.Reloader`, which holds the source
+only weakly), with bounded timeouts and response sizes. Requests only read the
+current key set. A token whose ``kid`` is not in the set makes the request
+path *signal* a refresh (:meth:`~KeySource.key_set` with ``refresh=True``),
+which is rate limited (``min_refresh_interval``) and single flight (one thread
+does all fetching); the request itself is refused.
 
 Keys are refreshed every ``ttl`` seconds. When refreshes fail (issuer down,
 slow, answering garbage) the last good keys keep serving for ``max_stale``
@@ -37,14 +38,12 @@ Python's json would silently keep the last one.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import ipaddress
 import logging
 import math
 import os
 import ssl
-import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
@@ -58,8 +57,9 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from .bundles import DuplicateJsonName, strict_json_loads
-from .errors import ConfigurationError, PeerMiddlewareError
+from ._reload import Reloader
+from .bundles import strict_json_loads
+from .errors import ConfigurationError, DuplicateJsonName, KeysUnavailable
 from .spiffe import configured_trust_domain
 
 __all__ = [
@@ -87,10 +87,6 @@ _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 _MAX_KID_LENGTH = 256
 _MAX_KEYS = 256
 _MIN_RSA_BITS = 2048
-
-
-class KeysUnavailable(PeerMiddlewareError):
-    """No key set can be trusted right now (never fetched, or stale for too long)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,7 +301,12 @@ def _positive(name: str, value: float) -> float:
 
 
 class _RefreshingSource:
-    """Holds the current keys; a daemon thread refreshes them."""
+    """Holds the current keys; the shared reloader's daemon thread refreshes them.
+
+    Keys are fetched every ``ttl`` seconds (after a failure sooner: every
+    ``retry_interval`` seconds, doubling up to ``ttl``) and served for ``ttl +
+    max_stale`` seconds after the last successful fetch.
+    """
 
     _label = "keys"
 
@@ -326,84 +327,57 @@ class _RefreshingSource:
         if not callable(clock):
             raise ConfigurationError("clock must be callable")
         self._clock = clock
-        # (key set, time after which it must not be used); replaced as a whole.
-        self._state: tuple[KeySet, float] | None = None
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._signal_lock = threading.Lock()
-        self._attempts = threading.Condition()
-        self._attempt_count = 0
-        self._last_signal = -math.inf
-        self._failures = 0
-        self._fetching = False
-        #: The last refresh error, for diagnostics (``None`` after a success).
-        self.last_error: str | None = None
-        self._thread = threading.Thread(
-            target=self._run, name=f"peer_middleware-{self._label}", daemon=True
+        self._reloader: Reloader[_RefreshingSource, KeySet] = Reloader(
+            self,
+            _read_keys,
+            subject=repr(self),
+            noun="keys",
+            logger=logger,
+            level=logging.WARNING,
+            interval=self.ttl,
+            retry_interval=self.retry_interval,
+            first_delay=0.0,
+            max_age=self.ttl + self.max_stale,
+            min_signal_interval=self.min_refresh_interval,
+            clock=clock,
+            thread_name=f"peer_middleware-{self._label}",
+            start=start,
         )
-        if start:
-            self._thread.start()
+
+    @property
+    def last_error(self) -> str | None:
+        """The last refresh error, for diagnostics (``None`` after a success)."""
+        return self._reloader.last_error
 
     # The request path -----------------------------------------------------
 
     def key_set(self, *, refresh: bool = False) -> KeySet:
+        reloader = self._reloader
         if refresh:
-            self._signal()
-        state = self._state
-        if state is None:
+            reloader.signal()
+        snapshot = reloader.snapshot
+        if snapshot is None:
             raise KeysUnavailable(f"{self!r}: no keys fetched yet ({self.last_error or 'pending'})")
-        if self._clock() > state[1]:
+        if self._clock() > snapshot.expires:
             raise KeysUnavailable(
                 f"{self!r}: keys are older than ttl + max_stale and refreshing fails "
                 f"({self.last_error})"
             )
-        return state[0]
-
-    def _signal(self) -> None:
-        now = self._clock()
-        if now - self._last_signal < self.min_refresh_interval:
-            return
-        with self._signal_lock:
-            if now - self._last_signal < self.min_refresh_interval:
-                return
-            self._last_signal = now
-        self._wake.set()
+        return snapshot.value
 
     # Operations -----------------------------------------------------------
 
     def refresh(self, timeout: float = 10.0) -> bool:
         """Fetch now (ignoring the rate limit) and wait; True when it succeeded."""
-        with self._attempts:
-            # A fetch already under way may predate the caller's reason to refresh.
-            target = self._attempt_count + (2 if self._fetching else 1)
-            self._wake.set()
-            if not self._thread.is_alive():
-                self._start()
-            self._attempts.wait_for(lambda: self._attempt_count >= target, timeout)
-            return self._attempt_count >= target and self._failures == 0
+        return self._reloader.refresh(timeout)
 
     def wait_ready(self, timeout: float = 10.0) -> bool:
         """Wait until a first key set is available; True when it is."""
-        deadline = time.monotonic() + timeout
-        with self._attempts:
-            while self._state is None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._attempts.wait(remaining)
-        return True
-
-    def _start(self) -> None:
-        if not self._thread.is_alive() and not self._stop.is_set():
-            with contextlib.suppress(RuntimeError):  # already started and finished
-                self._thread.start()
+        return self._reloader.wait_ready(timeout)
 
     def close(self) -> None:
         """Stop the background thread."""
-        self._stop.set()
-        self._wake.set()
-        if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
+        self._reloader.close()
 
     def __enter__(self) -> _RefreshingSource:
         return self
@@ -416,54 +390,15 @@ class _RefreshingSource:
     ) -> None:
         self.close()
 
-    # The background thread ------------------------------------------------
-
-    def _run(self) -> None:
-        delay = 0.0
-        while not self._stop.is_set():
-            if delay > 0:
-                self._wake.wait(delay)
-            if self._stop.is_set():
-                break
-            self._wake.clear()
-            ok = self._refresh_once()
-            if ok:
-                delay = self.ttl
-            else:
-                delay = min(self.retry_interval * 2 ** min(self._failures - 1, 10), self.ttl)
-
-    def _refresh_once(self) -> bool:
-        self._fetching = True
-        try:
-            keys = self._fetch()
-        except Exception as exc:  # any failure keeps the last good keys
-            self._failures += 1
-            self.last_error = f"{type(exc).__name__}: {exc}"[:500]
-            logger.warning(
-                "%r: refreshing keys failed (%s); %s",
-                self,
-                self.last_error,
-                "no keys yet" if self._state is None else "the last good keys stay in use",
-            )
-            ok = False
-        else:
-            now = self._clock()
-            if keys is not None:
-                self._state = (KeySet(keys, now), now + self.ttl + self.max_stale)
-            elif self._state is not None:
-                self._state = (self._state[0], now + self.ttl + self.max_stale)
-            self._failures = 0
-            self.last_error = None
-            ok = True
-        with self._attempts:
-            self._fetching = False
-            self._attempt_count += 1
-            self._attempts.notify_all()
-        return ok
-
     def _fetch(self) -> list[VerificationKey] | None:  # pragma: no cover - abstract
         """The new keys; ``None`` when unchanged. Raises on any failure."""
         raise NotImplementedError
+
+
+def _read_keys(source: _RefreshingSource, force: bool) -> KeySet | None:
+    """The source's new key set for the reloader; ``None`` when unchanged."""
+    keys = source._fetch()
+    return None if keys is None else KeySet(keys, source._clock())
 
 
 # --------------------------------------------------------------------------
@@ -502,6 +437,7 @@ class SpiffeJwtBundle(_RefreshingSource):
         self.bundles = {td: Path(path) for td, path in bundles.items()}
         self._stamps: dict[str, tuple[int, int, int]] = {}
         self._by_domain: dict[str, list[VerificationKey]] = {}
+        # Files never go stale: the keys of the last good files serve until replaced.
         super().__init__(
             ttl=poll_interval,
             max_stale=math.inf,
@@ -514,8 +450,8 @@ class SpiffeJwtBundle(_RefreshingSource):
             keys = self._fetch()
         except (OSError, ValueError) as exc:
             raise ConfigurationError(f"SpiffeJwtBundle: {exc}") from exc
-        self._state = (KeySet(keys or [], clock()), math.inf)
-        self._start()
+        self._reloader.put(KeySet(keys or [], clock()))
+        self._reloader.start()
 
     def _fetch(self) -> list[VerificationKey] | None:
         changed = False

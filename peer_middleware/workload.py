@@ -12,27 +12,32 @@ a worker thread: :meth:`WorkloadApiX509Source.open` does the latter::
 
 Every update (rotation, federation changes) replaces a snapshot that
 :meth:`~WorkloadApiX509Source.x509_authorities` reads without locking or
-blocking, and increases :attr:`~WorkloadApiX509Source.generation`. A bundle
-that the update carries without any X.509 authority stays known, with none:
-its trust domain's X.509-SVIDs are then refused (a warning is logged when a
-trust domain becomes so).
+blocking, and increases :attr:`~WorkloadApiX509Source.generation`; an update
+that cannot be read keeps the last good snapshot and logs why (the shared
+:class:`~peer_middleware._reload.Reloader`, with no thread of its own: the
+``spiffe`` package's stream pushes the updates). A bundle that the update
+carries without any X.509 authority stays known, with none: its trust
+domain's X.509-SVIDs are then refused (a warning is logged when a trust
+domain becomes so).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from cryptography import x509
 
+from ._reload import Reloader
 from .errors import ConfigurationError
 
 __all__ = ["WorkloadApiX509Source"]
 
 logger = logging.getLogger("peer_middleware")
+
+_Authorities = Mapping[str, tuple[x509.Certificate, ...]]
 
 
 def _x509_source_class() -> Any:
@@ -86,9 +91,15 @@ class WorkloadApiX509Source:
         else:
             self._owns_source = False
         self._source = source
-        self._lock = threading.Lock()
-        self._generation = 0
-        self._authorities: Mapping[str, tuple[x509.Certificate, ...]] = {}
+        self._reloader: Reloader[WorkloadApiX509Source, _Authorities] = Reloader(
+            self,
+            _read_update,
+            subject="SPIFFE Workload API update",
+            noun="bundles",
+            logger=logger,
+            level=logging.ERROR,
+            interval=None,  # the Workload API client pushes updates (and retries)
+        )
         self._refresh()
         source.subscribe_for_updates(self._refresh)
 
@@ -112,33 +123,17 @@ class WorkloadApiX509Source:
         return self
 
     def _refresh(self) -> None:
-        try:
-            context = self._source.get_x509_context()
-            authorities: dict[str, tuple[x509.Certificate, ...]] = {}
-            for bundle in context.x509_bundle_set.bundles:
-                # An empty bundle is kept: it says the trust domain trusts nothing
-                # (rather than that this source does not know it).
-                authorities[str(bundle.trust_domain)] = tuple(bundle.x509_authorities)
-        except Exception:
-            # Keep the last good snapshot; the Workload API client retries.
-            logger.exception("SPIFFE Workload API update could not be read; keeping the last one")
-            return
-        with self._lock:
-            previous = self._authorities
-            # The authorities first, then the generation (see X509BundleFile.reload).
-            self._authorities = authorities
-            self._generation += 1
-        for domain in sorted(authorities):
-            if not authorities[domain] and previous.get(domain) != ():
-                logger.warning(
-                    "SPIFFE Workload API: trust domain %r holds no X.509 authority: "
-                    "its X.509-SVIDs are all refused",
-                    domain,
-                )
+        self._reloader.attempt()
+
+    @property
+    def _authorities(self) -> _Authorities:
+        snapshot = self._reloader.snapshot
+        return {} if snapshot is None else snapshot.value
 
     @property
     def generation(self) -> int:
-        return self._generation
+        snapshot = self._reloader.snapshot
+        return 0 if snapshot is None else snapshot.generation
 
     @property
     def trust_domains(self) -> frozenset[str]:
@@ -157,3 +152,22 @@ class WorkloadApiX509Source:
 
     def __repr__(self) -> str:
         return f"WorkloadApiX509Source(trust_domains={sorted(self._authorities)!r})"
+
+
+def _read_update(source: WorkloadApiX509Source, force: bool) -> _Authorities:
+    """The authorities of the source's current X.509 context, for the reloader."""
+    context = source._source.get_x509_context()
+    authorities: dict[str, tuple[x509.Certificate, ...]] = {}
+    for bundle in context.x509_bundle_set.bundles:
+        # An empty bundle is kept: it says the trust domain trusts nothing
+        # (rather than that this source does not know it).
+        authorities[str(bundle.trust_domain)] = tuple(bundle.x509_authorities)
+    previous = source._authorities
+    for domain in sorted(authorities):
+        if not authorities[domain] and previous.get(domain) != ():
+            logger.warning(
+                "SPIFFE Workload API: trust domain %r holds no X.509 authority: "
+                "its X.509-SVIDs are all refused",
+                domain,
+            )
+    return authorities

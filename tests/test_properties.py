@@ -52,6 +52,8 @@ from peer_middleware import (
 )
 from peer_middleware.authenticators import (
     ForwardedCertificateAuthenticator,
+    JwtSvidAuthenticator,
+    KubernetesTokenAuthenticator,
     LinkerdIdentityAuthenticator,
     MtlsAuthenticator,
 )
@@ -83,7 +85,6 @@ from peer_middleware.presets import Preset
 from peer_middleware.request import RequestView
 from peer_middleware.testing import TestCA, forwarded_cert_headers, linkerd_client_id
 from peer_middleware.testing.tokens import TokenMinter
-from peer_middleware.tokens import JwtSvidAuthenticator, KubernetesTokenAuthenticator
 from peer_middleware.x509 import X509SvidVerifier, split_pem_chain
 from peer_middleware.xfcc import XfccElement, XfccSyntaxError, format_xfcc, parse_xfcc
 

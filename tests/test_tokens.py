@@ -20,10 +20,10 @@ from peer_middleware import (
     StaticJwks,
 )
 from peer_middleware.errors import AuthenticationFailed, UntrustedIssuer
+from peer_middleware.jwt import JWT_SVID_ALGORITHMS
 from peer_middleware.keys import SpiffeJwtBundle
 from peer_middleware.request import RequestView
 from peer_middleware.testing.tokens import SigningKey, TokenMinter, certificate_thumbprint
-from peer_middleware.tokens import JWT_SVID_ALGORITHMS
 
 ISSUER = "https://kubernetes.default.svc.cluster.local"
 AUDIENCE = "payments"

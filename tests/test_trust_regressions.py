@@ -549,7 +549,7 @@ def test_a_subset_of_the_specification_list_can_be_configured(rsa_key: SigningKe
 
 
 def test_kubernetes_tokens_keep_their_own_default(rsa_key: SigningKey) -> None:
-    from peer_middleware import tokens
+    from peer_middleware.jwt import DEFAULT_ALGORITHMS, JWT_SVID_ALGORITHMS, KUBERNETES_ALGORITHMS
 
     auth = KubernetesTokenAuthenticator(
         keys=StaticJwks({"keys": [rsa_key.jwk()]}),
@@ -557,6 +557,6 @@ def test_kubernetes_tokens_keep_their_own_default(rsa_key: SigningKey) -> None:
         issuers="https://issuer.example",
         trust_domain="cluster.local",
     )
-    assert auth.algorithms == frozenset(tokens.KUBERNETES_ALGORITHMS)
-    assert tokens.DEFAULT_ALGORITHMS == tokens.KUBERNETES_ALGORITHMS
-    assert frozenset(tokens.JWT_SVID_ALGORITHMS) == frozenset(SPEC_ALGORITHMS)
+    assert auth.algorithms == frozenset(KUBERNETES_ALGORITHMS)
+    assert DEFAULT_ALGORITHMS == KUBERNETES_ALGORITHMS
+    assert frozenset(JWT_SVID_ALGORITHMS) == frozenset(SPEC_ALGORITHMS)

@@ -14,6 +14,9 @@ the identity was proven:
   here.
 * :class:`LinkerdIdentityAuthenticator` (:mod:`.linkerd`): Linkerd's
   ``l5d-client-id``, asserted by a trusted inbound proxy.
+* :class:`JwtSvidAuthenticator` and :class:`KubernetesTokenAuthenticator`
+  (:mod:`.bearer`, on :class:`BearerTokenAuthenticator`): a bearer token,
+  verified here (:mod:`peer_middleware.jwt`).
 
 Every authenticator declares what it reads (see
 :class:`~peer_middleware.request.Authenticator`).
@@ -21,13 +24,17 @@ Every authenticator declares what it reads (see
 
 from __future__ import annotations
 
+from .bearer import BearerTokenAuthenticator, JwtSvidAuthenticator, KubernetesTokenAuthenticator
 from .forwarded import ForwardedCertificateAuthenticator
 from .linkerd import LinkerdIdentityAuthenticator
 from .mtls import MtlsAuthenticator
 from .xfcc import XfccAuthenticator
 
 __all__ = [
+    "BearerTokenAuthenticator",
     "ForwardedCertificateAuthenticator",
+    "JwtSvidAuthenticator",
+    "KubernetesTokenAuthenticator",
     "LinkerdIdentityAuthenticator",
     "MtlsAuthenticator",
     "XfccAuthenticator",

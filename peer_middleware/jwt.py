@@ -1,58 +1,54 @@
-"""Bearer tokens: JWT-SVIDs and Kubernetes service-account tokens.
+"""JWT verification: a compact JWS in, the peer it proves out; no request in sight.
 
-::
+A :class:`JwtVerifier` takes a token (however it arrived: a header, a query
+parameter, gRPC metadata) and returns the :class:`~peer_middleware.peer.Peer`
+it proves, or raises :class:`~peer_middleware.errors.InvalidToken`.
+:class:`JwtSvidVerifier` says which identity a JWT-SVID proves,
+:class:`KubernetesTokenVerifier` which one a Kubernetes service-account
+token proves. The authenticators that read tokens from a request are in
+:mod:`peer_middleware.authenticators.bearer`; they are these verifiers plus the
+reading. ::
 
-    from peer_middleware import JwtSvidAuthenticator, KubernetesTokenAuthenticator
-    from peer_middleware.keys import OidcDiscovery, SpiffeJwtBundle
+    from peer_middleware.jwt import JwtSvidVerifier
+    from peer_middleware.keys import SpiffeJwtBundle
 
-    svids = JwtSvidAuthenticator(
+    verifier = JwtSvidVerifier(
         keys=SpiffeJwtBundle({"example.org": "/run/spire/bundle/example.org.jwks"}),
         audience="spiffe://example.org/payments",
     )
-    kubernetes = KubernetesTokenAuthenticator(
-        keys=OidcDiscovery("https://kubernetes.default.svc.cluster.local", ...),
-        issuers=["https://kubernetes.default.svc.cluster.local"],
-        audience="payments",
-        trust_domain="cluster.local",
-    )
+    peer = verifier.verify(token)
 
-A token is taken from ``Authorization: Bearer <token>`` (the scheme in any
-case), from ``header`` when configured (the whole value is the token), and
-from the query parameter ``query_parameter`` only when that is set. Exactly
-one token may be present: two ``Authorization`` lines, or a token in two
-places, refuse the request.
+Checks, in order; the first that fails raises :class:`InvalidToken` with the
+precise reason (the token itself is never in it):
 
-Checks, in order; the first that fails refuses the request with 401 and
-``WWW-Authenticate: Bearer error="invalid_token"``, a fixed body, and the
-precise reason in the decision log (the token itself is never logged):
-
-1. extraction: one token, at most ``max_token_length`` characters;
-2. cache: a token verified before is served from a bounded cache keyed by its
-   SHA-256, while it has not expired and its key is still published;
-3. shape: three base64url segments (compact JWS);
-4. header: ``alg`` in the configured allow-list of asymmetric algorithms
+1. cache: a token verified before is served from a bounded cache keyed by its
+   signature's SHA-256 (the signed part compared byte for byte), while it has
+   not expired and its key is still published;
+2. shape: three base64url segments (compact JWS);
+3. header: ``alg`` in the configured allow-list of asymmetric algorithms
    (``none`` and HMAC can never be configured; for JWT-SVIDs, only those of
    the JWT-SVID specification, section 2.1); no ``jku``, ``x5u``, ``jwk``,
    ``x5c`` or ``crit``; ``typ`` absent, ``JWT`` or ``JOSE``; a ``kid``;
-5. key: chosen by ``kid`` in the configured key sources, never from the
+4. key: chosen by ``kid`` in the configured key sources, never from the
    token; an unknown ``kid`` signals a rate-limited refresh and is refused;
    the key must allow ``alg``; keys unavailable (never fetched, or stale
    past their bound) refuse everything;
-6. pyjwt verifies the signature with that key and algorithm, the audience
+5. pyjwt verifies the signature with that key and algorithm, the audience
    (required in configuration), the issuer allow-list, and that ``exp``,
    ``aud`` and ``sub`` are present;
-7. times against the injectable ``clock`` with ``leeway``: ``exp`` in the
+6. times against the injectable ``clock`` with ``leeway``: ``exp`` in the
    future, ``nbf`` and ``iat`` not in the future; all must be numbers;
-8. the key's issuer / trust domain must be the token's;
-9. ``cnf``: only ``x5t#S256`` (RFC 8705) is understood, and the thumbprint
-   must be a base64url SHA-256; the request then needs that certificate;
-10. identity: a JWT-SVID's ``sub`` is a workload SPIFFE ID (of an allowed
-    trust domain); a Kubernetes token's ``sub`` is
-    ``system:serviceaccount:<ns>:<sa>`` agreeing with its ``kubernetes.io``
-    claim, and becomes ``spiffe://<trust_domain>/ns/<ns>/sa/<sa>``.
+7. the key's issuer / trust domain must be the token's;
+8. ``cnf``: only ``x5t#S256`` (RFC 8705) is understood, and the thumbprint
+   must be a base64url SHA-256; the request then needs that certificate
+   (the peer's ``certificate_sha256``, which the policy checks);
+9. identity: a JWT-SVID's ``sub`` is a workload SPIFFE ID (of an allowed
+   trust domain); a Kubernetes token's ``sub`` is
+   ``system:serviceaccount:<ns>:<sa>`` agreeing with its ``kubernetes.io``
+   claim, and becomes ``spiffe://<trust_domain>/ns/<ns>/sa/<sa>``.
 
 Legacy Kubernetes service-account secrets (no ``exp``, no ``aud``, no
-``kubernetes.io`` claim) fail steps 6 and 10.
+``kubernetes.io`` claim) fail steps 5 and 9.
 """
 
 from __future__ import annotations
@@ -68,29 +64,33 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any
-from urllib.parse import parse_qsl
 
 import jwt
 
 from ._cache import BoundedCache
-from .errors import ConfigurationError, InvalidSpiffeIdError, InvalidToken, UntrustedIssuer
-from .keys import ASYMMETRIC_ALGORITHMS, KeySet, KeySource, KeysUnavailable, VerificationKey
+from .errors import (
+    ConfigurationError,
+    InvalidSpiffeIdError,
+    InvalidToken,
+    KeysUnavailable,
+    UntrustedIssuer,
+)
+from .keys import ASYMMETRIC_ALGORITHMS, KeySet, KeySource, VerificationKey
 from .peer import Peer, Proof
-from .request import RequestView
 from .spiffe import SpiffeId, configured_trust_domain
 
 __all__ = [
     "DEFAULT_ALGORITHMS",
     "JWT_SVID_ALGORITHMS",
     "KUBERNETES_ALGORITHMS",
-    "BearerTokenAuthenticator",
-    "JwtSvidAuthenticator",
-    "KubernetesTokenAuthenticator",
+    "JwtSvidVerifier",
+    "JwtVerifier",
+    "KubernetesTokenVerifier",
 ]
 
 #: The signature algorithms of JWT-SVIDs (SPIFFE JWT-SVID specification,
 #: section 2.1: a validator must reject any other): the default of
-#: :class:`JwtSvidAuthenticator`, and all it may be configured with.
+#: :class:`JwtSvidVerifier`, and all it may be configured with.
 JWT_SVID_ALGORITHMS = (
     "RS256",
     "RS384",
@@ -102,18 +102,17 @@ JWT_SVID_ALGORITHMS = (
     "PS384",
     "PS512",
 )
-#: The algorithms :class:`KubernetesTokenAuthenticator` (and
-#: :class:`BearerTokenAuthenticator`) accept unless configured otherwise.
+#: The algorithms :class:`KubernetesTokenVerifier` (and :class:`JwtVerifier`)
+#: accept unless configured otherwise.
 KUBERNETES_ALGORITHMS = ("RS256", "ES256", "ES384", "PS256", "EdDSA")
 #: The earlier name of :data:`KUBERNETES_ALGORITHMS`, kept for compatibility.
-#: It is not the default of :class:`JwtSvidAuthenticator`.
+#: It is not the default of :class:`JwtSvidVerifier`.
 DEFAULT_ALGORITHMS = KUBERNETES_ALGORITHMS
 
 _FORBIDDEN_HEADERS = frozenset({"jku", "x5u", "jwk", "x5c", "crit"})
 _TYPES = frozenset({"JWT", "JOSE"})
 _COMPACT = re.compile(r"[A-Za-z0-9_-]+")
 _HEADER_CACHE_SIZE = 256
-_BEARER = re.compile(r"(?:^|,)\s*bearer(?:\s|$)", re.IGNORECASE)
 _DNS_LABEL = re.compile(r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?")
 _DNS_SUBDOMAIN = re.compile(
     r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*"
@@ -199,9 +198,15 @@ def _peek_header(token: str, what: str) -> dict[str, Any]:
     return header
 
 
-class BearerTokenAuthenticator:
-    """Verifies bearer tokens; :class:`JwtSvidAuthenticator` and
-    :class:`KubernetesTokenAuthenticator` say what identity a token proves.
+def _trust_domain_of(subject: object) -> str | None:
+    if not isinstance(subject, str) or not subject.startswith("spiffe://"):
+        return None
+    return subject[len("spiffe://") :].split("/", 1)[0]
+
+
+class JwtVerifier:
+    """Verifies JWTs; :class:`JwtSvidVerifier` and :class:`KubernetesTokenVerifier`
+    say what identity a token proves.
 
     Configuration is keyword-only and validated here:
 
@@ -215,23 +220,17 @@ class BearerTokenAuthenticator:
         the ``iss`` values accepted (required for Kubernetes tokens).
     ``algorithms``
         allowed signature algorithms, a subset of the asymmetric ones
-        (default :data:`KUBERNETES_ALGORITHMS`; :class:`JwtSvidAuthenticator`
+        (default :data:`KUBERNETES_ALGORITHMS`; :class:`JwtSvidVerifier`
         has its own).
     ``leeway``
         seconds of clock skew tolerated for ``exp``, ``nbf`` and ``iat``.
-    ``header``
-        another header holding the token (its whole value); ``query_parameter``
-        a query parameter holding it (off unless set: URLs end up in logs).
     ``cache_size``
-        verified tokens kept (by SHA-256 of the token); ``clock`` the time source.
+        verified tokens kept (by SHA-256 of the signature); ``clock`` the time source.
+    ``name``
+        names the verifier in refusal reasons and as the peer's ``source``.
     """
 
-    #: Token authenticators are run even after a certificate peer was found.
-    bearer = True
-    forwarded = False
-    reads_tls = False
-    www_authenticate = "Bearer"
-    kind = "bearer"
+    kind = "jwt"
 
     def __init__(
         self,
@@ -241,9 +240,6 @@ class BearerTokenAuthenticator:
         issuers: str | Iterable[str] | None = None,
         algorithms: Iterable[str] = KUBERNETES_ALGORITHMS,
         leeway: float = 30.0,
-        header: str | None = None,
-        query_parameter: str | None = None,
-        max_token_length: int = 16 * 1024,
         cache_size: int = 4096,
         clock: Callable[[], float] = time.time,
         name: str | None = None,
@@ -276,24 +272,6 @@ class BearerTokenAuthenticator:
         if not 0 <= leeway <= 300:
             raise ConfigurationError("leeway must be between 0 and 300 seconds")
         self.leeway = float(leeway)
-        names = ["authorization"]
-        if header is not None:
-            if not isinstance(header, str) or not header or header != header.lower():
-                raise ConfigurationError(f"header {header!r} must be a lower-case header name")
-            if header == "authorization":
-                raise ConfigurationError("header must not be 'authorization' (always read)")
-            names.append(header)
-        self.header = header
-        self.header_names: tuple[str, ...] = tuple(names)
-        if query_parameter is not None and (
-            not isinstance(query_parameter, str) or not query_parameter
-        ):
-            raise ConfigurationError("query_parameter must be a non-empty string")
-        self.query_parameter = query_parameter
-        self.reads_query = query_parameter is not None
-        if not isinstance(max_token_length, int) or not 64 <= max_token_length <= 1024 * 1024:
-            raise ConfigurationError("max_token_length must be an integer from 64 to 1 MiB")
-        self.max_token_length = max_token_length
         if not isinstance(cache_size, int) or cache_size < 0:
             raise ConfigurationError("cache_size must be a non-negative integer")
         self._cache = BoundedCache[bytes, _Entry](cache_size)
@@ -313,66 +291,10 @@ class BearerTokenAuthenticator:
         self._what = f"{self.name} token"
         # header segment -> (alg, kid), for segments that passed every check
         self._headers = BoundedCache[str, tuple[str, str]](_HEADER_CACHE_SIZE)
-        # Only Authorization is read: the common case takes a shorter path.
-        self._simple = header is None and query_parameter is None
-        self._max_value = max_token_length + 7
 
-    # Extraction ------------------------------------------------------------
-
-    def _extract(self, request: RequestView) -> str | None:
-        found: list[tuple[str, str]] = []
-        value = request.headers.get("authorization")
-        if value is not None:
-            scheme, _, rest = value.partition(" ")
-            if "," in value and _BEARER.search(value):
-                # Header lines are joined with ","; a token68 never holds one.
-                raise InvalidToken("several Authorization values with a bearer token")
-            if scheme.lower() == "bearer":
-                found.append(("Authorization", rest.strip(" \t")))
-        if self.header is not None:
-            other = request.headers.get(self.header)
-            if other is not None:
-                if "," in other:
-                    raise InvalidToken(f"several {self.header} values")
-                scheme, _, rest = other.partition(" ")
-                found.append((self.header, rest if scheme.lower() == "bearer" else other))
-        if self.query_parameter is not None and request.query:
-            for key, item in parse_qsl(request.query, keep_blank_values=True):
-                if key == self.query_parameter:
-                    found.append((f"query parameter {self.query_parameter}", item))
-        if not found:
-            return None
-        if len(found) > 1:
-            places = ", ".join(place for place, _ in found)
-            raise InvalidToken(f"more than one bearer token ({places})")
-        place, token = found[0]
-        token = token.strip(" \t")
-        if not token:
-            raise InvalidToken(f"empty bearer token in {place}")
-        if len(token) > self.max_token_length:
-            raise InvalidToken(f"bearer token longer than {self.max_token_length} characters")
-        return token
-
-    # The request path --------------------------------------------------------
-
-    def authenticate(self, request: RequestView) -> Peer | None:
-        value = request.headers.get("authorization")
-        if (
-            self._simple
-            and value is not None
-            and value[:7].lower() == "bearer "
-            and "," not in value
-            and len(value) <= self._max_value
-        ):
-            token: str | None = value[7:].strip(" \t")
-        elif value is None and self._simple:
-            return None
-        else:
-            token = self._extract(request)
-        if not token:
-            if token is None:
-                return None
-            raise InvalidToken("empty bearer token in Authorization")
+    def verify(self, token: str) -> Peer:
+        """The peer ``token`` proves; raises :class:`InvalidToken` (or
+        :class:`UntrustedIssuer`, when another verifier may accept it)."""
         # A hit needs the same signature (by its SHA-256) and the same signed
         # part, byte for byte: the same token. The cache never holds one.
         signed, _, signature = token.rpartition(".")
@@ -410,6 +332,7 @@ class BearerTokenAuthenticator:
     # Verification ------------------------------------------------------------
 
     def _verify(self, token: str, signed: str, now: float) -> _Entry:
+        """Every check of a token not in the cache, in order (steps 2 to 9)."""
         what = self._what
         # The shape only; pyjwt checks every segment's alphabet and padding.
         if token.count(".") != 2:
@@ -535,7 +458,7 @@ class BearerTokenAuthenticator:
         return True
 
     def _check_mine(self, claims: Mapping[str, Any], what: str) -> None:
-        """Raise :class:`UntrustedIssuer` for a token another authenticator may own."""
+        """Raise :class:`UntrustedIssuer` for a token another verifier may own."""
         issuer = claims.get("iss")
         if self.issuers is not None and (not isinstance(issuer, str) or issuer not in self.issuers):
             raise UntrustedIssuer(f"{what}: issuer {_shown(issuer)} not accepted")
@@ -549,7 +472,21 @@ class BearerTokenAuthenticator:
         return f"{type(self).__name__}(name={self.name!r}, audience={list(self.audience)!r})"
 
 
-class JwtSvidAuthenticator(BearerTokenAuthenticator):
+def jwt_svid_algorithms(algorithms: Iterable[str]) -> tuple[str, ...]:
+    """``algorithms`` as a tuple, when all are JWT-SVID algorithms; else
+    :class:`ConfigurationError` (JWT-SVID specification, section 2.1)."""
+    # A tuple: the caller's iterable may be read only once.
+    chosen = (algorithms,) if isinstance(algorithms, str) else tuple(algorithms)
+    refused = sorted({str(a) for a in chosen} - frozenset(JWT_SVID_ALGORITHMS))
+    if refused:
+        raise ConfigurationError(
+            f"JWT-SVID algorithms must be among {', '.join(JWT_SVID_ALGORITHMS)} "
+            f"(JWT-SVID specification, section 2.1); refused: {refused}"
+        )
+    return chosen
+
+
+class JwtSvidVerifier(JwtVerifier):
     """JWT-SVIDs (SPIFFE JWT-SVID specification): ``sub`` is the peer's SPIFFE ID.
 
     With :class:`~peer_middleware.keys.SpiffeJwtBundle` keys, a token is
@@ -561,7 +498,6 @@ class JwtSvidAuthenticator(BearerTokenAuthenticator):
     """
 
     kind = "jwt-svid"
-    memoizable = True
 
     def __init__(
         self,
@@ -572,9 +508,6 @@ class JwtSvidAuthenticator(BearerTokenAuthenticator):
         issuers: str | Iterable[str] | None = None,
         algorithms: Iterable[str] = JWT_SVID_ALGORITHMS,
         leeway: float = 30.0,
-        header: str | None = None,
-        query_parameter: str | None = None,
-        max_token_length: int = 16 * 1024,
         cache_size: int = 4096,
         clock: Callable[[], float] = time.time,
         name: str | None = None,
@@ -588,23 +521,13 @@ class JwtSvidAuthenticator(BearerTokenAuthenticator):
             self.trust_domains: frozenset[str] | None = frozenset(domains)
         else:
             self.trust_domains = None
-        # A tuple: the caller's iterable may be read only once.
-        chosen = (algorithms,) if isinstance(algorithms, str) else tuple(algorithms)
-        refused = sorted({str(a) for a in chosen} - frozenset(JWT_SVID_ALGORITHMS))
-        if refused:
-            raise ConfigurationError(
-                f"JWT-SVID algorithms must be among {', '.join(JWT_SVID_ALGORITHMS)} "
-                f"(JWT-SVID specification, section 2.1); refused: {refused}"
-            )
-        super().__init__(
+        JwtVerifier.__init__(
+            self,
             keys=keys,
             audience=audience,
             issuers=issuers,
-            algorithms=chosen,
+            algorithms=jwt_svid_algorithms(algorithms),
             leeway=leeway,
-            header=header,
-            query_parameter=query_parameter,
-            max_token_length=max_token_length,
             cache_size=cache_size,
             clock=clock,
             name=name,
@@ -642,13 +565,7 @@ class JwtSvidAuthenticator(BearerTokenAuthenticator):
         return spiffe_id
 
 
-def _trust_domain_of(subject: object) -> str | None:
-    if not isinstance(subject, str) or not subject.startswith("spiffe://"):
-        return None
-    return subject[len("spiffe://") :].split("/", 1)[0]
-
-
-class KubernetesTokenAuthenticator(BearerTokenAuthenticator):
+class KubernetesTokenVerifier(JwtVerifier):
     """Kubernetes service-account tokens (projected, audience-bound, expiring).
 
     ``sub`` must be ``system:serviceaccount:<namespace>:<name>`` and agree
@@ -661,7 +578,6 @@ class KubernetesTokenAuthenticator(BearerTokenAuthenticator):
     """
 
     kind = "kubernetes"
-    memoizable = True
 
     def __init__(
         self,
@@ -672,26 +588,21 @@ class KubernetesTokenAuthenticator(BearerTokenAuthenticator):
         trust_domain: str,
         algorithms: Iterable[str] = KUBERNETES_ALGORITHMS,
         leeway: float = 30.0,
-        header: str | None = None,
-        query_parameter: str | None = None,
-        max_token_length: int = 16 * 1024,
         cache_size: int = 4096,
         clock: Callable[[], float] = time.time,
         name: str | None = None,
     ) -> None:
         if issuers is None:
-            raise ConfigurationError("KubernetesTokenAuthenticator needs issuers")
+            raise ConfigurationError(f"{type(self).__name__} needs issuers")
         configured_trust_domain(trust_domain)
         self.trust_domain = trust_domain
-        super().__init__(
+        JwtVerifier.__init__(
+            self,
             keys=keys,
             audience=audience,
             issuers=issuers,
             algorithms=algorithms,
             leeway=leeway,
-            header=header,
-            query_parameter=query_parameter,
-            max_token_length=max_token_length,
             cache_size=cache_size,
             clock=clock,
             name=name,
