@@ -48,7 +48,7 @@ from typing import Any, Protocol, runtime_checkable
 from cryptography import x509
 
 from ._reload import Outcome, Reloader
-from .errors import ConfigurationError, DuplicateJsonName
+from .errors import ConfigurationError, DuplicateJsonName, InvalidTrustMaterial
 from .spiffe import SCHEME_PREFIX, configured_trust_domain
 
 __all__ = [
@@ -150,15 +150,17 @@ def parse_pem_bundle(data: bytes | str) -> tuple[x509.Certificate, ...]:
     """
     raw = data.encode("ascii", "strict") if isinstance(data, str) else data
     if len(raw) > MAX_BUNDLE_BYTES:
-        raise ValueError(f"bundle is larger than {MAX_BUNDLE_BYTES} bytes")
+        raise InvalidTrustMaterial(f"bundle is larger than {MAX_BUNDLE_BYTES} bytes")
     if b"-----BEGIN" not in raw:
-        raise ValueError("no certificate in the PEM bundle")
+        raise InvalidTrustMaterial("no certificate in the PEM bundle")
     try:
         certs = tuple(x509.load_pem_x509_certificates(raw))
     except CERTIFICATE_ERRORS as exc:
-        raise ValueError(f"PEM bundle holds a certificate that cannot be parsed: {exc}") from None
+        raise InvalidTrustMaterial(
+            f"PEM bundle holds a certificate that cannot be parsed: {exc}"
+        ) from None
     if not certs:  # pragma: no cover - cryptography raises for an empty bundle
-        raise ValueError("no certificate in the PEM bundle")
+        raise InvalidTrustMaterial("no certificate in the PEM bundle")
     return certs
 
 
@@ -176,22 +178,24 @@ def parse_spiffe_bundle(document: bytes | str | Mapping[str, Any]) -> tuple[x509
     value = _load_json(document) if not isinstance(document, Mapping) else document
     keys = value.get("keys")
     if not isinstance(keys, list):
-        raise ValueError("SPIFFE bundle has no 'keys' array")
+        raise InvalidTrustMaterial("SPIFFE bundle has no 'keys' array")
     certs: list[x509.Certificate] = []
     for index, key in enumerate(keys):
         if not isinstance(key, Mapping):
-            raise ValueError(f"SPIFFE bundle key {index} is not an object")
+            raise InvalidTrustMaterial(f"SPIFFE bundle key {index} is not an object")
         if key.get("use") != "x509-svid":
             continue
         x5c = key.get("x5c")
         if not isinstance(x5c, list) or len(x5c) != 1 or not isinstance(x5c[0], str):
-            raise ValueError(f"SPIFFE bundle key {index}: x5c must hold exactly one certificate")
+            raise InvalidTrustMaterial(
+                f"SPIFFE bundle key {index}: x5c must hold exactly one certificate"
+            )
         try:
             der = base64.b64decode(x5c[0], validate=True)
             certs.append(x509.load_der_x509_certificate(der))
         except _BUNDLE_ENTRY_ERRORS as exc:
             reason = f"SPIFFE bundle key {index}: x5c is not a certificate: {exc}"
-            raise ValueError(reason) from None
+            raise InvalidTrustMaterial(reason) from None
     return tuple(certs)
 
 
@@ -247,18 +251,20 @@ def strict_json_loads(data: bytes | str) -> Any:
 
 def _load_json(document: bytes | str) -> Mapping[str, Any]:
     if len(document) > MAX_BUNDLE_BYTES:
-        raise ValueError(f"bundle is larger than {MAX_BUNDLE_BYTES} bytes")
+        raise InvalidTrustMaterial(f"bundle is larger than {MAX_BUNDLE_BYTES} bytes")
     try:
         value, duplicate = _parse_json(document)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ValueError(f"not valid JSON: {exc}") from None
+        raise InvalidTrustMaterial(f"not valid JSON: {exc}") from None
     if not isinstance(value, dict):
-        raise ValueError("a SPIFFE bundle must be a JSON object")
+        raise InvalidTrustMaterial("a SPIFFE bundle must be a JSON object")
     if duplicate is not None:
         if duplicate.top_level and "keys" not in value:
             # The outermost object of a bundle-set file maps trust domains.
-            raise ValueError(f"trust domain {_shown_domain(duplicate.name)!r} given twice")
-        raise ValueError(str(duplicate))
+            raise InvalidTrustMaterial(
+                f"trust domain {_shown_domain(duplicate.name)!r} given twice"
+            )
+        raise InvalidTrustMaterial(str(duplicate))
     return value
 
 
@@ -283,39 +289,39 @@ def parse_trust_bundles(
     domain twice (even as ``c.local`` and ``spiffe://c.local``).
     """
     if len(data) > MAX_BUNDLE_BYTES:
-        raise ValueError(f"bundle is larger than {MAX_BUNDLE_BYTES} bytes")
+        raise InvalidTrustMaterial(f"bundle is larger than {MAX_BUNDLE_BYTES} bytes")
     text = data.lstrip()
     if not text.startswith(b"{"):
         if trust_domain is None:
-            raise ValueError("a PEM bundle needs trust_domain=")
+            raise InvalidTrustMaterial("a PEM bundle needs trust_domain=")
         return {trust_domain: parse_pem_bundle(data)}
     value = _load_json(data)
     if "keys" in value:
         if trust_domain is None:
-            raise ValueError("a single SPIFFE bundle needs trust_domain=")
+            raise InvalidTrustMaterial("a single SPIFFE bundle needs trust_domain=")
         return {trust_domain: parse_spiffe_bundle(value)}
     if not value:
-        raise ValueError("empty JSON object: no trust domain")
+        raise InvalidTrustMaterial("empty JSON object: no trust domain")
     result: dict[str, tuple[x509.Certificate, ...]] = {}
     named: set[str] = set()
     for name, bundle in value.items():
         try:
             domain = _trust_domain(name)
         except ConfigurationError as exc:
-            raise ValueError(str(exc)) from None
+            raise InvalidTrustMaterial(str(exc)) from None
         if domain in named:
-            raise ValueError(f"trust domain {domain!r} given twice")
+            raise InvalidTrustMaterial(f"trust domain {domain!r} given twice")
         named.add(domain)
         if trust_domain is not None and domain != trust_domain:
             continue
         if not isinstance(bundle, Mapping):
-            raise ValueError(f"bundle for {domain!r} is not a JSON object")
+            raise InvalidTrustMaterial(f"bundle for {domain!r} is not a JSON object")
         try:
             result[domain] = parse_spiffe_bundle(bundle)
         except ValueError as exc:
-            raise ValueError(f"trust domain {domain!r}: {exc}") from None
+            raise InvalidTrustMaterial(f"trust domain {domain!r}: {exc}") from None
     if not result:
-        raise ValueError(f"no bundle for trust domain {trust_domain!r}")
+        raise InvalidTrustMaterial(f"no bundle for trust domain {trust_domain!r}")
     return result
 
 

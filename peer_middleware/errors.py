@@ -7,8 +7,9 @@ One root, split by meaning::
     │                                          middleware, policy or rule is built
     ├── InvalidSpiffeIdError (also ValueError) a string that is not a SPIFFE ID;
     │   └── one subclass per rule of the SPIFFE-ID specification
-    ├── DuplicateJsonName (also ValueError)    trust material (a bundle, a JWKS) whose
-    │                                          JSON gives one name twice in an object
+    ├── InvalidTrustMaterial (also ValueError) a trust bundle or key document that
+    │   │                                      cannot be parsed
+    │   └── DuplicateJsonName                  its JSON gives one name twice in an object
     ├── KeysUnavailable                        no token key set can be trusted now:
     │                                          never fetched, or stale past max_stale
     └── RequestRefused                         a request that must not reach the app
@@ -37,6 +38,7 @@ __all__ = [
     "DuplicateJsonName",
     "InvalidSpiffeIdError",
     "InvalidToken",
+    "InvalidTrustMaterial",
     "KeysUnavailable",
     "PeerMiddlewareError",
     "RequestRefused",
@@ -156,7 +158,17 @@ class SpiffeIdInvalidPathCharacter(InvalidSpiffeIdError):
     )
 
 
-class DuplicateJsonName(PeerMiddlewareError, ValueError):
+class InvalidTrustMaterial(PeerMiddlewareError, ValueError):
+    """A trust bundle or key document cannot be parsed (also a ``ValueError``).
+
+    Raised by the public parsers of trust material (``parse_pem_bundle``,
+    ``parse_spiffe_bundle``, ``parse_jwks``, ...); a source that re-reads its
+    file keeps the last good material when it sees one, and a source being
+    built turns it into a :class:`ConfigurationError`.
+    """
+
+
+class DuplicateJsonName(InvalidTrustMaterial):
     """A JSON object of trust material gives one name twice.
 
     Python's json would keep the last of the two silently; trust material is

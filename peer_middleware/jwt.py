@@ -113,6 +113,8 @@ _FORBIDDEN_HEADERS = frozenset({"jku", "x5u", "jwk", "x5c", "crit"})
 _TYPES = frozenset({"JWT", "JOSE"})
 _COMPACT = re.compile(r"[A-Za-z0-9_-]+")
 _HEADER_CACHE_SIZE = 256
+#: The longest header segment remembered (256 of them at most).
+_MAX_CACHED_HEADER = 512
 _DNS_LABEL = re.compile(r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?")
 _DNS_SUBDOMAIN = re.compile(
     r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?(?:\.[a-z0-9](?:[-a-z0-9]*[a-z0-9])?)*"
@@ -343,7 +345,10 @@ class JwtVerifier:
         checked = self._headers.get(segment)
         if checked is None:
             checked = self._check_header(token, segment, what)
-            self._headers.put(segment, checked)
+            if len(segment) <= _MAX_CACHED_HEADER:
+                # Real JOSE headers are short: a long one (sent to fill this
+                # cache) is checked every time it comes.
+                self._headers.put(segment, checked)
         alg, kid = checked
         index, key = self._choose_key(token, kid, alg, what)
         try:

@@ -59,7 +59,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from ._reload import Reloader
 from .bundles import strict_json_loads
-from .errors import ConfigurationError, DuplicateJsonName, KeysUnavailable
+from .errors import ConfigurationError, DuplicateJsonName, InvalidTrustMaterial, KeysUnavailable
 from .spiffe import configured_trust_domain
 
 __all__ = [
@@ -155,42 +155,42 @@ def _load_key(
     jwk: Any, *, use: str | None, trust_domain: str | None, issuer: str | None
 ) -> VerificationKey:
     if not isinstance(jwk, dict):
-        raise ValueError("a key is not a JSON object")
+        raise InvalidTrustMaterial("a key is not a JSON object")
     kid = jwk.get("kid")
     if not isinstance(kid, str) or not kid or len(kid) > _MAX_KID_LENGTH:
-        raise ValueError("a key has no usable 'kid'")
+        raise InvalidTrustMaterial("a key has no usable 'kid'")
     where = f"key {kid[:64]!r}"
     if _PRIVATE_MEMBERS & jwk.keys() or jwk.get("kty") == "oct":
-        raise ValueError(f"{where} holds private or symmetric key material")
+        raise InvalidTrustMaterial(f"{where} holds private or symmetric key material")
     if jwk.get("use") != use:
-        raise ValueError(f"{where} has use {jwk.get('use')!r}, not {use!r}")
+        raise InvalidTrustMaterial(f"{where} has use {jwk.get('use')!r}, not {use!r}")
     key_ops = jwk.get("key_ops")
     if key_ops is not None and (not isinstance(key_ops, list) or "verify" not in key_ops):
-        raise ValueError(f"{where} key_ops does not include 'verify'")
+        raise InvalidTrustMaterial(f"{where} key_ops does not include 'verify'")
     alg = jwk.get("alg")
     if alg is not None and alg not in ASYMMETRIC_ALGORITHMS:
-        raise ValueError(f"{where} has algorithm {alg!r}, which is not allowed")
+        raise InvalidTrustMaterial(f"{where} has algorithm {alg!r}, which is not allowed")
     try:
         loaded = jwt.PyJWK(jwk).key
     except (jwt.PyJWTError, ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise ValueError(f"{where} cannot be loaded: {exc}") from None
+        raise InvalidTrustMaterial(f"{where} cannot be loaded: {exc}") from None
     if isinstance(loaded, rsa.RSAPublicKey):
         if loaded.key_size < _MIN_RSA_BITS:
-            raise ValueError(f"{where} is an RSA key of {loaded.key_size} bits")
+            raise InvalidTrustMaterial(f"{where} is an RSA key of {loaded.key_size} bits")
         fitting = _RSA_ALGORITHMS
     elif isinstance(loaded, ec.EllipticCurvePublicKey):
         curve = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
         name = _EC_ALGORITHMS.get(curve.get(loaded.curve.name, ""))
         if name is None:
-            raise ValueError(f"{where} uses an unsupported curve {loaded.curve.name}")
+            raise InvalidTrustMaterial(f"{where} uses an unsupported curve {loaded.curve.name}")
         fitting = frozenset({name})
     elif isinstance(loaded, ed25519.Ed25519PublicKey):
         fitting = frozenset({"EdDSA"})
     else:
-        raise ValueError(f"{where} is not a public key of a supported type")
+        raise InvalidTrustMaterial(f"{where} is not a public key of a supported type")
     algorithms = fitting if alg is None else fitting & {alg}
     if not algorithms:
-        raise ValueError(f"{where}: algorithm {alg!r} does not fit the key type")
+        raise InvalidTrustMaterial(f"{where}: algorithm {alg!r} does not fit the key type")
     return VerificationKey(kid, loaded, algorithms, _fingerprint(kid, loaded), trust_domain, issuer)
 
 
@@ -209,10 +209,10 @@ def parse_jwks(
     :class:`ValueError`.
     """
     if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
-        raise ValueError("not a JWKS document (an object with a 'keys' list)")
+        raise InvalidTrustMaterial("not a JWKS document (an object with a 'keys' list)")
     raw_keys = document["keys"]
     if len(raw_keys) > _MAX_KEYS:
-        raise ValueError(f"more than {_MAX_KEYS} keys")
+        raise InvalidTrustMaterial(f"more than {_MAX_KEYS} keys")
     keys: list[VerificationKey] = []
     seen: set[str] = set()
     for jwk in raw_keys:
@@ -238,9 +238,9 @@ def _decode_json(data: bytes, what: str) -> Any:
     try:
         return strict_json_loads(data)
     except DuplicateJsonName as exc:
-        raise ValueError(f"{what}: {exc}") from None
+        raise InvalidTrustMaterial(f"{what}: {exc}") from None
     except (ValueError, RecursionError) as exc:
-        raise ValueError(f"{what} is not JSON: {exc}") from None
+        raise InvalidTrustMaterial(f"{what} is not JSON: {exc}") from None
 
 
 # --------------------------------------------------------------------------
@@ -462,7 +462,7 @@ class SpiffeJwtBundle(_RefreshingSource):
                 continue
             data = path.read_bytes()
             if len(data) > _MAX_DOCUMENT_BYTES:
-                raise ValueError(f"{path}: larger than {_MAX_DOCUMENT_BYTES} bytes")
+                raise InvalidTrustMaterial(f"{path}: larger than {_MAX_DOCUMENT_BYTES} bytes")
             document = _decode_json(data, str(path))
             self._by_domain[trust_domain] = parse_jwks(
                 document, use="jwt-svid", trust_domain=trust_domain
@@ -592,7 +592,7 @@ class _HttpSource(_RefreshingSource):
         with opener.open(request, timeout=self.timeout) as response:
             status = response.status
             if status != 200:
-                raise ValueError(f"{url}: HTTP status {status}")
+                raise InvalidTrustMaterial(f"{url}: HTTP status {status}")
             chunks: list[bytes] = []
             size = 0
             while True:
@@ -605,7 +605,7 @@ class _HttpSource(_RefreshingSource):
                     break
                 size += len(chunk)
                 if size > self.max_bytes:
-                    raise ValueError(f"{url}: answer larger than {self.max_bytes} bytes")
+                    raise InvalidTrustMaterial(f"{url}: answer larger than {self.max_bytes} bytes")
                 chunks.append(chunk)
         return _decode_json(b"".join(chunks), url)
 
@@ -736,19 +736,23 @@ class OidcDiscovery(_HttpSource):
     def _fetch(self) -> list[VerificationKey]:
         document = self._get_json(self.discovery_url, send_token=True)
         if not isinstance(document, dict):
-            raise ValueError(f"{self.discovery_url}: the discovery document is not an object")
+            raise InvalidTrustMaterial(
+                f"{self.discovery_url}: the discovery document is not an object"
+            )
         if document.get("issuer") != self.issuer:
-            raise ValueError(
+            raise InvalidTrustMaterial(
                 f"{self.discovery_url}: the discovery document names issuer "
                 f"{str(document.get('issuer'))[:200]!r}, not {self.issuer!r}"
             )
         jwks_uri = document.get("jwks_uri")
         if not isinstance(jwks_uri, str):
-            raise ValueError(f"{self.discovery_url}: the discovery document has no jwks_uri")
+            raise InvalidTrustMaterial(
+                f"{self.discovery_url}: the discovery document has no jwks_uri"
+            )
         try:
             validate_url(jwks_uri, "jwks_uri", allow_http=self.allow_http)
         except ConfigurationError as exc:
-            raise ValueError(str(exc)) from None
+            raise InvalidTrustMaterial(str(exc)) from None
         self.jwks_uri = jwks_uri
         same_origin = _origin(jwks_uri) == _origin(self.discovery_url)
         keys_document = self._get_json(jwks_uri, send_token=same_origin)
