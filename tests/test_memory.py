@@ -162,3 +162,24 @@ def test_long_forwarded_headers_are_not_remembered_by_the_authenticator() -> Non
     finally:
         tracemalloc.stop()
     assert held < 4 * MiB, f"{held / MiB:.1f} MiB held"
+
+
+def test_long_token_headers_are_not_remembered() -> None:
+    import base64
+    import json
+
+    from peer_middleware import JwtSvidAuthenticator, StaticJwks
+    from peer_middleware.testing.tokens import TokenMinter
+
+    minter = TokenMinter()
+    authenticator = JwtSvidAuthenticator(keys=StaticJwks(minter.jwks()), audience="payments")
+    guard = Guard(policy=POLICY, authenticators=[authenticator])
+    for index in range(50):
+        header = {"alg": "ES256", "typ": "JWT", "kid": minter.key.kid, "x": "p" * 3000 + str(index)}
+        segment = base64.urlsafe_b64encode(json.dumps(header).encode()).rstrip(b"=").decode()
+        token = f"{segment}.e30.c2ln"
+        verdict = guard.check(
+            "GET", "/payments/1", "/payments/1", PROXY, {"authorization": f"Bearer {token}"}
+        )
+        assert verdict.decision.status == 401
+    assert len(authenticator._headers) == 0
