@@ -76,8 +76,6 @@ from starlette.routing import Route  # noqa: E402
 
 import peer_middleware  # noqa: E402
 from peer_middleware import (  # noqa: E402
-    DECISION_ENVIRON_KEY,
-    DECISION_SCOPE_KEY,
     JwtSvidAuthenticator,
     Namespace,
     PeerMiddleware,
@@ -90,6 +88,7 @@ from peer_middleware import (  # noqa: E402
     allow,
     deny,
 )
+from peer_middleware.asgi import DECISION_SCOPE_KEY  # noqa: E402
 from peer_middleware.authenticators import (  # noqa: E402
     ForwardedCertificateAuthenticator,
     MtlsAuthenticator,
@@ -104,6 +103,7 @@ from peer_middleware.testing import (  # noqa: E402
     wsgi_tls_environ,
     xfcc_header,
 )
+from peer_middleware.wsgi import DECISION_ENVIRON_KEY  # noqa: E402
 from peer_middleware.x509 import (  # noqa: E402
     X509SvidVerifier,
     svid_extension_policies,

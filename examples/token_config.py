@@ -12,13 +12,8 @@ from __future__ import annotations
 
 import os
 
-from peer_middleware import (
-    Authenticator,
-    JwksUrl,
-    KeySource,
-    KubernetesTokenAuthenticator,
-    OidcDiscovery,
-)
+from peer_middleware import Authenticator, JwksUrl, KubernetesTokenAuthenticator, OidcDiscovery
+from peer_middleware.keys import KeySource
 
 DEFAULT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 

@@ -8,7 +8,7 @@ per-route rules before the handler runs. See the README for a tour.
 
 from __future__ import annotations
 
-from .asgi import DECISION_SCOPE_KEY, PEER_SCOPE_KEY, PeerMiddleware
+from .asgi import PeerMiddleware
 from .authenticators import (
     BearerTokenAuthenticator,
     ForwardedCertificateAuthenticator,
@@ -18,7 +18,7 @@ from .authenticators import (
     MtlsAuthenticator,
     XfccAuthenticator,
 )
-from .bundles import SpiffeBundleSet, StaticX509Bundle, X509BundleFile, X509BundleSource
+from .bundles import SpiffeBundleSet, StaticX509Bundle, X509BundleFile
 from .errors import (
     AccessDenied,
     AuthenticationFailed,
@@ -31,7 +31,7 @@ from .errors import (
     RequestRefused,
 )
 from .guard import Guard
-from .keys import JwksUrl, KeySource, OidcDiscovery, SpiffeJwtBundle, StaticJwks
+from .keys import JwksUrl, OidcDiscovery, SpiffeJwtBundle, StaticJwks
 from .matchers import (
     AllOf,
     AnyOf,
@@ -51,30 +51,24 @@ from .matchers import (
     ServiceAccount,
     SidecarAsserted,
     TrustDomain,
-    Who,
 )
 from .memory import MemoryLimits
 from .peer import Peer, Proof
 from .policy import Policy
-from .presets import Preset
 from .proxies import TrustedProxies
-from .request import Authenticator, RequestView
-from .responses import ProblemResponse, Refusal, default_responder
-from .rules import Action, Decision, Route, Rule, allow, audit, deny
+from .request import DECISION_KEY, PEER_KEY, Authenticator
+from .responses import ProblemResponse, Refusal
+from .rules import Decision, Route, Rule, allow, audit, deny
 from .spiffe import SpiffeId
-from .wsgi import DECISION_ENVIRON_KEY, PEER_ENVIRON_KEY, PeerWSGIMiddleware
-from .x509 import VerifiedSvid, X509SvidVerifier
-from .xfcc import XfccElement, format_xfcc, parse_xfcc
+from .wsgi import PeerWSGIMiddleware
+from .x509 import X509SvidVerifier
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "DECISION_ENVIRON_KEY",
-    "DECISION_SCOPE_KEY",
-    "PEER_ENVIRON_KEY",
-    "PEER_SCOPE_KEY",
+    "DECISION_KEY",
+    "PEER_KEY",
     "AccessDenied",
-    "Action",
     "AllOf",
     "AnyOf",
     "Anyone",
@@ -96,7 +90,6 @@ __all__ = [
     "Issuer",
     "JwksUrl",
     "JwtSvidAuthenticator",
-    "KeySource",
     "KeysUnavailable",
     "KubernetesTokenAuthenticator",
     "LinkerdIdentityAuthenticator",
@@ -111,7 +104,6 @@ __all__ = [
     "PeerMiddlewareError",
     "PeerWSGIMiddleware",
     "Policy",
-    "Preset",
     "Principal",
     "ProblemResponse",
     "Proof",
@@ -119,7 +111,6 @@ __all__ = [
     "Refusal",
     "RequestPrincipal",
     "RequestRefused",
-    "RequestView",
     "Route",
     "Rule",
     "ServiceAccount",
@@ -131,18 +122,11 @@ __all__ = [
     "StaticX509Bundle",
     "TrustDomain",
     "TrustedProxies",
-    "VerifiedSvid",
-    "Who",
     "X509BundleFile",
-    "X509BundleSource",
     "X509SvidVerifier",
     "XfccAuthenticator",
-    "XfccElement",
     "__version__",
     "allow",
     "audit",
-    "default_responder",
     "deny",
-    "format_xfcc",
-    "parse_xfcc",
 ]

@@ -34,7 +34,7 @@ from .memory import MemoryLimits
 from .paths import quote_path
 from .policy import Policy
 from .proxies import connection_client
-from .request import Authenticator
+from .request import DECISION_KEY, PEER_KEY, Authenticator
 from .responses import Responder
 from .routes import RouteTable
 from .rules import Rule
@@ -47,8 +47,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-PEER_SCOPE_KEY = "peer_middleware.peer"
-DECISION_SCOPE_KEY = "peer_middleware.decision"
+PEER_SCOPE_KEY = PEER_KEY
+DECISION_SCOPE_KEY = DECISION_KEY
 _MAX_TLS_CHAIN = 1024
 
 

@@ -14,7 +14,13 @@ from typing import Protocol, runtime_checkable
 from .peer import Peer
 from .proxies import TrustedProxies
 
-__all__ = ["Authenticator", "RequestView"]
+__all__ = ["DECISION_KEY", "PEER_KEY", "Authenticator", "RequestView"]
+
+#: Where the adapters put the :class:`~peer_middleware.Peer` (or ``None``) of
+#: an allowed request: ``scope[PEER_KEY]`` (ASGI), ``environ[PEER_KEY]`` (WSGI).
+PEER_KEY = "peer_middleware.peer"
+#: Where the adapters put the :class:`~peer_middleware.Decision` of an allowed request.
+DECISION_KEY = "peer_middleware.decision"
 
 
 class RequestView:

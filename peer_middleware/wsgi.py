@@ -37,7 +37,7 @@ from .guard import Guard, Verdict, guard_from
 from .memory import MemoryLimits
 from .paths import quote_path
 from .policy import Policy
-from .request import Authenticator
+from .request import DECISION_KEY, PEER_KEY, Authenticator
 from .responses import Responder
 from .routes import RouteTable
 from .rules import Rule
@@ -50,8 +50,8 @@ else:
 
 __all__ = ["DECISION_ENVIRON_KEY", "PEER_ENVIRON_KEY", "PeerWSGIMiddleware"]
 
-PEER_ENVIRON_KEY = "peer_middleware.peer"
-DECISION_ENVIRON_KEY = "peer_middleware.decision"
+PEER_ENVIRON_KEY = PEER_KEY
+DECISION_ENVIRON_KEY = DECISION_KEY
 
 _STATUS_LINES = {400: "400 Bad Request", 401: "401 Unauthorized", 403: "403 Forbidden"}
 

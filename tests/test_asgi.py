@@ -15,8 +15,6 @@ from starlette.testclient import TestClient, WebSocketDenialResponse
 from starlette.websockets import WebSocket
 
 from peer_middleware import (
-    DECISION_SCOPE_KEY,
-    PEER_SCOPE_KEY,
     Anyone,
     ConfigurationError,
     Decision,
@@ -35,6 +33,7 @@ from peer_middleware import (
     audit,
     deny,
 )
+from peer_middleware.asgi import DECISION_SCOPE_KEY, PEER_SCOPE_KEY
 
 SHOP = "spiffe://cluster.local/ns/shop/sa/reader"
 ADMIN = "spiffe://cluster.local/ns/ops/sa/admin"

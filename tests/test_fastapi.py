@@ -11,7 +11,6 @@ from starlette.testclient import TestClient, WebSocketDenialResponse
 from starlette.websockets import WebSocketDisconnect
 
 from peer_middleware import (
-    Action,
     AllOf,
     Anyone,
     Authenticated,
@@ -33,6 +32,7 @@ from peer_middleware.fastapi import (
     require,
     route_table,
 )
+from peer_middleware.rules import Action
 
 TD = "cluster.local"
 CHECKOUT = "spiffe://cluster.local/ns/shop/sa/checkout"

@@ -9,7 +9,6 @@ import pytest
 from flask import Flask, g, request
 
 from peer_middleware import (
-    PEER_ENVIRON_KEY,
     Anyone,
     Authenticated,
     AuthenticationFailed,
@@ -24,6 +23,7 @@ from peer_middleware import (
     allow,
 )
 from peer_middleware.flask import PeerAuth, current_peer, require
+from peer_middleware.wsgi import PEER_ENVIRON_KEY
 
 TD = "cluster.local"
 CHECKOUT = "spiffe://cluster.local/ns/shop/sa/checkout"

@@ -28,7 +28,6 @@ from peer_middleware import (
     Peer,
     Policy,
     Proof,
-    RequestView,
     SpiffeId,
     StaticJwks,
     X509SvidVerifier,
@@ -38,6 +37,7 @@ from peer_middleware import (
 )
 from peer_middleware.errors import AuthenticationFailed
 from peer_middleware.keys import KeySet
+from peer_middleware.request import RequestView
 from peer_middleware.testing import forwarded_cert_headers, xfcc_header
 from peer_middleware.testing.pki import TestCA
 from peer_middleware.testing.tokens import TokenMinter

@@ -31,7 +31,6 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from peer_middleware import (
-    DECISION_SCOPE_KEY,
     Anyone,
     Authenticated,
     Namespace,
@@ -50,6 +49,7 @@ from peer_middleware import (
     audit,
     deny,
 )
+from peer_middleware.asgi import DECISION_SCOPE_KEY
 from peer_middleware.authenticators import (
     ForwardedCertificateAuthenticator,
     JwtSvidAuthenticator,

@@ -11,8 +11,6 @@ from decision_fields import fields
 from werkzeug.test import Client
 
 from peer_middleware import (
-    DECISION_ENVIRON_KEY,
-    PEER_ENVIRON_KEY,
     Anyone,
     ConfigurationError,
     Decision,
@@ -30,6 +28,7 @@ from peer_middleware import (
     audit,
     deny,
 )
+from peer_middleware.wsgi import DECISION_ENVIRON_KEY, PEER_ENVIRON_KEY
 
 SHOP = "spiffe://cluster.local/ns/shop/sa/reader"
 ADMIN = "spiffe://cluster.local/ns/ops/sa/admin"
