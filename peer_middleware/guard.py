@@ -515,11 +515,10 @@ class Guard:
             # Another authenticator might accept the token once its keys
             # change: never reuse this result.
             return peer, _NEVER_AGAIN, notes
-        checks = tuple(
-            found.still_valid
-            for found in (primary, token)
-            if found is not None and found.still_valid is not None
-        )
+        # Every check an authenticator gave: the identity is reused only while
+        # all hold (a check from an authenticator whose peer was not used only
+        # makes reuse rarer).
+        checks = tuple(request.checks) if request.checks else ()
         return peer, checks, notes
 
     def _combine(self, primary: Peer | None, token: Peer) -> Peer:

@@ -122,11 +122,11 @@ _DNS_SUBDOMAIN = re.compile(
 _SERVICE_ACCOUNT_PREFIX = "system:serviceaccount:"
 _MAX_KID = 256
 
-# One cached verification: the peer (whose ``still_valid`` knows the expiry,
-# the key source and the key's fingerprint) and the token's signed part
-# (header.payload, which is not a usable credential without its signature; the
-# cache is keyed by the SHA-256 of the signature).
-_Entry = tuple[Peer, str]
+# One cached verification: the peer, the token's signed part (header.payload,
+# which is not a usable credential without its signature; the cache is keyed
+# by the SHA-256 of the signature), and the check that says whether it still
+# holds (the expiry, the key source and the key's fingerprint).
+_Entry = tuple[Peer, str, Callable[[], bool]]
 
 
 def _shown(value: object) -> str:
@@ -297,18 +297,21 @@ class JwtVerifier:
     def verify(self, token: str) -> Peer:
         """The peer ``token`` proves; raises :class:`InvalidToken` (or
         :class:`UntrustedIssuer`, when another verifier may accept it)."""
+        return self.verify_while(token)[0]
+
+    def verify_while(self, token: str) -> tuple[Peer, Callable[[], bool]]:
+        """The peer ``token`` proves, and a check that is True while it still
+        proves it (unexpired, its key still published and fresh)."""
         # A hit needs the same signature (by its SHA-256) and the same signed
         # part, byte for byte: the same token. The cache never holds one.
         signed, _, signature = token.rpartition(".")
         digest = hashlib.sha256(signature.encode("utf-8", "surrogatepass")).digest()
         entry = self._cache.get(digest)
-        if entry is not None and entry[1] == signed:
-            peer = entry[0]
-            if peer.still_valid is not None and peer.still_valid():
-                return peer
+        if entry is not None and entry[1] == signed and entry[2]():
+            return entry[0], entry[2]
         entry = self._verify(token, signed, self._clock())
         self._cache.put(digest, entry)
-        return entry[0]
+        return entry[0], entry[2]
 
     def _validity(self, expires: float, source: KeySource, fingerprint: str) -> Callable[[], bool]:
         """The ``still_valid`` check of a verified token: unexpired, its key still
@@ -396,9 +399,8 @@ class JwtVerifier:
             source=self.name,
             certificate_sha256=bound,
             claims=_freeze(claims),
-            still_valid=self._validity(exp + leeway, self.sources[index], key.fingerprint),
         )
-        return (peer, signed)
+        return (peer, signed, self._validity(exp + leeway, self.sources[index], key.fingerprint))
 
     def _check_header(self, token: str, segment: str, what: str) -> tuple[str, str]:
         """The ``alg`` and ``kid`` of a header segment that passes every check."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -54,10 +54,9 @@ class Peer:
     token claims. ``token`` is the peer proven by a bearer token presented
     together with a certificate on the same request (``None`` otherwise).
 
-    ``still_valid`` is set by the authenticator when the proof can lapse (a
-    certificate or token that expires, trust material that rotates): a
-    zero-argument check that returns True while the same credential would
-    still prove this peer. It is not part of the peer's equality.
+    A peer is a plain value: how long its proof holds is told to the request
+    view (:meth:`~peer_middleware.request.RequestView.valid_while`), and
+    remembered by the guard with the peer, never carried by it.
 
     Peers never carry raw certificates or tokens, so they are safe to log.
     """
@@ -69,9 +68,6 @@ class Peer:
     certificate_sha256: str | None = None
     claims: Mapping[str, Any] = field(default_factory=lambda: _NO_CLAIMS, compare=False, repr=False)
     token: Peer | None = None
-    still_valid: Callable[[], bool] | None = field(
-        default=None, compare=False, repr=False, hash=False
-    )
 
     @property
     def principal(self) -> str:

@@ -8,7 +8,7 @@ Nothing here knows a framework, a server or a cryptographic library.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 from .peer import Peer
@@ -37,7 +37,7 @@ class RequestView:
     declares ``reads_tls = True`` and the server exposes it; else ``None``.
     """
 
-    __slots__ = ("client", "headers", "method", "notes", "path", "query", "tls_chain")
+    __slots__ = ("checks", "client", "headers", "method", "notes", "path", "query", "tls_chain")
 
     def __init__(
         self,
@@ -55,6 +55,20 @@ class RequestView:
         self.query = query
         self.tls_chain = tls_chain
         self.notes: list[str] | None = None
+        self.checks: list[Callable[[], bool]] | None = None
+
+    def valid_while(self, check: Callable[[], bool]) -> None:
+        """Say how long the identity found in this request stays proven.
+
+        An authenticator whose proof can lapse (a certificate or token that
+        expires, trust material that rotates, a key withdrawn) calls this with
+        a zero-argument check that returns True while the same credential
+        would still prove the same peer. The guard remembers the checks with
+        the identity and reuses it only while every one holds.
+        """
+        if self.checks is None:
+            self.checks = []
+        self.checks.append(check)
 
     def note(self, text: str) -> None:
         """Record something the decision log should mention."""
@@ -87,14 +101,14 @@ class Authenticator(Protocol):
     An authenticator's class may declare ``memoizable = True``: its answer
     depends only on the client's host (never on its port), the headers it
     declared, the query string (when it declares ``reads_query``) and the TLS
-    chain, and it stays the same for as long as the returned peer's
-    ``still_valid`` check (when set) returns True. When every authenticator of
+    chain, and it stays the same for as long as every check it passed to
+    :meth:`RequestView.valid_while` returns True. When every authenticator of
     a guard declares it, the guard remembers the identity proven by each
     distinct credential (bounded, authenticated callers only) and skips the
-    authenticators for a caller it has seen, until ``still_valid`` says
-    otherwise. The declaration is read from the class itself, not inherited:
-    a subclass that changes what ``authenticate`` checks must declare it again,
-    once it keeps the promise. The values of the headers of bearer
+    authenticators for a caller it has seen, until a check says otherwise.
+    The declaration is read from the class itself, not inherited: a
+    subclass that changes what ``authenticate`` checks must declare it
+    again, once it keeps the promise. The values of the headers of bearer
     authenticators (``bearer = True``) and the query string are remembered
     only as their SHA-256, never as usable credentials.
     """

@@ -302,6 +302,34 @@ def test_a_forwarded_certificate_lapses_when_the_bundle_rotates() -> None:
     assert verdict.decision.status == 401
 
 
+@pytest.mark.parametrize("kind", ["xfcc", "nginx"])
+def test_a_certificate_served_from_the_authenticators_cache_still_lapses(kind: str) -> None:
+    # The guard forgets (evicted, or a new worker's memory), the authenticator
+    # remembers the header: the identity it hands back must carry its check,
+    # or the guard would remember it past the bundle's rotation.
+    ca, other = TestCA.create(TD), TestCA.create(TD)
+    bundle = RotatingBundle([ca.certificate])
+    verifier = X509SvidVerifier(bundle)
+    svid = ca.issue_svid(CART)
+    authenticator: Any
+    if kind == "xfcc":
+        authenticator = XfccAuthenticator(trusted_proxies=["127.0.0.1"], verifier=verifier)
+        headers = {"x-forwarded-client-cert": xfcc_header(svid, include_cert=True)}
+    else:
+        authenticator = ForwardedCertificateAuthenticator(
+            "nginx", trusted_proxies=["127.0.0.1"], verifier=verifier
+        )
+        headers = dict(forwarded_cert_headers("nginx", svid))
+    guard = Guard(policy=policy(), authenticators=[authenticator])
+    assert guard.check("GET", "/orders/1", "/orders/1", PROXY, dict(headers)).allowed
+    guard.memory.clear()
+    assert guard.check("GET", "/orders/1", "/orders/1", PROXY, dict(headers)).allowed
+    bundle.rotate([other.certificate])
+    for path in ("/orders/1", "/orders/2"):
+        verdict = guard.check("GET", path, path, PROXY, dict(headers))
+        assert verdict.decision.status == 401
+
+
 class PlainVerifier:
     """A custom verifier whose results cannot say when they lapse."""
 
@@ -383,19 +411,36 @@ def test_a_remembered_token_lapses_when_its_key_is_withdrawn() -> None:
     assert verdict.decision.status == 401
 
 
-def test_a_token_peer_carries_its_own_check() -> None:
-    minter = TokenMinter()
-    guard, _ = token_guard(StaticJwks(minter.jwks()))
-    verdict = guard.check(
-        "GET", "/orders/1", "/orders/1", PROXY, bearer(minter.jwt_svid(CART, AUDIENCE))
+def test_a_token_tells_the_request_how_long_it_holds() -> None:
+    now = [1_900_000_000.0]
+    minter = TokenMinter(clock=lambda: now[0])
+    authenticator = JwtSvidAuthenticator(
+        keys=StaticJwks(minter.jwks()), audience=AUDIENCE, clock=lambda: now[0]
     )
-    peer = verdict.peer
+    request = RequestView("GET", "/orders/1", PROXY, bearer(minter.jwt_svid(CART, AUDIENCE)))
+    peer = authenticator.authenticate(request)
     assert peer is not None
     assert peer.proof is Proof.TOKEN
-    assert peer.still_valid is not None
-    assert peer.still_valid()
-    # Not part of the peer's identity.
+    # The peer is a plain value; the check is the request's, and the guard's memory's.
     assert peer == Peer(SpiffeId.parse(CART), Proof.TOKEN, source=peer.source, claims=peer.claims)
+    assert request.checks is not None
+    [check] = request.checks
+    assert check()
+    now[0] += 300 + 31  # past exp and the leeway
+    assert not check()
+
+
+def test_the_memory_keeps_the_checks_with_the_identity() -> None:
+    minter = TokenMinter()
+    guard, _ = token_guard(StaticJwks(minter.jwks()))
+    token = minter.jwt_svid(CART, AUDIENCE)
+    guard.check("GET", "/orders/1", "/orders/1", PROXY, bearer(token))
+    [(peer, checks, _notes)] = [
+        entry for part in vars_of(guard.memory.identities) for entry in part.values()
+    ]
+    assert peer.principal == CART
+    assert len(checks) == 1
+    assert checks[0]()
 
 
 def test_a_token_is_remembered_only_as_a_digest() -> None:

@@ -192,7 +192,9 @@ class BearerTokenAuthenticator(JwtVerifier):
             if token is None:
                 return None
             raise InvalidToken("empty bearer token in Authorization")
-        return self.verify(token)
+        peer, still_valid = self.verify_while(token)
+        request.valid_while(still_valid)
+        return peer
 
 
 class JwtSvidAuthenticator(BearerTokenAuthenticator, JwtSvidVerifier):

@@ -233,6 +233,7 @@ class ForwardedCertificateAuthenticator:
         # bundle rotation); the cache here saves decoding, and the peer built
         # for a result the verifier hands out again.
         verified = self.verifier.verify(chain)
+        request.valid_while(still_valid_of(self.verifier, verified))
         if hit is not None and hit[1] is verified:
             return hit[2]
         peer = Peer(
@@ -241,7 +242,6 @@ class ForwardedCertificateAuthenticator:
             source=self.name,
             proxy=proxy,
             certificate_sha256=verified.sha256,
-            still_valid=still_valid_of(self.verifier, verified),
         )
         if sum(len(v) for v in values if v is not None) <= MAX_CACHED_CHARACTERS:
             # Long headers are decoded every time they come: the memory this

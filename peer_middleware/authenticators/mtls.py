@@ -53,13 +53,8 @@ class MtlsAuthenticator:
         # bytes, until it expires or the bundle rotates); the guard remembers
         # the peer.
         svid = self.verifier.verify(chain)
-        return Peer(
-            svid.spiffe_id,
-            Proof.MTLS,
-            source=self.name,
-            certificate_sha256=svid.sha256,
-            still_valid=still_valid_of(self.verifier, svid),
-        )
+        request.valid_while(still_valid_of(self.verifier, svid))
+        return Peer(svid.spiffe_id, Proof.MTLS, source=self.name, certificate_sha256=svid.sha256)
 
     def __repr__(self) -> str:
         return f"MtlsAuthenticator({self.verifier!r})"

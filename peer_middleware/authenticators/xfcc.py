@@ -152,8 +152,12 @@ class XfccAuthenticator:
             # and when the bundle changes, and a re-verified chain gives a
             # new result, so a new Peer.
             if self.verifier is not None and self.verifier.verify(verified[0]) is verified[1]:
+                request.valid_while(still_valid_of(self.verifier, verified[1]))
                 return hit[0]
         entry = self._verify(value, proxy)
+        if entry[1] is not None and self.verifier is not None:
+            # A certificate verified here: the identity holds while it does.
+            request.valid_while(still_valid_of(self.verifier, entry[1][1]))
         if len(value) <= MAX_CACHED_CHARACTERS:
             # A long header (many elements, a chain) is verified every time it
             # comes: the memory this cache holds stays small whatever is sent.
@@ -270,7 +274,6 @@ class XfccAuthenticator:
             source=self.name,
             proxy=proxy,
             certificate_sha256=svid.sha256,
-            still_valid=still_valid_of(verifier, svid),
         )
         return peer, (chain, svid)
 
