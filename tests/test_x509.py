@@ -54,21 +54,8 @@ class Pki:
     clock: list[datetime] = field(default_factory=lambda: [NOW])
 
 
-@pytest.fixture(autouse=True)
-def _current_time(request: pytest.FixtureRequest) -> None:
-    # NOW is the time of the test, not of the module's import: certificates a
-    # test issues are valid from a few minutes before the real clock, which a
-    # slow run could otherwise leave behind NOW.
-    global NOW
-    NOW = datetime.now(timezone.utc)
-    if "pki" in request.fixturenames:
-        request.getfixturevalue("pki").clock[0] = NOW
-
-
 @pytest.fixture(scope="module")
 def pki() -> Pki:
-    global NOW
-    NOW = datetime.now(timezone.utc)
     ca = TestCA.create(TD)
     partner = TestCA.create("partner.example")
     clock = [NOW]
