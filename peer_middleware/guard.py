@@ -265,7 +265,6 @@ class Guard:
         ``variant``) is part of what the memory keys a verdict on.
         """
         router = self._router
-        variant = router.variant(request) if router is not None else None
         normalised = path
         matched: str | None = None
         notes: tuple[str, ...] = ()
@@ -273,6 +272,8 @@ class Guard:
         request_key: tuple[object, ...] | None = None
         memory = self.memory
         try:
+            # Inside the try: a route table that fails refuses, never raises.
+            variant = router.variant(request) if router is not None else None
             if self._identities:
                 # Everything memoizable authenticators read: the client's host
                 # (with its port when the address may have been rewritten),

@@ -225,3 +225,20 @@ def test_memory_off_changes_no_decision(stream: tuple[list[Any], list[Any]]) -> 
             )
         assert outcomes[0] == outcomes[1], (op, outcomes)
     assert forgetting.memory.nbytes == 0
+
+
+class BrokenRoutes(Routes):
+    def variant(self, request: object) -> object:
+        raise RuntimeError("route table bug")
+
+
+def test_a_route_table_that_fails_refuses() -> None:
+    guard = Guard(
+        policy=policy(), authenticators=[XfccAuthenticator(trusted_proxies=["127.0.0.1"])]
+    )
+    guard.use_routes(BrokenRoutes())
+    headers = {"x-forwarded-client-cert": xfcc_header(CALLERS[0])}
+    verdict = guard.check("GET", "/orders/1", "/orders/1", PROXY, headers, request={"type": "http"})
+    assert not verdict.allowed
+    assert verdict.decision.status == 403
+    assert verdict.response is not None
