@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
@@ -15,6 +15,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from peer_middleware.bundles import SpiffeBundleSet, StaticX509Bundle
 from peer_middleware.errors import AuthenticationFailed, ConfigurationError
+from peer_middleware.testing import pki as pki_module
 from peer_middleware.testing.pki import Svid, TestCA
 from peer_middleware.x509 import (
     MAX_CERTIFICATE_BYTES,
@@ -26,6 +27,18 @@ from peer_middleware.x509 import (
 TD = "cluster.local"
 ID = "spiffe://cluster.local/ns/shop/sa/cart"
 NOW = datetime.now(timezone.utc)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _issue_at_now() -> Iterator[None]:
+    """Anchor the test CA's default validity at NOW, the verifiers' clock here.
+
+    Otherwise a certificate issued minutes after this module was imported (a slow
+    run) would start after NOW and fail as "not valid before".
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(pki_module, "_now", lambda: NOW)
+        yield
 
 
 def usage(**flags: bool) -> x509.KeyUsage:
