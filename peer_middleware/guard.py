@@ -29,7 +29,10 @@ import hashlib
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import replace
+from time import perf_counter
 
+from ._once import WARNINGS
+from .conditions import RequestFacts, check_value
 from .errors import (
     AccessDenied,
     BadRequest,
@@ -39,6 +42,7 @@ from .errors import (
     UntrustedIssuer,
 )
 from .memory import Memory, MemoryLimits
+from .observe import Observer, refusal_class
 from .paths import check_method, check_raw_target, normalise_path
 from .peer import Peer, Proof, never_still_valid
 from .policy import Policy
@@ -66,10 +70,20 @@ class Verdict:
     refused, when it names one (an invalid bearer token); it replaces the
     guard's default challenge in the 401 response. ``response`` is what a
     refused request gets on the wire (``None`` when allowed): the adapters
-    only serialise it.
+    only serialise it. ``failure`` is the :func:`~peer_middleware.observe.refusal_class`
+    of the error that refused the request before the policy decided.
     """
 
-    __slots__ = ("decision", "notes", "path", "peer", "response", "route", "www_authenticate")
+    __slots__ = (
+        "decision",
+        "failure",
+        "notes",
+        "path",
+        "peer",
+        "response",
+        "route",
+        "www_authenticate",
+    )
 
     def __init__(
         self,
@@ -87,6 +101,7 @@ class Verdict:
         self.notes = notes
         self.www_authenticate = www_authenticate
         self.response: ProblemResponse | None = None
+        self.failure: str | None = None
 
     @property
     def allowed(self) -> bool:
@@ -134,12 +149,20 @@ class Guard:
     ``peer.token`` (or, without a certificate, becoming the peer). Two tokens
     on one request are refused. ``www_authenticate`` is sent with 401
     responses when set (or taken from the first authenticator that declares
-    one); a refused credential may bring its own challenge.
+    one); a refused credential may bring its own challenge. ``observers``
+    are told of every decision (see :mod:`peer_middleware.observe`).
     """
 
     __slots__ = (
+        "_auth_header_names",
+        "_fact_headers",
+        "_fact_only",
         "_forwarded",
         "_identities",
+        "_observers",
+        "_reads_facts",
+        "_reads_source",
+        "_refusal_hinted",
         "_rewrite_warned",
         "_router",
         "_routes_changed_logged",
@@ -149,6 +172,7 @@ class Guard:
         "header_names",
         "memory",
         "policy",
+        "reads_port",
         "reads_query",
         "reads_tls",
         "responder",
@@ -163,6 +187,7 @@ class Guard:
         responder: Responder | None = None,
         www_authenticate: str | None = None,
         memory: MemoryLimits | None = None,
+        observers: Iterable[Observer] = (),
     ) -> None:
         if not isinstance(policy, Policy):
             raise ConfigurationError(f"policy must be a Policy, not {type(policy).__name__}")
@@ -194,12 +219,17 @@ class Guard:
             # Both headers a server may rewrite the client address from.
             names.append(FORWARDED_FOR)
             names.append(FORWARDED)
-        self.header_names: frozenset[str] = frozenset(names)
+        self._auth_header_names = frozenset(names)
+        self._derive_from_policy()
         if responder is not None and not callable(responder):
             raise ConfigurationError("responder must be callable")
         self.responder: Responder = responder or default_responder
         self.www_authenticate = www_authenticate
         self._rewrite_warned = False
+        self._refusal_hinted = False
+        self._observers: tuple[Observer, ...] = ()
+        for observer in observers:
+            self.observe(observer)
         #: Everything the guard remembers between requests (see :mod:`peer_middleware.memory`).
         self.memory = Memory(memory if memory is not None else MemoryLimits())
         # When every authenticator is memoizable: credentials -> identity, and
@@ -215,6 +245,46 @@ class Guard:
             for name in authenticator.header_names
         )
 
+    def _derive_from_policy(self) -> None:
+        """What the policy's conditions read, from :attr:`Policy.reads`: the
+        adapters pass it, and the memory keys every verdict on it."""
+        reads = self.policy.reads
+        self._reads_facts = bool(reads)
+        #: True when a rule reads the port the app was reached on (adapters pass it then only).
+        self.reads_port = "port" in reads
+        self._reads_source = "source" in reads
+        fact_headers = {name[7:] for name in reads if name.startswith("header:")}
+        if "host" in reads:
+            fact_headers.add("host")
+        if self._reads_source:
+            # Both headers a server may rewrite the client address from.
+            fact_headers |= {FORWARDED_FOR, FORWARDED}
+        self._fact_headers = tuple(sorted(fact_headers))
+        self._fact_only = frozenset(fact_headers - self._auth_header_names)
+        self.header_names: frozenset[str] = self._auth_header_names | fact_headers
+
+    def _facts(
+        self, client: tuple[str, int] | None, headers: dict[str, str], port: int | None
+    ) -> RequestFacts:
+        """What the rules' conditions read from this request; 400 for a value
+        holding a control character or obs-text."""
+        values = {}
+        for name in self._fact_headers:
+            value = headers.get(name)
+            if value is not None:
+                values[name] = check_value(value, f"header {name!r}")
+        source = None
+        if self._reads_source and client is not None and len(client) == 2:
+            forwarded_for = headers.get(FORWARDED_FOR)
+            forwarded = headers.get(FORWARDED)
+            if could_be_rewritten(client[1], forwarded_for, forwarded):
+                trusted = self._client_if_trustworthy(client, forwarded_for, forwarded)
+            else:
+                trusted = client
+            if trusted is not None and isinstance(trusted[0], str):
+                source = trusted[0]
+        return RequestFacts(values.get("host"), port if type(port) is int else None, values, source)
+
     def use_routes(self, table: RouteTable) -> None:
         """Apply the rules declared on ``table``'s routes, resolved by ``table``.
 
@@ -227,11 +297,19 @@ class Guard:
         policy = self.policy.with_routes(table.rules)
         self.policy = policy
         self._router = table if policy.routes else None
+        self._derive_from_policy()
         self.memory.clear()
+
+    def observe(self, observer: Observer) -> None:
+        """Tell ``observer`` of every decision from now on (its ``observe(verdict, seconds)``)."""
+        if not isinstance(observer, Observer):
+            raise ConfigurationError(f"{observer!r} has no observe(verdict, seconds) method")
+        self._observers = (*self._observers, observer)
 
     def extend(self, rules: Iterable[Rule]) -> None:
         """Append central ``rules`` to the policy (once, before serving)."""
         self.policy = self.policy.extended(rules)
+        self._derive_from_policy()
         self.memory.clear()
 
     def check(
@@ -246,6 +324,7 @@ class Guard:
         tls_chain: tuple[bytes | str, ...] | None = None,
         *,
         request: object = None,
+        port: int | None = None,
     ) -> Verdict:
         """Run the whole pipeline for one request.
 
@@ -262,8 +341,10 @@ class Guard:
         ``request`` is the adapter's own request (scope, environ), handed as
         it is to the route table (:meth:`use_routes`) to find the route the
         framework dispatches to; what else that route depends on (the table's
-        ``variant``) is part of what the memory keys a verdict on.
+        ``variant``) is part of what the memory keys a verdict on. ``port``
+        is the port the app was reached on, needed only when :attr:`reads_port`.
         """
+        started = perf_counter() if self._observers else 0.0
         router = self._router
         normalised = path
         matched: str | None = None
@@ -302,6 +383,12 @@ class Guard:
                     else:
                         where = client[0]
                 secret = self._secret_headers
+                items: Iterable[tuple[str, str]] = headers.items()
+                fact_only = self._fact_only
+                if fact_only:
+                    # Headers only the rules read are no credential: they key
+                    # the verdict below, not the identity.
+                    items = [(n, v) for n, v in items if n not in fact_only]
                 if secret:
                     # A usable token is never kept: only its SHA-256.
                     credentials = (
@@ -310,14 +397,24 @@ class Guard:
                         tls_chain,
                         *[
                             (name, _digest(value) if name in secret else value)
-                            for name, value in headers.items()
+                            for name, value in items
                         ],
                     )
                 else:
-                    credentials = (where, query, tls_chain, *headers.items())
+                    credentials = (where, query, tls_chain, *items)
+                # What the rules' conditions read (Policy.reads), and nothing else.
+                facts_key = (
+                    (
+                        port if self.reads_port else None,
+                        client if self._reads_source else None,
+                        *[headers.get(name) for name in self._fact_headers],
+                    )
+                    if self._reads_facts
+                    else None
+                )
                 # A request seen before, byte for byte, from a caller whose
                 # proof still holds: the verdict is the one made then.
-                request_key = (method, path, raw_target, root_path, variant, credentials)
+                request_key = (method, path, raw_target, root_path, variant, credentials, facts_key)
                 verdicts = memory.verdicts
                 try:
                     seen = verdicts.young.get(request_key) or verdicts.get(request_key)
@@ -330,7 +427,7 @@ class Guard:
                         if not still_valid():
                             break
                     else:
-                        return self._logged(seen[0], method, path)
+                        return self._logged(seen[0], method, path, started)
             if method not in _COMMON_METHODS:
                 check_method(method)
                 if method != method.upper():
@@ -375,13 +472,16 @@ class Guard:
                     identities.put(credentials, known)
             peer, checks, notes = known
             policy = self.policy
-            decision = policy.decide(method, matched, peer, plans=memory.plans)
+            facts = self._facts(client, headers, port) if self._reads_facts else None
+            decision = policy.decide(method, matched, peer, plans=memory.plans, facts=facts)
             if decision.rule is None and router is not None:
                 # No central rule decided: the rules declared on the route the
                 # framework will run may allow it.
                 route = self._route(router, request, method, normalised, root_path, variant)
                 if route is not None:
-                    decision = policy.decide(method, matched, peer, route, plans=memory.plans)
+                    decision = policy.decide(
+                        method, matched, peer, route, plans=memory.plans, facts=facts
+                    )
                     if decision.allowed and decision.rule is not None:
                         # Reused only while the app's routes are as they were.
                         checks = (*checks, router.unchanged)
@@ -407,10 +507,12 @@ class Guard:
                 notes,
                 error.www_authenticate,
             )
+            verdict.failure = refusal_class(error)
         except Exception:
             logger.exception("peer_middleware failed while authorizing %s %r", method, path[:200])
             verdict = Verdict(_INTERNAL, None, normalised, matched, notes)
-        return self._logged(verdict, method, path)
+            verdict.failure = "internal_error"
+        return self._logged(verdict, method, path, started)
 
     def _route(
         self,
@@ -443,13 +545,16 @@ class Guard:
             routes.put(key, route)
         return None if route is _NO_ROUTE else route
 
-    def _logged(self, verdict: Verdict, method: str, path: str) -> Verdict:
-        """``verdict``, once its decision is logged and, when refused, its response built.
+    def _logged(self, verdict: Verdict, method: str, path: str, started: float = 0.0) -> Verdict:
+        """``verdict``, once its decision is logged and observed and, when
+        refused, its response built.
 
         Every verdict the guard hands out leaves through here: there is one
         way to be refused.
         """
         decision = verdict.decision
+        if self._observers:
+            self._observed(verdict, perf_counter() - started if started else None)
         if decision.quiet:
             # An allow with nothing to report is logged at DEBUG only.
             if logger.isEnabledFor(logging.DEBUG):
@@ -459,6 +564,15 @@ class Guard:
         if not decision.allowed and verdict.response is None:
             verdict.response = self._response(verdict, method)
         return verdict
+
+    def _observed(self, verdict: Verdict, seconds: float | None) -> None:
+        for observer in self._observers:
+            try:
+                observer.observe(verdict, seconds)
+            except Exception:
+                # An observer never changes a decision; its failure is logged once.
+                if WARNINGS(("observer", id(observer))):
+                    logger.exception("peer_middleware observer %r failed", observer)
 
     def _authenticate(
         self,
@@ -549,6 +663,7 @@ class Guard:
         verdict = Verdict(
             _error_decision(error), peer, path[:200], None, (), error.www_authenticate
         )
+        verdict.failure = refusal_class(error)
         return self._logged(verdict, method, path)
 
     def _client_if_trustworthy(
@@ -576,6 +691,18 @@ class Guard:
             )
         return None
 
+    def _hint_refusal(self, decision: Decision) -> None:
+        """Once per guard: where the reasons of refusals go, when nobody reads them."""
+        self._refusal_hinted = True
+        logger.warning(
+            "peer_middleware refused a request (status=%s rule=%s); the reason of every "
+            "refusal is logged at INFO on the 'peer_middleware' logger, which is not enabled. "
+            "Enable it with logging.getLogger('peer_middleware').setLevel(logging.INFO) and a "
+            "handler (README, 'Operating it'). This warning is shown once.",
+            decision.status,
+            decision.rule,
+        )
+
     def _response(self, verdict: Verdict, method: str) -> ProblemResponse:
         """The response for a refused verdict."""
         decision = verdict.decision
@@ -592,6 +719,8 @@ class Guard:
         decision = verdict.decision
         level = logging.DEBUG if decision.quiet else logging.INFO
         if not logger.isEnabledFor(level):
+            if not self._refusal_hinted and not decision.allowed:
+                self._hint_refusal(decision)
             return
         path = verdict.route if verdict.route is not None else raw_path[:200]
         fields = _log_fields(decision, verdict.peer, method, path, verdict.notes)

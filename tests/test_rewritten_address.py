@@ -44,6 +44,13 @@ BODY_401 = b'{"type":"about:blank","title":"Unauthorized","status":401}'
 TESTS = Path(__file__).resolve().parent
 
 
+@pytest.fixture(autouse=True)
+def _decisions_logged(caplog: pytest.LogCaptureFixture) -> None:
+    # Decision records enabled, as an operator reading them has them: the
+    # one-time hint about disabled refusal reasons is not what these count.
+    caplog.set_level(logging.INFO, logger="peer_middleware")
+
+
 def guard() -> Guard:
     return Guard(
         policy=POLICY,
