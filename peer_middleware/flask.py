@@ -19,8 +19,13 @@
         return {"id": payment_id, "caller": current_peer.principal}
 
 :func:`require` goes *below* the route decorator (it must wrap the function
-Flask registers). Its matchers are validated when the module is imported;
-the rules it declares are read before the first request is served
+Flask registers); placed above it, it raises
+:class:`~peer_middleware.errors.ConfigurationError` naming the order, when
+it decorates a view of an app that has :class:`PeerAuth`, else when the
+views are read (:meth:`PeerAuth.init_app`, :meth:`PeerAuth.finalise`, which
+an app factory should call once its blueprints are registered, or the first
+request, which then fails rather than serve). Its matchers are validated
+when the module is imported; the rules it declares are read before the first request is served
 (:meth:`PeerAuth.finalise` does it earlier if called) into a
 :class:`FlaskRouteTable`. For a request that no central rule decided, the
 middleware asks the app's own URL adapter which view Flask will dispatch to,
@@ -37,6 +42,7 @@ The peer is on ``flask.g.peer`` (``None`` for an anonymous request), in
 from __future__ import annotations
 
 import functools
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, cast
 
@@ -44,7 +50,7 @@ from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException, SecurityError
 from werkzeug.local import LocalProxy
 
-from .errors import AccessDenied, AuthenticationFailed, ConfigurationError, RequestRefused
+from .errors import AuthenticationFailed, ConfigurationError, RequestRefused
 from .guard import Guard
 from .matchers import Matcher
 from .memory import MemoryLimits
@@ -52,7 +58,7 @@ from .peer import Peer
 from .policy import Policy
 from .request import Authenticator
 from .responses import Responder
-from .routes import Requirement, declared_rules
+from .routes import EndpointTable, Requirement, declare_on_view, enforce, misplaced
 from .rules import Route, Rule
 from .wsgi import DECISION_ENVIRON_KEY, PEER_ENVIRON_KEY, PeerWSGIMiddleware, _text_to_wsgi
 
@@ -67,7 +73,6 @@ __all__ = [
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-_REQUIREMENTS = "__peer_middleware_requirements__"
 EXTENSION_KEY = "peer_middleware"
 
 
@@ -82,39 +87,49 @@ current_peer: Peer = cast(Peer, LocalProxy(get_peer))
 
 
 def require(who: Matcher, *, name: str | None = None) -> Callable[[F], F]:
-    """Declare on a view that ``who`` may call it (see the module doc)."""
-    Requirement(who, name)  # validated now, at import time
+    """Declare on a view that ``who`` may call it (see the module doc).
+
+    Goes *below* the route decorator. Placed above it, it would wrap a
+    function Flask already registered: that raises
+    :class:`~peer_middleware.errors.ConfigurationError` here when the app
+    already has :class:`PeerAuth`, else when :class:`PeerAuth` reads the
+    views (``init_app``, :meth:`PeerAuth.finalise`, or the first request).
+    """
+    requirement = Requirement(who, name)  # validated now, at import time
 
     def decorate(view: F) -> F:
-        existing: list[tuple[Matcher, str | None]] = list(getattr(view, _REQUIREMENTS, ()))
-        inner = getattr(view, "__wrapped_view__", view)
-
-        @functools.wraps(inner)
-        def checked(*args: Any, **kwargs: Any) -> Any:
-            _check(requirements)
-            return inner(*args, **kwargs)
-
-        requirements = [(who, name), *existing]
-        setattr(checked, _REQUIREMENTS, requirements)
-        checked.__wrapped_view__ = inner  # type: ignore[attr-defined]
-        return cast(F, checked)
+        _refuse_registered(view)
+        return cast(F, declare_on_view(view, requirement, _checked))
 
     return decorate
 
 
-def _check(requirements: list[tuple[Matcher, str | None]]) -> None:
-    if DECISION_ENVIRON_KEY not in request.environ:
-        # The middleware is not in front of this app: refuse, never assume.
-        raise AuthenticationFailed("peer_middleware is not installed in front of this view")
-    peer = get_peer()
-    for who, _ in requirements:
-        if not who(peer):
-            if peer is None:
-                raise AuthenticationFailed(f"view requires {who.describe()}; no identity")
-            raise AccessDenied(f"view requires {who.describe()}; {peer.principal} is not")
+def _checked(
+    inner: Callable[..., Any], requirements: tuple[Requirement, ...]
+) -> Callable[..., Any]:
+    @functools.wraps(inner)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        if DECISION_ENVIRON_KEY not in request.environ:
+            # The middleware is not in front of this app: refuse, never assume.
+            raise AuthenticationFailed("peer_middleware is not installed in front of this view")
+        enforce(requirements, get_peer())
+        return inner(*args, **kwargs)
+
+    return checked
 
 
-class FlaskRouteTable:
+#: Apps with :class:`PeerAuth`, so that ``@require`` above ``@app.route`` raises at once.
+_apps: weakref.WeakSet[Flask] = weakref.WeakSet()
+
+
+def _refuse_registered(view: object) -> None:
+    for app in list(_apps):
+        for url_rule in app.url_map.iter_rules():
+            if app.view_functions.get(url_rule.endpoint) is view:
+                raise misplaced(url_rule.endpoint, url_rule.rule, "Flask")
+
+
+class FlaskRouteTable(EndpointTable):
     """The views of a Flask app, as its URL map dispatches requests to them.
 
     A :class:`~peer_middleware.routes.RouteTable`: ``rules`` are the rules
@@ -128,28 +143,14 @@ class FlaskRouteTable:
     the central policy alone judges it.
     """
 
-    __slots__ = ("_app", "_count", "_routes", "reads_host", "rules")
+    __slots__ = ("_app", "reads_host")
 
     def __init__(self, app: Flask) -> None:
+        super().__init__(app.url_map, app.view_functions, "Flask")
         self._app = app
-        self._routes: dict[str, Route] = {}
-        declared: list[tuple[Route, list[Requirement]]] = []
-        for url_rule in app.url_map.iter_rules():
-            endpoint = url_rule.endpoint
-            if endpoint in self._routes:
-                continue
-            view = app.view_functions.get(endpoint)
-            requirements = getattr(view, _REQUIREMENTS, None)
-            if not requirements:
-                continue
-            route = Route(f"view {endpoint} {url_rule.rule}")
-            self._routes[endpoint] = route
-            declared.append((route, [Requirement(who, name) for who, name in requirements]))
-        self.rules: dict[Route, tuple[Rule, ...]] = declared_rules(declared, unnamed="")
         self.reads_host = bool(
             app.url_map.host_matching or app.subdomain_matching or app.config.get("SERVER_NAME")
         )
-        self._count = _rule_count(app)
 
     def variant(self, request: object) -> object:
         """What the view depends on besides method and path, as Werkzeug's
@@ -168,10 +169,6 @@ class FlaskRouteTable:
             return (scheme, request.get("HTTP_HOST"))
         return scheme
 
-    def unchanged(self) -> bool:
-        """True while no URL rule was added since the table was built."""
-        return _rule_count(self._app) == self._count
-
     def resolve(self, request: object, method: str, path: str) -> Route | None:
         """The view with declared rules that Flask dispatches ``request`` to, if any."""
         assert isinstance(request, dict)
@@ -187,14 +184,7 @@ class FlaskRouteTable:
         except (HTTPException, SecurityError):
             # 404, 405, a redirect, an untrusted host: no view runs.
             return None
-        return self._routes.get(url_rule.endpoint)
-
-
-def _rule_count(app: Flask) -> int:
-    rules = getattr(app.url_map, "_rules", None)
-    if isinstance(rules, list):
-        return len(rules)
-    return sum(1 for _ in app.url_map.iter_rules())  # pragma: no cover - other Werkzeug
+        return self.route_of(url_rule.endpoint)
 
 
 def collect_view_rules(app: Flask) -> list[Rule]:
@@ -229,12 +219,14 @@ class PeerAuth:
     def init_app(self, app: Flask) -> None:
         if EXTENSION_KEY in app.extensions:
             raise ConfigurationError("PeerAuth is already installed on this app")
+        FlaskRouteTable(app)  # a misplaced @require on a view registered so far raises now
         guard, self._unused = self._unused or self._new_guard(), None
         middleware = PeerWSGIMiddleware(
             app.wsgi_app, guard=guard, routes=lambda: FlaskRouteTable(app)
         )
         app.wsgi_app = middleware  # type: ignore[method-assign]
         app.extensions[EXTENSION_KEY] = self
+        _apps.add(app)
         self._middlewares[id(app)] = middleware
         app.before_request(_load_peer)
 

@@ -15,15 +15,27 @@ is a request that no route serves (404, 405, a trailing-slash redirect).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import contextlib
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
-from .errors import ConfigurationError
+from .errors import AccessDenied, AuthenticationFailed, ConfigurationError
 from .matchers import AllOf, Matcher
 from .rules import Route, Rule, allow
 
-__all__ = ["Requirement", "RouteResolver", "RouteTable", "declared_rules"]
+__all__ = [
+    "EndpointTable",
+    "Requirement",
+    "RouteResolver",
+    "RouteTable",
+    "declare_on_view",
+    "declared_rules",
+    "enforce",
+    "misplaced",
+    "view_requirements",
+]
 
 
 @runtime_checkable
@@ -99,3 +111,124 @@ def declared_rules(
         names.add(name)
         rules[route] = (allow(name, who),)
     return rules
+
+
+# Views decorated with ``require(...)`` (Flask, Quart): the wrapper carries the
+# requirements, the undecorated function and the function it replaces; every
+# function ``require`` wrapped is remembered, so one that is registered while
+# no registered function replaces it (``@require`` above the route decorator)
+# is found when the app's routes are read.
+_REQUIREMENTS = "__peer_middleware_requirements__"
+_WRAPPED = "__peer_middleware_wrapped__"
+_REPLACES = "__peer_middleware_replaces__"
+_wrapped: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def view_requirements(view: object) -> tuple[Requirement, ...]:
+    """The requirements declared with ``require(...)`` on ``view``, outermost first."""
+    found = getattr(view, _REQUIREMENTS, ())
+    return found if isinstance(found, tuple) else ()
+
+
+def declare_on_view(
+    view: Callable[..., Any], requirement: Requirement, wrap: Callable[..., Any]
+) -> Callable[..., Any]:
+    """The wrapper ``wrap(inner, requirements)`` makes for ``view`` with ``requirement`` added.
+
+    ``inner`` is the undecorated function (several ``require`` on one view
+    make one wrapper that checks them all) and ``requirements`` every
+    requirement, outermost first.
+    """
+    inner = getattr(view, _WRAPPED, view)
+    requirements = (requirement, *view_requirements(view))
+    wrapper: Callable[..., Any] = wrap(inner, requirements)
+    setattr(wrapper, _REQUIREMENTS, requirements)
+    setattr(wrapper, _WRAPPED, inner)
+    setattr(wrapper, _REPLACES, view)
+    with contextlib.suppress(TypeError):  # a view that cannot be weakly referenced
+        _wrapped.add(view)
+    return wrapper
+
+
+def misplaced(endpoint: str, rule: str, framework: str) -> ConfigurationError:
+    """The error for ``@require`` placed above the route decorator of ``endpoint``."""
+    return ConfigurationError(
+        f"@require(...) is above the route decorator of view {endpoint!r} ({rule}): it wrapped "
+        f"the function after {framework} had registered it, so the view {framework} runs "
+        "declares nothing. Put the route decorator first and @require(...) below it: "
+        "@app.route(...) (or @blueprint.route(...)), then @require(...), then def view(...)"
+    )
+
+
+def _replacing(registered: Iterable[object]) -> set[int]:
+    """The ids of the functions that registered ``require`` wrappers replace."""
+    return {id(getattr(r, _REPLACES)) for r in registered if hasattr(r, _REPLACES)}
+
+
+def _replaced(view: object, replacing: set[int]) -> bool:
+    try:
+        if view not in _wrapped:
+            return False
+    except TypeError:  # pragma: no cover - a view that cannot be weakly referenced
+        return False
+    return id(view) not in replacing
+
+
+def enforce(requirements: Sequence[Requirement], peer: Any, where: str = "view") -> None:
+    """Raise unless ``peer`` satisfies every requirement (401 without identity, else 403)."""
+    for requirement in requirements:
+        who = requirement.who
+        if not who(peer):
+            if peer is None:
+                raise AuthenticationFailed(f"{where} requires {who.describe()}; no identity")
+            raise AccessDenied(f"{where} requires {who.describe()}; {peer.principal} is not")
+
+
+class EndpointTable:
+    """The part of a route table over a Werkzeug URL map that is the same in Flask and Quart.
+
+    Reads the rules declared with ``require(...)`` on the views of
+    ``url_map`` (one :class:`Route` per endpoint), refuses a ``require``
+    placed above the route decorator with :class:`ConfigurationError` (the
+    function registered would declare nothing), and tells whether URL rules
+    were added since (:meth:`unchanged`). Finding the endpoint a request
+    reaches is left to the framework's own URL adapter (its subclass).
+    """
+
+    __slots__ = ("_count", "_map", "_routes", "rules")
+
+    def __init__(self, url_map: Any, views: Mapping[str, object], framework: str) -> None:
+        self._map = url_map
+        self._routes: dict[str, Route] = {}
+        declared: list[tuple[Route, list[Requirement]]] = []
+        replacing = _replacing(views.values())
+        for url_rule in url_map.iter_rules():
+            endpoint = url_rule.endpoint
+            view = views.get(endpoint)
+            if _replaced(view, replacing):
+                raise misplaced(str(endpoint), str(url_rule.rule), framework)
+            if endpoint in self._routes:
+                continue
+            requirements = view_requirements(view)
+            if not requirements:
+                continue
+            route = Route(f"view {endpoint} {url_rule.rule}")
+            self._routes[endpoint] = route
+            declared.append((route, list(requirements)))
+        self.rules: dict[Route, tuple[Rule, ...]] = declared_rules(declared, unnamed="")
+        self._count = _rule_count(url_map)
+
+    def unchanged(self) -> bool:
+        """True while no URL rule was added since the table was built."""
+        return _rule_count(self._map) == self._count
+
+    def route_of(self, endpoint: str) -> Route | None:
+        """The route of ``endpoint`` when rules are declared on its view."""
+        return self._routes.get(endpoint)
+
+
+def _rule_count(url_map: Any) -> int:
+    rules = getattr(url_map, "_rules", None)
+    if isinstance(rules, list):
+        return len(rules)
+    return sum(1 for _ in url_map.iter_rules())  # pragma: no cover - other Werkzeug
