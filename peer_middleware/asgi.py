@@ -77,6 +77,14 @@ def _tls_chain(scope: Scope) -> tuple[bytes | str, ...] | None:
     return tuple(islice(chain, _MAX_TLS_CHAIN))
 
 
+def _server_port(scope: Scope) -> int | None:
+    """The port the server was reached on (``scope["server"]``), when known."""
+    server = scope.get("server")
+    if isinstance(server, (tuple, list)) and len(server) == 2 and type(server[1]) is int:
+        return server[1]
+    return None
+
+
 class PeerMiddleware:
     """Authenticate the calling service and enforce ``policy`` on every request.
 
@@ -157,6 +165,7 @@ class PeerMiddleware:
             scope.get("query_string", b"").decode("latin-1") if guard.reads_query else "",
             _tls_chain(scope) if guard.reads_tls else None,
             request=scope,
+            port=_server_port(scope) if guard.reads_port else None,
         )
         if not verdict.decision.allowed:
             await self._refuse(scope_type, scope, send, verdict)

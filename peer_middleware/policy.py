@@ -44,6 +44,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
+from .conditions import RequestFacts
 from .errors import ConfigurationError
 from .matchers import (
     AllOf,
@@ -127,6 +128,20 @@ class _Entry:
     order: int
     rule: Rule
     decision: Decision
+    when: bool = False  # the rule has request conditions
+
+    def matches(self, peer: Peer | None, facts: RequestFacts, deny: bool) -> bool:
+        """Whether the rule's matcher and every condition match (``deny``: as a DENY rule)."""
+        who = self.rule.who
+        if not (_deny_matches(who, peer) if deny else who(peer)):
+            return False
+        return not self.when or all(c.test(facts, deny) for c in self.rule.when)
+
+    def conditions_hold(self, facts: RequestFacts, deny: bool) -> bool:
+        return not self.when or all(c.test(facts, deny) for c in self.rule.when)
+
+
+_NO_FACTS = RequestFacts()
 
 
 def _deny_matches(who: Matcher, peer: Peer | None) -> bool:
@@ -164,32 +179,39 @@ class _RuleSet:
                 self.by_key.setdefault(key, []).append(entry)
 
     def first_match(
-        self, peer: Peer | None, best: _Entry | None, deny: bool = False
+        self,
+        peer: Peer | None,
+        best: _Entry | None,
+        deny: bool = False,
+        facts: RequestFacts = _NO_FACTS,
     ) -> _Entry | None:
         if peer is not None and self.by_key:
             for key in index_keys_of(peer.spiffe_id):
                 entries = self.by_key.get(key)
                 if entries is not None:
-                    candidate = entries[0]  # entries are in rule order
-                    if best is None or candidate.order < best.order:
-                        best = candidate
+                    # Entries are in rule order; the matcher matches every one
+                    # (that is what its index keys mean), the conditions may not.
+                    for candidate in entries:
+                        if best is not None and candidate.order >= best.order:
+                            break
+                        if candidate.conditions_hold(facts, deny):
+                            best = candidate
+                            break
         for entry in self.scan:
             if best is not None and entry.order > best.order:
                 break
-            if _deny_matches(entry.rule.who, peer) if deny else entry.rule.who(peer):
+            if entry.matches(peer, facts, deny):
                 return entry
         return best
 
-    def all_matches(self, peer: Peer | None, deny: bool = False) -> list[_Entry]:
+    def all_matches(
+        self, peer: Peer | None, deny: bool = False, facts: RequestFacts = _NO_FACTS
+    ) -> list[_Entry]:
         found: list[_Entry] = []
         if peer is not None:
             for key in index_keys_of(peer.spiffe_id):
-                found.extend(self.by_key.get(key, ()))
-        found.extend(
-            entry
-            for entry in self.scan
-            if (_deny_matches(entry.rule.who, peer) if deny else entry.rule.who(peer))
-        )
+                found.extend(e for e in self.by_key.get(key, ()) if e.conditions_hold(facts, deny))
+        found.extend(entry for entry in self.scan if entry.matches(peer, facts, deny))
         return sorted({id(e): e for e in found}.values(), key=lambda e: e.order)
 
 
@@ -336,7 +358,7 @@ class Policy:
     its arguments. The guard remembers plans for it (``plans=``).
     """
 
-    __slots__ = ("_root", "_routes", "has_extras", "mode", "routes", "rules")
+    __slots__ = ("_root", "_routes", "has_extras", "mode", "reads", "routes", "rules")
 
     def __init__(
         self,
@@ -360,7 +382,7 @@ class Policy:
                 raise ConfigurationError(f"two rules are named {rule.name!r}")
             names.add(rule.name)
             decision = self._decision_for(rule)
-            entry = _Entry(order, rule, decision)
+            entry = _Entry(order, rule, decision, bool(rule.when))
             for pattern in rule.paths:
                 node = root
                 for segment in pattern.segments:
@@ -407,6 +429,13 @@ class Policy:
             if entries:
                 self.routes[route] = route_rules
                 self._routes[route] = tuple(entries)
+        #: Every request attribute some rule's conditions read (``"host"``,
+        #: ``"port"``, ``"source"``, ``"header:<name>"``): what a memory of
+        #: decisions must key on besides the method, path, route and peer.
+        self.reads: frozenset[str] = frozenset().union(
+            *(r.reads for r in self.rules),
+            *(r.reads for rules in self.routes.values() for r in rules),
+        )
 
     @staticmethod
     def _decision_for(rule: Rule) -> Decision:
@@ -436,20 +465,25 @@ class Policy:
         route: Route | None = None,
         *,
         plans: PlanMemory | None = None,
+        facts: RequestFacts | None = None,
     ) -> Decision:
         """Decide a request. ``path`` must already be normalised.
 
         ``route`` is the route the framework dispatches the request to, when
         the caller knows it (``None``: no route, or not known); the rules
         declared on it allow the request when no central rule decided.
-        ``plans`` is a memory for :meth:`plan` results.
+        ``plans`` is a memory for :meth:`plan` results. ``facts`` are what
+        the rules' conditions read (:attr:`reads`); without them every
+        attribute is missing.
 
         A DENY rule also refuses the methods a router may dispatch to the
         method it names: ``HEAD`` (and any method in lower case) is refused by
         a DENY rule for ``GET`` (for the upper-cased method). ALLOW rules still
         match only the method as sent.
         """
-        decision = self._decide_as(method, path, peer, route, plans)
+        if facts is None:
+            facts = _NO_FACTS
+        decision = self._decide_as(method, path, peer, route, plans, facts)
         if method in _DISPATCHED_AS_SENT or not decision.allowed or decision.dry_run:
             return decision
         upper = method.upper()
@@ -457,7 +491,7 @@ class Policy:
         if upper == "HEAD":
             aliases.append("GET")
         for alias in aliases:
-            other = self._decide_as(alias, path, peer, None, plans)
+            other = self._decide_as(alias, path, peer, None, plans, facts)
             # Route rules never apply to the alias: only a central DENY decides here.
             if other.rule is not None and (not other.allowed or other.dry_run):
                 return other  # refused by a DENY rule
@@ -470,6 +504,7 @@ class Policy:
         peer: Peer | None,
         route: Route | None,
         plans: PlanMemory | None,
+        facts: RequestFacts,
     ) -> Decision:
         if plans is None:
             buckets = self.plan(method, path)
@@ -480,50 +515,53 @@ class Policy:
                 found = self.plan(method, path)
                 plans.put(key, found)
             buckets = found
-        return self._decide(buckets, peer, self._routes.get(route) if route is not None else None)
+        on_route = self._routes.get(route) if route is not None else None
+        return self._decide(buckets, peer, on_route, facts)
 
     def _decide(
         self,
         buckets: Plan,
         peer: Peer | None,
         on_route: tuple[_RouteEntry, ...] | None = None,
+        facts: RequestFacts = _NO_FACTS,
     ) -> Decision:
         denied: _Entry | None = None
         for bucket in buckets:
-            denied = bucket.deny.first_match(peer, denied, deny=True)
+            denied = bucket.deny.first_match(peer, denied, True, facts)
         if denied is not None:
             decision = denied.decision
         else:
             allowed: _Entry | None = None
             for bucket in buckets:
-                allowed = bucket.allow.first_match(peer, allowed)
+                allowed = bucket.allow.first_match(peer, allowed, False, facts)
             if allowed is not None:
                 decision = allowed.decision
             else:
                 decision = NO_IDENTITY if peer is None else NO_RULE
                 if on_route is not None:
                     for route_entry in on_route:
-                        if route_entry.rule.who(peer):
+                        if route_entry.rule.who(peer) and all(
+                            c.test(facts) for c in route_entry.rule.when
+                        ):
                             decision = route_entry.decision
                             break
         if self.has_extras:
-            decision = self._extras(decision, buckets, peer)
+            decision = self._extras(decision, buckets, peer, facts)
         if not decision.allowed and self.mode == "shadow":
             decision = replace(decision, allowed=True, dry_run=True)
         return decision
 
     @staticmethod
-    def _extras(decision: Decision, buckets: Plan, peer: Peer | None) -> Decision:
+    def _extras(
+        decision: Decision, buckets: Plan, peer: Peer | None, facts: RequestFacts
+    ) -> Decision:
         shadow: list[str] = []
         audits: list[str] = []
         # A rule whose patterns end at several places is reported once, and
         # reports follow declaration order.
         entries = {id(e): e for bucket in buckets for e in bucket.extra}
         for entry in sorted(entries.values(), key=lambda e: e.order):
-            if entry.rule.action is Action.DENY:
-                if not _deny_matches(entry.rule.who, peer):
-                    continue
-            elif not entry.rule.who(peer):
+            if not entry.matches(peer, facts, entry.rule.action is Action.DENY):
                 continue
             if entry.rule.action is Action.AUDIT:
                 audits.append(entry.rule.name)
@@ -534,27 +572,32 @@ class Policy:
         return replace(decision, shadow=tuple(shadow), audit=tuple(audits))
 
     def matching_rules(
-        self, method: str, path: str, peer: Peer | None, route: Route | None = None
+        self,
+        method: str,
+        path: str,
+        peer: Peer | None,
+        route: Route | None = None,
+        *,
+        facts: RequestFacts | None = None,
     ) -> list[Rule]:
         """Every rule that matches, in order (for explaining a decision); the
         rules declared on ``route`` come after the central ones."""
+        facts = facts or _NO_FACTS
         found: list[_Entry] = []
         for bucket in self.plan(method, path):
-            found.extend(bucket.deny.all_matches(peer, deny=True))
-            found.extend(bucket.allow.all_matches(peer))
+            found.extend(bucket.deny.all_matches(peer, True, facts))
+            found.extend(bucket.allow.all_matches(peer, False, facts))
             found.extend(
-                e
-                for e in bucket.extra
-                if (
-                    _deny_matches(e.rule.who, peer)
-                    if e.rule.action is Action.DENY
-                    else e.rule.who(peer)
-                )
+                e for e in bucket.extra if e.matches(peer, facts, e.rule.action is Action.DENY)
             )
         unique = {id(e): e for e in found}
         matched = [e.rule for e in sorted(unique.values(), key=lambda e: e.order)]
         if route is not None:
-            matched.extend(e.rule for e in self._routes.get(route, ()) if e.rule.who(peer))
+            matched.extend(
+                e.rule
+                for e in self._routes.get(route, ())
+                if e.rule.who(peer) and all(c.test(facts) for c in e.rule.when)
+            )
         return matched
 
     def __len__(self) -> int:

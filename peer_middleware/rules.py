@@ -33,6 +33,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from .conditions import Condition
 from .errors import ConfigurationError
 from .matchers import Matcher
 
@@ -48,6 +49,18 @@ __all__ = [
 ]
 
 _METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Z]+")
+#: The methods a rule may name: the IANA HTTP Method Registry. Any other name
+#: is far more likely a typo ("DELTE") than a method a router serves.
+KNOWN_METHODS = frozenset(
+    {
+        "ACL", "BASELINE-CONTROL", "BIND", "CHECKIN", "CHECKOUT", "CONNECT", "COPY",
+        "DELETE", "GET", "HEAD", "LABEL", "LINK", "LOCK", "MERGE", "MKACTIVITY",
+        "MKCALENDAR", "MKCOL", "MKREDIRECTREF", "MKWORKSPACE", "MOVE", "OPTIONS",
+        "ORDERPATCH", "PATCH", "POST", "PRI", "PROPFIND", "PROPPATCH", "PUT", "QUERY",
+        "REBIND", "REPORT", "SEARCH", "TRACE", "UNBIND", "UNCHECKOUT", "UNLINK",
+        "UNLOCK", "UPDATE", "UPDATEREDIRECTREF", "VERSION-CONTROL",
+    }
+)  # fmt: skip
 
 
 # --------------------------------------------------------------------------
@@ -144,6 +157,8 @@ class Rule:
     methods: frozenset[str] | None = None
     paths: tuple[PathPattern, ...] = ()
     shadow: bool = False
+    #: Request conditions (:mod:`peer_middleware.conditions`); all must hold.
+    when: tuple[Condition, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -154,6 +169,14 @@ class Rule:
             raise ConfigurationError(f"rule {self.name!r}: who={self.who!r} is not a matcher")
         if not self.paths:
             raise ConfigurationError(f"rule {self.name!r} has no paths")
+        for condition in self.when:
+            if not isinstance(condition, Condition):
+                raise ConfigurationError(f"rule {self.name!r}: {condition!r} is not a condition")
+
+    @property
+    def reads(self) -> frozenset[str]:
+        """The request attributes the rule's conditions read (see :attr:`Condition.reads`)."""
+        return frozenset().union(*(c.reads for c in self.when))
 
     @classmethod
     def build(
@@ -165,6 +188,7 @@ class Rule:
         methods: str | Iterable[str] | None = None,
         paths: str | Iterable[str] = "/**",
         shadow: bool = False,
+        when: Condition | Iterable[Condition] = (),
     ) -> Rule:
         method_items = _as_tuple(methods, f"rule {name!r} methods")
         method_set: frozenset[str] | None = None
@@ -174,16 +198,26 @@ class Rule:
                     raise ConfigurationError(
                         f"rule {name!r}: method {method!r} must be an upper-case HTTP token"
                     )
+                if method not in KNOWN_METHODS:
+                    raise ConfigurationError(
+                        f"rule {name!r}: unknown method {method!r} (not in the IANA HTTP "
+                        "method registry)"
+                    )
             method_set = frozenset(method_items)
         path_items = _as_tuple(paths, f"rule {name!r} paths") or ()
         compiled = tuple(PathPattern.compile(p) for p in path_items)
-        return cls(name, action, who, method_set, compiled, bool(shadow))
+        conditions = (when,) if isinstance(when, Condition) else tuple(when)
+        return cls(name, action, who, method_set, compiled, bool(shadow), conditions)
 
     def describe(self) -> str:
         methods = "*" if self.methods is None else ",".join(sorted(self.methods))
         paths = ",".join(p.text for p in self.paths)
         shadow = " (shadow)" if self.shadow else ""
-        return f"{self.action.value} {self.name!r}: {methods} {paths} {self.who.describe()}{shadow}"
+        when = "".join(f" when {c.describe()}" for c in self.when)
+        return (
+            f"{self.action.value} {self.name!r}: {methods} {paths} {self.who.describe()}"
+            f"{when}{shadow}"
+        )
 
 
 def allow(
@@ -193,9 +227,12 @@ def allow(
     methods: str | Iterable[str] | None = None,
     paths: str | Iterable[str] = "/**",
     shadow: bool = False,
+    when: Condition | Iterable[Condition] = (),
 ) -> Rule:
     """An ALLOW rule: ``who`` may call ``methods`` on ``paths``."""
-    return Rule.build(Action.ALLOW, name, who, methods=methods, paths=paths, shadow=shadow)
+    return Rule.build(
+        Action.ALLOW, name, who, methods=methods, paths=paths, shadow=shadow, when=when
+    )
 
 
 def deny(
@@ -205,9 +242,12 @@ def deny(
     methods: str | Iterable[str] | None = None,
     paths: str | Iterable[str] = "/**",
     shadow: bool = False,
+    when: Condition | Iterable[Condition] = (),
 ) -> Rule:
     """A DENY rule: ``who`` may not call ``methods`` on ``paths``; wins over ALLOW."""
-    return Rule.build(Action.DENY, name, who, methods=methods, paths=paths, shadow=shadow)
+    return Rule.build(
+        Action.DENY, name, who, methods=methods, paths=paths, shadow=shadow, when=when
+    )
 
 
 def audit(
@@ -216,9 +256,10 @@ def audit(
     *,
     methods: str | Iterable[str] | None = None,
     paths: str | Iterable[str] = "/**",
+    when: Condition | Iterable[Condition] = (),
 ) -> Rule:
     """An AUDIT rule: a match is logged at INFO and changes nothing."""
-    return Rule.build(Action.AUDIT, name, who, methods=methods, paths=paths)
+    return Rule.build(Action.AUDIT, name, who, methods=methods, paths=paths, when=when)
 
 
 # --------------------------------------------------------------------------

@@ -112,6 +112,14 @@ def _tls_chain(environ: WSGIEnvironment) -> tuple[bytes | str, ...] | None:
     return tuple(presented) or None
 
 
+def _server_port(environ: WSGIEnvironment) -> int | None:
+    """The port the server was reached on (``SERVER_PORT``), when known."""
+    port = environ.get("SERVER_PORT")
+    if isinstance(port, str) and port.isdigit() and len(port) <= 5:
+        return int(port)
+    return None
+
+
 class PeerWSGIMiddleware:
     """Authenticate the calling service and enforce ``policy`` on every request.
 
@@ -156,6 +164,10 @@ class PeerWSGIMiddleware:
                 self.guard.extend(self._route_rules())
             if self._routes is not None:
                 self.guard.use_routes(self._routes())
+            # Route rules may read headers of their own.
+            self._environ_keys = tuple(
+                (name, _environ_key(name)) for name in self.guard.header_names
+            )
             self._finalised = True
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -201,6 +213,7 @@ class PeerWSGIMiddleware:
             query_string,
             tls_chain,
             request=environ,
+            port=_server_port(environ) if guard.reads_port else None,
         )
         if not verdict.decision.allowed:
             return self._refuse(verdict, start_response)

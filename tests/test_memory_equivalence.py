@@ -4,7 +4,8 @@ Random request streams (repeat and new callers, forwarded identities and
 bearer tokens, paths old and new, methods of every kind) interleaved with
 time passing (tokens expiring) and a key being withdrawn, sent to two guards
 built alike but for their memory, under a policy with deny, allow, shadow and
-audit rules and rules declared on routes.
+audit rules and rules declared on routes, and request conditions (hosts,
+ports, header values, remote addresses) in rules of every kind.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from peer_middleware import (
     audit,
     deny,
 )
+from peer_middleware.conditions import Header, Host, Port, RemoteIp
 from peer_middleware.keys import KeySet
 from peer_middleware.memory import MemoryLimits
 from peer_middleware.policy import Route
@@ -47,6 +49,16 @@ PATHS = ["/orders/1", "/orders/2", "/orders/1/items", "/admin", "/healthz", "/re
 PATHS += ["/reports/q1"] * 3  # the route with declared rules, more often
 METHODS = ["GET", "POST", "DELETE", "HEAD", "get", "PURGE"]
 REPORTS = Route("GET /reports/{quarter}")
+# What the rules' conditions read, varied between repeats of one request:
+# (extra headers, port).
+FACTS: list[tuple[dict[str, str], int | None]] = [
+    ({}, None),
+    ({"host": "admin.example"}, 8443),
+    ({"host": "public.example", "x-env": "prod"}, 8443),
+    ({"x-debug": "", "x-forwarded-for": "10.1.1.1"}, 8000),
+    ({"x-env": "stage", "x-forwarded-for": "192.0.2.1, 10.2.2.2", "host": "admin.example:1"}, 8000),
+    ({"host": "ADMIN.example.", "x-env": "prod", "x-forwarded-for": "10.0.0.9"}, 8443),
+]
 
 
 def verdict_fields(verdict: Any) -> tuple[Any, ...]:
@@ -80,7 +92,9 @@ class SwappableKeys:
 class Routes:
     """Routes as a router would dispatch them: /reports/<anything> is one route."""
 
-    rules: ClassVar[dict[Route, list[Any]]] = {REPORTS: [allow("reports", Principal(CALLERS[2]))]}
+    rules: ClassVar[dict[Route, list[Any]]] = {
+        REPORTS: [allow("reports", Principal(CALLERS[2]), when=~Host("public.example"))]
+    }
 
     def variant(self, request: object) -> object:
         assert isinstance(request, dict)
@@ -103,11 +117,28 @@ def policy() -> Policy:
         [
             deny("no-delete", Anyone(), methods=["DELETE"], paths="/orders/**"),
             deny("no-legacy", Namespace("legacy", trust_domain=TD), paths="/**"),
+            deny("no-debug", Anyone(), paths="/orders/**", when=Header("x-debug")),
+            deny(
+                "prod-only", Principal(CALLERS[0]), paths="/orders/2", when=~Header("x-env", "prod")
+            ),
+            allow(
+                "admin-host",
+                Principal(CALLERS[1]),
+                paths="/admin",
+                when=[Host("admin.example"), Port(8443)],
+            ),
+            allow(
+                "internal",
+                Namespace("ops", trust_domain=TD),
+                paths="/orders/**",
+                when=RemoteIp("10.0.0.0/8", trusted_hops=1),
+            ),
             allow("shop", Namespace("shop", trust_domain=TD), paths="/orders/**"),
             allow("admin", Principal(CALLERS[2]), paths="/admin"),
             allow("health", Anyone(), methods=["GET", "HEAD"], paths="/healthz"),
             allow("shadow-open", Anyone(), paths="/x", shadow=True),
             audit("audit-orders", Namespace("shop", trust_domain=TD), paths="/orders/*"),
+            allow("shadow-env", Anyone(), paths="/x", shadow=True, when=Header("x-env", "prod")),
         ]
     )
 
@@ -140,7 +171,7 @@ STREAMS = st.tuples(
         st.one_of(
             st.tuples(st.integers(0, 3), st.sampled_from(["http", "websocket"])),
             st.tuples(st.integers(0, 3), st.just("http")),
-            st.tuples(st.integers(0, 3), st.just("http")),
+            st.tuples(st.integers(0, 3), st.just("http"), st.integers(0, len(FACTS) - 1)),
             st.tuples(st.just("advance"), st.sampled_from([1, 30, 45, 120])),
             st.just(("withdraw",)),
         ),
@@ -159,10 +190,21 @@ STREAMS = st.tuples(
 @example(([TOKEN_ORDERS], [*[(0, "http")] * 3, ("withdraw",), (0, "http")]))
 # A rewritten address and an untrusted peer are never the trusted proxy.
 @example(([XFCC_ADMIN_REPORTS, XFCC_STRANGER], [*[(0, "http")] * 3, *[(1, "http")] * 3]))
+# A verdict allowed for one host, port or header value is not one for another.
+@example(([XFCC_ADMIN_REPORTS], [*[(0, "http", 1)] * 3, (0, "http", 2), (0, "http", 1)]))
+@example(
+    (
+        [("xfcc", 1, "GET", "/admin", True)],
+        [*[(0, "http", 1)] * 3, (0, "http", 4), (0, "http", 5), (0, "http", 0)],
+    )
+)
 def test_memory_off_changes_no_decision(stream: tuple[list[Any], list[Any]]) -> None:
     pool, steps = stream
     ops = [
-        (pool[step[0] % len(pool)], step[1]) if isinstance(step[0], int) else step for step in steps
+        (pool[step[0] % len(pool)], step[1], step[2] if len(step) > 2 else 0)
+        if isinstance(step[0], int)
+        else step
+        for step in steps
     ]
     now = [1_900_000_000.0]
     minter, successor = TokenMinter(clock=lambda: now[0]), TokenMinter(clock=lambda: now[0])
@@ -191,7 +233,8 @@ def test_memory_off_changes_no_decision(stream: tuple[list[Any], list[Any]]) -> 
         if op[0] == "withdraw":
             keys.swap(successor.jwks())
             continue
-        op, kind = op
+        op, kind, facts = op
+        extra, port = FACTS[facts]
         if op[0] == "both":
             method, path, client = "GET", "/orders/1", PROXY
             headers = {
@@ -212,8 +255,9 @@ def test_memory_off_changes_no_decision(stream: tuple[list[Any], list[Any]]) -> 
                 path,
                 path,
                 client,
-                dict(headers),
+                {**headers, **extra},
                 request={"type": kind},
+                port=port,
             )
             outcomes.append(
                 (
