@@ -36,7 +36,7 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 __all__ = ["Outcome", "Reloader", "Snapshot"]
 
@@ -126,6 +126,10 @@ class Reloader(Generic[_O, _T]):
         self.last_error: str | None = None
         #: Failed reads since the last successful one.
         self.failures = 0
+        #: When the last good value was read or confirmed (by ``clock``), for metrics.
+        self.checked_at: float | None = None
+        #: What the last read did (``None`` before the first).
+        self.last_outcome: Outcome | None = None
         self._read_lock = threading.Lock()  # one read at a time
         self._signal_lock = threading.Lock()
         self._last_signal = -math.inf
@@ -147,7 +151,9 @@ class Reloader(Generic[_O, _T]):
 
     def put(self, value: _T) -> None:
         """Take ``value`` as read just now (the owner's own first read), generation 0."""
-        self.snapshot = Snapshot(value, 0, self.clock() + self.max_age)
+        now = self.clock()
+        self.snapshot = Snapshot(value, 0, now + self.max_age)
+        self.checked_at = now
 
     def attempt(self, *, force: bool = False) -> Outcome | None:
         """Read now, in this thread; ``None`` when the owner is gone. Never raises."""
@@ -163,6 +169,7 @@ class Reloader(Generic[_O, _T]):
                 outcome = self._failed(exc)
             else:
                 outcome = self._succeeded(value)
+            self.last_outcome = outcome
             with self._attempts:
                 self._reading = False
                 self._attempt_count += 1
@@ -174,6 +181,7 @@ class Reloader(Generic[_O, _T]):
         previous = self.snapshot
         self.failures = 0
         self.last_error = None
+        self.checked_at = now
         if value is not None:
             generation = 1 if previous is None else previous.generation + 1
             self.snapshot = Snapshot(value, generation, now + self.max_age)
@@ -269,3 +277,9 @@ class Reloader(Generic[_O, _T]):
                 delay = min(self.retry_interval * 2**doublings, interval)
             else:
                 delay = interval
+
+
+def reloader_of(source: object) -> Reloader[Any, Any] | None:
+    """The :class:`Reloader` that keeps ``source``'s material, if it has one (for metrics)."""
+    reloader = getattr(source, "_reloader", None)
+    return reloader if isinstance(reloader, Reloader) else None

@@ -427,6 +427,8 @@ class Guard:
                         if not still_valid():
                             break
                     else:
+                        if started:
+                            memory.hits += 1
                         return self._logged(seen[0], method, path, started)
             if method not in _COMMON_METHODS:
                 check_method(method)

@@ -128,12 +128,15 @@ def _fixed_cost(extra: int) -> Callable[[Any, Any], int]:
 class Memory:
     """The guard's memos, sized from one :class:`MemoryLimits`."""
 
-    __slots__ = ("identities", "limits", "paths", "plans", "routes", "verdicts")
+    __slots__ = ("hits", "identities", "limits", "paths", "plans", "routes", "verdicts")
 
     def __init__(self, limits: MemoryLimits) -> None:
         if not isinstance(limits, MemoryLimits):
             raise ConfigurationError(f"memory must be a MemoryLimits, not {type(limits).__name__}")
         self.limits = limits
+        #: Requests answered with a remembered verdict, counted only while the
+        #: guard has observers (approximate under threads: a statistic).
+        self.hits = 0
         anonymous = limits.anonymous_bytes
         authenticated = limits.total_bytes - anonymous
         self.paths = ByteBoundedCache[Any, str](anonymous // 2, _path_cost)

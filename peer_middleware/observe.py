@@ -23,7 +23,11 @@ from __future__ import annotations
 import json
 import logging
 import re
-from typing import Protocol, runtime_checkable
+import threading
+from bisect import bisect_left
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
 from .errors import CertificateDecodingError, ConfigurationError, RequestRefused
 from .peer import Peer
@@ -31,9 +35,12 @@ from .responses import ProblemResponse, Refusal, Responder, default_responder, r
 from .rules import Decision
 
 __all__ = [
+    "DEFAULT_BUCKETS",
+    "Counts",
     "JsonFormatter",
     "Observed",
     "Observer",
+    "Tally",
     "outcome",
     "reason_class",
     "refusal_class",
@@ -162,3 +169,139 @@ def rule_header(
         return ProblemResponse(response.status, headers, response.body)
 
     return responder_with_rule
+
+
+#: Decision-time buckets, in seconds: from a remembered verdict (about a
+#: microsecond) to a first verification (tens to hundreds of microseconds).
+DEFAULT_BUCKETS: tuple[float, ...] = (
+    1e-6,
+    2.5e-6,
+    5e-6,
+    1e-5,
+    2.5e-5,
+    5e-5,
+    1e-4,
+    2.5e-4,
+    5e-4,
+    1e-3,
+    1e-2,
+)
+OVERFLOW = "(overflow)"
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """A copy of a :class:`Tally`'s counts, taken at once.
+
+    ``decisions`` is keyed by (outcome, status, rule, proof); ``buckets``
+    holds the count of each histogram bucket (not cumulative), the last one
+    above every bound.
+    """
+
+    decisions: dict[tuple[str, int, str, str], int]
+    refusals: dict[str, int]
+    authentication_failures: dict[str, int]
+    shadow: dict[tuple[str, str], int]
+    audit: dict[str, int]
+    bounds: tuple[float, ...]
+    buckets: list[int]
+    seconds: float
+
+
+class Tally:
+    """An observer that counts decisions in memory, for exporters to read.
+
+    The request path only does dictionary arithmetic under one lock; an
+    exporter (Prometheus at scrape time, OpenTelemetry's observable
+    instruments at collection) reads :meth:`counts`. Label values are the
+    outcome, status, deciding rule, proof kind and reason class; ``max_series``
+    bounds how many distinct keys each count keeps (new ones beyond it are
+    counted under ``(overflow)``).
+    """
+
+    def __init__(
+        self, *, buckets: Sequence[float] = DEFAULT_BUCKETS, max_series: int = 10_000
+    ) -> None:
+        bounds = tuple(float(b) for b in buckets)
+        if not bounds or list(bounds) != sorted(set(bounds)) or bounds[0] <= 0:
+            raise ConfigurationError("buckets must be positive and increasing")
+        if not isinstance(max_series, int) or max_series < 1:
+            raise ConfigurationError("max_series must be a positive integer")
+        self.buckets = bounds
+        self.max_series = max_series
+        self._lock = threading.Lock()
+        self._decisions: dict[tuple[str, int, str, str], int] = {}
+        self._refusals: dict[str, int] = {}
+        self._auth_failures: dict[str, int] = {}
+        self._shadow: dict[tuple[str, str], int] = {}
+        self._audit: dict[str, int] = {}
+        self._bucket_counts = [0] * (len(bounds) + 1)
+        self._time_sum = 0.0
+
+    def observe(self, verdict: Observed, seconds: float | None) -> None:
+        decision = verdict.decision
+        peer = verdict.peer
+        if decision.dry_run:
+            kind, status = "dry_run", decision.status
+        elif decision.allowed:
+            kind, status = "allowed", 200
+        else:
+            kind, status = "refused", decision.status
+        key = (
+            kind,
+            status,
+            decision.rule or "(none)",
+            peer.proof.value if peer is not None else "none",
+        )
+        decisions = self._decisions
+        with self._lock:
+            count = decisions.get(key)
+            if count is None:
+                if len(decisions) >= self.max_series:
+                    key = (key[0], key[1], OVERFLOW, key[3])
+                count = decisions.get(key, 0)
+            decisions[key] = count + 1
+            if seconds is not None:
+                self._bucket_counts[bisect_left(self.buckets, seconds)] += 1
+                self._time_sum += seconds
+        if not decision.quiet:
+            self._news(verdict)
+
+    def _news(self, verdict: Observed) -> None:
+        """Everything but a plain allow: refusals, shadow and audit results."""
+        decision = verdict.decision
+        limit = self.max_series
+        with self._lock:
+            if not decision.allowed or decision.dry_run:
+                reason = reason_class(verdict)
+                _bump(self._refusals, reason, limit)
+                if verdict.failure is not None and decision.status == 401:
+                    _bump(self._auth_failures, reason, limit)
+            for entry in decision.shadow:
+                effect, _, name = entry.partition(":")
+                _bump(self._shadow, (name, effect), limit)
+            for name in decision.audit:
+                _bump(self._audit, name, limit)
+
+    def counts(self) -> Counts:
+        """A consistent copy of every count."""
+        with self._lock:
+            return Counts(
+                dict(self._decisions),
+                dict(self._refusals),
+                dict(self._auth_failures),
+                dict(self._shadow),
+                dict(self._audit),
+                self.buckets,
+                list(self._bucket_counts),
+                self._time_sum,
+            )
+
+
+def _bump(counts: dict[Any, int], key: Any, limit: int) -> None:
+    count = counts.get(key)
+    if count is None:
+        if len(counts) >= limit:
+            key = OVERFLOW if isinstance(key, str) else (OVERFLOW, *key[1:])
+        count = counts.get(key, 0)
+    counts[key] = count + 1
