@@ -58,7 +58,7 @@ from .peer import Peer
 from .policy import Policy
 from .request import Authenticator
 from .responses import Responder
-from .routes import EndpointTable, Requirement, declare_on_view, enforce, misplaced
+from .routes import EndpointTable, Requirement, declare_on_view, enforce, refuse_registered
 from .rules import Route, Rule
 from .wsgi import DECISION_ENVIRON_KEY, PEER_ENVIRON_KEY, PeerWSGIMiddleware, _text_to_wsgi
 
@@ -98,7 +98,7 @@ def require(who: Matcher, *, name: str | None = None) -> Callable[[F], F]:
     requirement = Requirement(who, name)  # validated now, at import time
 
     def decorate(view: F) -> F:
-        _refuse_registered(view)
+        refuse_registered(view, _apps, "Flask")
         return cast(F, declare_on_view(view, requirement, _checked))
 
     return decorate
@@ -120,13 +120,6 @@ def _checked(
 
 #: Apps with :class:`PeerAuth`, so that ``@require`` above ``@app.route`` raises at once.
 _apps: weakref.WeakSet[Flask] = weakref.WeakSet()
-
-
-def _refuse_registered(view: object) -> None:
-    for app in list(_apps):
-        for url_rule in app.url_map.iter_rules():
-            if app.view_functions.get(url_rule.endpoint) is view:
-                raise misplaced(url_rule.endpoint, url_rule.rule, "Flask")
 
 
 class FlaskRouteTable(EndpointTable):

@@ -34,6 +34,7 @@ __all__ = [
     "declared_rules",
     "enforce",
     "misplaced",
+    "refuse_registered",
     "view_requirements",
 ]
 
@@ -158,6 +159,19 @@ def misplaced(endpoint: str, rule: str, framework: str) -> ConfigurationError:
         "declares nothing. Put the route decorator first and @require(...) below it: "
         "@app.route(...) (or @blueprint.route(...)), then @require(...), then def view(...)"
     )
+
+
+def refuse_registered(view: object, apps: Iterable[Any], framework: str) -> None:
+    """Raise :func:`misplaced` when ``view`` is already a view of one of ``apps``.
+
+    ``require`` is about to wrap a function an app registered: it sits above
+    the route decorator. ``apps`` are Flask or Quart apps (``url_map``,
+    ``view_functions``).
+    """
+    for app in list(apps):
+        for url_rule in app.url_map.iter_rules():
+            if app.view_functions.get(url_rule.endpoint) is view:
+                raise misplaced(str(url_rule.endpoint), str(url_rule.rule), framework)
 
 
 def _replacing(registered: Iterable[object]) -> set[int]:
