@@ -29,8 +29,8 @@ from peer_middleware import (
     Principal,
     StaticJwks,
     StaticX509Bundle,
-    XfccAuthenticator,
     X509SvidVerifier,
+    XfccAuthenticator,
     allow,
     deny,
 )
@@ -570,7 +570,7 @@ def test_bad_metadata_gets_a_status_never_a_served_call(
         ("ipv4:127.0.0.01:80", None),
         ("ipv4:127.0.0.1.1:80", None),
         ("ipv4:localhost:80", None),
-        ("ipv4:127.0.0.1:８0", None),
+        ("ipv4:127.0.0.1:\uff180", None),
         ("ipv6:::1:80", None),
         ("ipv6:[::1]80", None),
         ("ipv6:[not-an-address]:80", None),
