@@ -33,12 +33,16 @@ app serves its first request.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from typing import Annotated, Any
 
 import fastapi.routing
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Security
+from fastapi.openapi.models import HTTPBase as HTTPBaseModel
+from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
+from fastapi.security.base import SecurityBase
+from pydantic import Field
 from starlette.applications import Starlette
 from starlette.requests import HTTPConnection
 from starlette.responses import Response
@@ -47,7 +51,7 @@ from starlette.websockets import WebSocket
 
 from .asgi import DECISION_SCOPE_KEY, PEER_SCOPE_KEY, PeerMiddleware
 from .errors import AccessDenied, AuthenticationFailed, RequestRefused
-from .guard import Guard
+from .guard import Guard, route_path
 from .matchers import Matcher
 from .memory import MemoryLimits
 from .peer import Peer
@@ -55,14 +59,19 @@ from .policy import Policy
 from .request import Authenticator
 from .responses import Responder
 from .routes import Requirement, declared_rules
-from .rules import Route, Rule
+from .rules import Route, Rule, allow
 
 __all__ = [
+    "BEARER_SCHEME",
+    "MUTUAL_TLS_SCHEME",
     "CurrentPeer",
     "OptionalPeer",
+    "PeerCertificateScheme",
+    "PeerTokenScheme",
     "RouteRequirement",
     "StarletteRouteTable",
     "collect_route_rules",
+    "docs_rules",
     "get_optional_peer",
     "get_peer",
     "install",
@@ -96,11 +105,77 @@ CurrentPeer = Annotated[Peer, Depends(get_peer)]
 OptionalPeer = Annotated[Peer | None, Depends(get_optional_peer)]
 
 
-class RouteRequirement:
-    """The callable behind :func:`require`: checks the peer inside the route.
+class _MutualTLSModel(HTTPBaseModel):
+    """OpenAPI 3.1's ``mutualTLS`` security scheme (FastAPI's models lack it).
 
-    An ``async`` callable, so FastAPI runs it on the event loop (no
-    threadpool hop).
+    FastAPI validates its schema against models that know only ``apiKey``,
+    ``http``, ``oauth2`` and ``openIdConnect``, so the scheme is generated as
+    an ``http`` placeholder and :func:`install` writes ``{"type": "mutualTLS"}``
+    in its place.
+    """
+
+    scheme: str = Field(default="mutualTLS")
+
+
+class PeerCertificateScheme(SecurityBase):
+    """OpenAPI security scheme ``mutualTLS``: the caller proves its SPIFFE ID
+    with a client certificate (to this service, or to the proxy in front of it).
+
+    Only documentation: it reads nothing, the middleware authenticates.
+    """
+
+    def __init__(self) -> None:
+        self.model = _MutualTLSModel(
+            description=(
+                "A client certificate (X.509-SVID) proves the caller's SPIFFE ID, presented "
+                "to this service or to the proxy in front of it. The scopes name who may call."
+            )
+        )
+        self.scheme_name = MUTUAL_TLS_SCHEME
+
+    async def __call__(self) -> None:
+        return None
+
+
+class PeerTokenScheme(SecurityBase):
+    """OpenAPI security scheme ``http`` / ``bearer``: a JWT-SVID or a Kubernetes
+    service-account token in ``Authorization: Bearer``.
+
+    Only documentation: it reads nothing, the middleware authenticates.
+    """
+
+    def __init__(self) -> None:
+        self.model = HTTPBearerModel(
+            bearerFormat="JWT",
+            description=(
+                "A JWT-SVID or Kubernetes service-account token proves the caller's "
+                "identity. The scopes name who may call."
+            ),
+        )
+        self.scheme_name = BEARER_SCHEME
+
+    async def __call__(self) -> None:
+        return None
+
+
+#: Names of the security schemes in the OpenAPI document.
+MUTUAL_TLS_SCHEME = "mutualTLS"
+BEARER_SCHEME = "peerBearer"
+_CERTIFICATE = PeerCertificateScheme()
+_TOKEN = PeerTokenScheme()
+
+
+class RouteRequirement:
+    """The callable behind :func:`require`.
+
+    Once the middleware is built (at start-up), :func:`install` takes every
+    requirement given in ``dependencies=[...]`` out of what FastAPI resolves
+    per request and checks it in a small wrapper around the route's own ASGI
+    app instead (see :class:`StarletteRouteTable`): no dependency is solved
+    for it. Called by FastAPI only when it could not be moved (a requirement
+    declared as a parameter, or the middleware not installed): then it checks
+    the peer itself, on the event loop (an ``async`` callable, no threadpool
+    hop). Its two security sub-dependencies only document the route in OpenAPI.
     """
 
     __slots__ = ("name", "requirement", "who")
@@ -110,24 +185,73 @@ class RouteRequirement:
         self.who = who
         self.name = name
 
-    async def __call__(self, connection: HTTPConnection) -> None:
-        peer = _scope_peer(connection)
-        if not self.who(peer):
-            if peer is None:
-                raise AuthenticationFailed(f"route requires {self.who.describe()}; no identity")
-            raise AccessDenied(f"route requires {self.who.describe()}; {peer.principal} is not")
+    async def __call__(
+        self,
+        connection: HTTPConnection,
+        _certificate: Annotated[None, Security(_CERTIFICATE)],
+        _token: Annotated[None, Security(_TOKEN)],
+    ) -> None:
+        _check(self.who, connection.scope)
 
     def __repr__(self) -> str:
         return f"require({self.who.describe()})"
 
 
+def _check(who: Matcher, scope: Any) -> None:
+    """Refuse unless the request's peer satisfies ``who`` (the middleware must have run)."""
+    if DECISION_SCOPE_KEY not in scope:
+        raise AuthenticationFailed("peer_middleware is not installed in front of this route")
+    peer = scope.get(PEER_SCOPE_KEY)
+    if not isinstance(peer, Peer):
+        peer = None
+    if not who(peer):
+        _refuse(who, peer)
+
+
+def _refuse(who: Matcher, peer: Peer | None) -> None:
+    if peer is None:
+        raise AuthenticationFailed(f"route requires {who.describe()}; no identity")
+    raise AccessDenied(f"route requires {who.describe()}; {peer.principal} is not")
+
+
+class _Checked:
+    """A route's own ASGI app, behind the requirements declared on the route.
+
+    What :func:`require` costs per request once :func:`install` has moved it
+    out of FastAPI's dependency solving: the matchers, called on the peer the
+    middleware put in the scope, before the route's handler (its
+    dependencies, its body) is touched. A refusal raises, and the exception
+    handler :func:`install` registers answers with the fixed response.
+    """
+
+    __slots__ = ("app", "whos")
+
+    def __init__(self, app: Any, whos: tuple[Matcher, ...]) -> None:
+        self.app = app
+        self.whos = whos
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if DECISION_SCOPE_KEY not in scope:
+            raise AuthenticationFailed("peer_middleware is not installed in front of this route")
+        peer = scope.get(PEER_SCOPE_KEY)
+        if peer is not None and not isinstance(peer, Peer):
+            peer = None
+        for who in self.whos:
+            if not who(peer):
+                _refuse(who, peer)
+        await self.app(scope, receive, send)
+
+
 def require(who: Matcher, *, name: str | None = None) -> Any:
-    """A route dependency that allows ``who`` on this route (see the module doc).
+    """Declare that ``who`` may call this route (see the module doc).
 
     Use it in ``dependencies=[...]`` of a route, router or app, or as a
-    parameter ``_: Annotated[None, require(...)]``.
+    parameter ``_: Annotated[None, require(...)]``. In ``dependencies=[...]``
+    it is read when the app starts and costs no dependency per request; the
+    route shows a ``mutualTLS`` and/or ``bearer`` security requirement in
+    OpenAPI, its scope naming ``who``.
     """
-    return Depends(RouteRequirement(who, name))
+    return Security(RouteRequirement(who, name), scopes=[who.describe()])
 
 
 def _requirements(dependant: Any, seen: list[Any]) -> Iterable[Requirement]:
@@ -148,6 +272,7 @@ class _Node:
     matcher: Any  # a Starlette route, or FastAPI's RouteContext for an included route
     route: Route | None  # set when rules are declared on it
     children: tuple[_Node, ...] | None  # for Mount and Host: the routes inside
+    redirect_slashes: bool = False  # for Mount and Host: whether the router inside redirects
 
 
 def _contexts(routes: Sequence[Any]) -> Iterable[Any]:
@@ -189,21 +314,27 @@ class StarletteRouteTable:
     :meth:`resolve` finds the route the router picks for a request by calling
     each route's own ``matches`` in the router's order: the first full match
     wins (a mount or host descends into the routes inside it), exactly as
-    Starlette's and FastAPI's routers do. Only full matches count: a route
-    that answers 405 or a trailing-slash redirect runs no handler, so the
-    central policy alone judges those requests. A mounted app whose routing
-    cannot be followed (its own middleware, its own ``root_path``, not a
-    Starlette app) is judged by the central policy alone. Routes added after
-    the table is built make :meth:`unchanged` false: the guard then refuses
-    what only rules declared on routes would allow.
+    Starlette's and FastAPI's routers do. When no route matches fully, the
+    router answers itself, and the table names the route that answer is
+    about, so that only a caller that route's rules allow learns it exists:
+    the first partial match (the route answers 405, method not allowed), else
+    the route a trailing-slash redirect (307) would lead to. A request no
+    route matches (404) is judged by the central policy alone. A mounted app
+    whose routing cannot be followed (its own middleware, its own
+    ``root_path``, not a Starlette app) is judged by the central policy alone.
+    Routes added after the table is built make :meth:`unchanged` false: the
+    guard then refuses what only rules declared on routes would allow.
+    ``redirect_slashes`` is the router's own setting.
     """
 
-    __slots__ = ("_lists", "_nodes", "reads_host", "rules")
+    __slots__ = ("_declared", "_lists", "_nodes", "_redirect_slashes", "reads_host", "rules")
 
-    def __init__(self, routes: Sequence[Any]) -> None:
+    def __init__(self, routes: Sequence[Any], *, redirect_slashes: bool = True) -> None:
         declared: list[tuple[Route, list[Requirement]]] = []
         self.reads_host = False
+        self._redirect_slashes = redirect_slashes
         self._lists: list[tuple[Sequence[Any], int]] = []
+        self._declared: list[Any] = []  # the matchers of routes with requirements
         self._nodes = self._build(routes, "", declared)
         self.rules: dict[Route, tuple[Rule, ...]] = declared_rules(declared)
 
@@ -233,13 +364,15 @@ class StarletteRouteTable:
                 inner = getattr(matcher, "routes", None) or ()
                 mount_path = str(getattr(matcher, "path", "") or "")
                 children = self._build(inner, prefix + mount_path, declared)
-                nodes.append(_Node(matcher, None, children))
+                redirects = getattr(getattr(mounted, "router", mounted), "redirect_slashes", False)
+                nodes.append(_Node(matcher, None, children, bool(redirects)))
                 continue
             found = list(_requirements(getattr(matcher, "dependant", None), []))
             route = None
             if found:
                 route = Route(_describe(matcher, prefix))
                 declared.append((route, found))
+                self._declared.append(matcher)
             nodes.append(_Node(matcher, route, None))
         return tuple(nodes)
 
@@ -256,12 +389,60 @@ class StarletteRouteTable:
         return all(len(routes) == count for routes, count in self._lists)
 
     def resolve(self, request: object, method: str, path: str) -> Route | None:
-        """The route with declared rules that the router dispatches ``request`` to, if any."""
+        """The route with declared rules that the router dispatches ``request`` to
+        (or answers 405 or 307 about), if any."""
         assert isinstance(request, dict)
         probe = dict(request)
         probe["path"] = path
         probe["fastapi"] = {}
-        return _match(self._nodes, probe)
+        return _match(self._nodes, probe, self._redirect_slashes)
+
+    def enforce(self) -> int:
+        """Check the requirements given in ``dependencies=[...]`` in the routes'
+        own ASGI apps, and take them out of FastAPI's per-request dependency solving.
+
+        For each route with such requirements, the dependant FastAPI's request
+        handler solves loses them, the route's ``app`` is wrapped in a check
+        of the same matchers, and ``route.dependant`` becomes a copy that
+        keeps them (OpenAPI and anything else reading it see the route as
+        declared). Requirements declared as parameters stay dependencies. A
+        route whose internals are not as expected keeps its dependency: slower,
+        never open. Called by :func:`install` when the middleware is built;
+        returns how many routes changed. Idempotent.
+        """
+        changed = 0
+        for matcher in self._declared:
+            target = _route_object(matcher)
+            if target is None or isinstance(getattr(target, "app", None), _Checked):
+                continue
+            dependant: Any = getattr(target, "dependant", None)
+            subs = getattr(dependant, "dependencies", None)
+            if not isinstance(subs, list):
+                continue
+            moved = [
+                sub for sub in subs if sub.name is None and isinstance(sub.call, RouteRequirement)
+            ]
+            if not moved:
+                continue
+            kept = [sub for sub in subs if sub not in moved]
+            # The handler holds `dependant` itself: it loses the requirements;
+            # the route shows a copy that keeps them.
+            target.dependant = replace(dependant, dependencies=list(subs))
+            dependant.dependencies = kept
+            target.app = _Checked(target.app, tuple(sub.call.who for sub in moved))
+            changed += 1
+        return changed
+
+
+def _route_object(matcher: Any) -> Any:
+    """The object whose ``app`` and ``dependant`` FastAPI's router uses for ``matcher``."""
+    context = getattr(matcher, "_route_context", None)
+    if context is not None:
+        return context if getattr(context, "starlette_route", None) is None else None
+    route = getattr(matcher, "route", matcher)
+    if isinstance(route, (fastapi.routing.APIRoute, fastapi.routing.APIWebSocketRoute)):
+        return route
+    return None
 
 
 def _host(scope: dict[str, Any]) -> bytes | None:
@@ -272,19 +453,37 @@ def _host(scope: dict[str, Any]) -> bytes | None:
     return None
 
 
-def _match(nodes: tuple[_Node, ...], scope: dict[str, Any]) -> Route | None:
+def _match(nodes: tuple[_Node, ...], scope: dict[str, Any], redirect_slashes: bool) -> Route | None:
+    partial: _Node | None = None
     for node in nodes:
         match, child = node.matcher.matches(scope)
         if match is Match.FULL:
             if node.children is not None:
-                return _match(node.children, {**scope, **child})
+                return _match(node.children, {**scope, **child}, node.redirect_slashes)
             return node.route
+        if match is Match.PARTIAL and partial is None:
+            partial = node
+    if partial is not None:
+        # The router lets this route answer 405 (Mount and Host never match partially).
+        return partial.route
+    path = scope["path"]
+    if (
+        redirect_slashes
+        and scope["type"] == "http"
+        and route_path(path, scope.get("root_path", "")) != "/"
+    ):
+        # As the router does: the same path with the trailing slash flipped; a
+        # route matching it gets a 307 to it.
+        flipped = dict(scope)
+        flipped["path"] = path.rstrip("/") if path.endswith("/") else path + "/"
+        if any(node.matcher.matches(flipped)[0] is not Match.NONE for node in nodes):
+            return _match(nodes, flipped, False)
     return None
 
 
 def route_table(app: FastAPI) -> StarletteRouteTable:
     """The :class:`StarletteRouteTable` of ``app``'s routes as they are now."""
-    return StarletteRouteTable(app.router.routes)
+    return StarletteRouteTable(app.router.routes, redirect_slashes=app.router.redirect_slashes)
 
 
 def collect_route_rules(app: FastAPI) -> list[Rule]:
@@ -319,6 +518,54 @@ def _exception_handler(guard: Guard) -> Any:
     return handle
 
 
+def docs_rules(app: FastAPI, who: Matcher, *, name: str = "openapi-docs") -> list[Rule]:
+    """Central rules that let ``who`` read ``app``'s API documentation.
+
+    One ``allow`` rule for ``GET`` and ``HEAD`` on the paths the app serves
+    its documentation on, as configured: ``openapi_url``
+    (``/openapi.json``), ``docs_url`` (``/docs``) with the Swagger UI OAuth2
+    redirect page, and ``redoc_url`` (``/redoc``); a path set to ``None`` is
+    left out, and an app with none gets no rule. Without such a rule the
+    documentation is refused like any route no rule allows. ``Anyone()``
+    publishes it; a matcher such as ``Namespace("platform", ...)`` shows it
+    to some callers only::
+
+        policy = Policy([*docs_rules(app, Anyone()), allow("healthz", Anyone(), paths="/healthz")])
+    """
+    paths = [app.openapi_url]
+    if app.openapi_url:
+        paths += [app.docs_url, app.redoc_url]
+        if app.docs_url:
+            paths.append(app.swagger_ui_oauth2_redirect_url)
+    served = [path for path in paths if path]
+    if not served:
+        return []
+    return [allow(name, who, methods=["GET", "HEAD"], paths=served)]
+
+
+def _document_schemes(schema: dict[str, Any], kept: frozenset[str]) -> None:
+    """Keep the security schemes the configured authenticators can satisfy, and
+    give ``mutualTLS`` its OpenAPI 3.1 form (FastAPI's models cannot express it)."""
+    schemes = schema.get("components", {}).get("securitySchemes", {})
+    for scheme in (MUTUAL_TLS_SCHEME, BEARER_SCHEME):
+        if scheme in schemes and scheme not in kept:
+            del schemes[scheme]
+    if MUTUAL_TLS_SCHEME in schemes:
+        schemes[MUTUAL_TLS_SCHEME] = {
+            "type": "mutualTLS",
+            "description": _CERTIFICATE.model.description,
+        }
+    dropped = {MUTUAL_TLS_SCHEME, BEARER_SCHEME} - kept
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            security = operation.get("security") if isinstance(operation, dict) else None
+            if not security:
+                continue
+            security[:] = [entry for entry in security if not dropped.intersection(entry)]
+            if not security:
+                del operation["security"]
+
+
 def install(
     app: FastAPI,
     *,
@@ -332,9 +579,13 @@ def install(
 
     Rules declared with :func:`require` are collected when Starlette builds the
     middleware stack (at start-up), so routes may be added after this call
-    (but not once the app serves requests).
-    Refusals raised by dependencies get the same fixed responses as the
-    middleware's.
+    (but not once the app serves requests). Then, too, the requirements given
+    in ``dependencies=[...]`` leave FastAPI's per-request dependency solving
+    for a check in front of the route's handler (see
+    :meth:`StarletteRouteTable.enforce`). Refusals raised by dependencies get
+    the same fixed responses as the middleware's. The OpenAPI document lists
+    the ``mutualTLS`` scheme when an authenticator reads certificates, the
+    bearer scheme when one reads tokens.
     """
     # Built (and so validated) now; Starlette builds the middleware itself
     # later, with this guard, and the route table as the routes are then.
@@ -345,5 +596,23 @@ def install(
         www_authenticate=www_authenticate,
         memory=memory,
     )
-    app.add_middleware(PeerMiddleware, guard=guard, routes=lambda: route_table(app))
+
+    def routes() -> StarletteRouteTable:
+        table = route_table(app)
+        table.enforce()
+        return table
+
+    app.add_middleware(PeerMiddleware, guard=guard, routes=routes)
     app.add_exception_handler(RequestRefused, _exception_handler(guard))
+    kept = frozenset(
+        BEARER_SCHEME if authenticator.bearer else MUTUAL_TLS_SCHEME
+        for authenticator in guard.authenticators
+    )
+    generate: Callable[[], dict[str, Any]] = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()
+        _document_schemes(schema, kept)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -185,6 +185,14 @@ TABLE = [
 ]
 
 
+# FastAPI lets a caller that the rules of the route answering 405 allow see
+# the 405 (the route exists for it); an unauthorised caller gets 401/403.
+FASTAPI_METHOD_NOT_ALLOWED = {
+    ("GET", "/payments", CHECKOUT),
+    ("POST", "/payments/42", CHECKOUT),
+}
+
+
 # "demo": the service peer-middleware demo serves, with the FastAPI example's
 # routes and policy and its default configuration: the same answers.
 @pytest.mark.parametrize("framework", [*FRAMEWORKS, "demo"])
@@ -199,6 +207,8 @@ def test_policy_table(
 
     got_status, body, content_type = send(method, url, principal)
 
+    if framework != "flask" and (method, url, principal) in FASTAPI_METHOD_NOT_ALLOWED:
+        status, expected = 405, {"detail": "Method Not Allowed"}
     assert got_status == status
     if isinstance(expected, bytes):
         assert content_type == "application/problem+json"

@@ -310,7 +310,26 @@ def test_fastapi_served_under_a_root_path() -> None:
     assert ran == ["read"]
 
 
-def test_fastapi_not_found_and_redirects_are_judged_centrally() -> None:
+@pytest.mark.parametrize(
+    ("method", "path", "principal", "status"),
+    [
+        # A caller the route's rules allow gets the router's own answers.
+        pytest.param("GET", "/payments/1/", SHOP_CALLER, 307, id="redirect-allowed"),
+        pytest.param("POST", "/payments/1", SHOP_CALLER, 405, id="method-allowed"),
+        # Any other caller learns nothing about which routes exist.
+        pytest.param("GET", "/payments/1/", ADMIN, 403, id="redirect-other"),
+        pytest.param("POST", "/payments/1", ADMIN, 403, id="method-other"),
+        pytest.param("GET", "/payments/1/", None, 401, id="redirect-anonymous"),
+        pytest.param("POST", "/payments/1", None, 401, id="method-anonymous"),
+        # No route at all: the central policy alone, which allows nothing here.
+        pytest.param("GET", "/nowhere", SHOP_CALLER, 403, id="not-found-allowed-elsewhere"),
+        pytest.param("GET", "/nowhere", None, 401, id="not-found-anonymous"),
+        pytest.param("GET", "/payments/1/x/", SHOP_CALLER, 403, id="no-route-either-way"),
+    ],
+)
+def test_fastapi_not_found_wrong_method_and_redirects(
+    method: str, path: str, principal: str | None, status: int
+) -> None:
     app = FastAPI()
 
     @app.get("/payments/{payment_id}", dependencies=[fastapi_require(SHOP)])
@@ -319,10 +338,32 @@ def test_fastapi_not_found_and_redirects_are_judged_centrally() -> None:
 
     install(app, policy=CENTRAL, authenticators=authenticators())
 
-    # No route runs: the central policy alone decides, and allows nothing here.
-    assert get(app, "/payments/1/") == 403
-    assert get(app, "/nowhere") == 403
-    assert get(app, "/payments/1", method="POST") == 403
+    with TestClient(app, client=PROXY, follow_redirects=False) as client:
+        response = client.request(method, path, headers=xfcc(principal))
+    assert response.status_code == status
+    if status == 307:
+        assert response.headers["location"] == "http://testserver/payments/1"
+
+
+def test_fastapi_redirect_inside_a_mounted_router() -> None:
+    inner = FastAPI()
+
+    @inner.get("/items/{item_id}", dependencies=[fastapi_require(SHOP)])
+    async def item(item_id: str) -> str:  # pragma: no cover - never reached here
+        return item_id
+
+    app = FastAPI()
+    app.mount("/v1", inner)
+    install(app, policy=CENTRAL, authenticators=authenticators())
+
+    with TestClient(app, client=PROXY, follow_redirects=False) as client:
+        allowed = client.get("/v1/items/3/", headers=xfcc(SHOP_CALLER))
+        other = client.get("/v1/items/3/", headers=xfcc(ADMIN))
+    assert (allowed.status_code, allowed.headers["location"]) == (
+        307,
+        "http://testserver/v1/items/3",
+    )
+    assert other.status_code == 403
 
 
 # --------------------------------------------------------------------------
