@@ -137,6 +137,9 @@ class EnvoySidecar(ProcessLauncher):
     log) if Envoy exits while starting, :class:`TimeoutError` if it is not ready in
     ``ready_timeout`` seconds.
 
+    ``upstream_http2=True`` speaks HTTP/2 (cleartext) to the upstream, as a
+    gRPC server needs; the default is HTTP/1.1.
+
     ``listen_port=None`` lets Envoy bind port 0 and reads the port it got from the
     admin interface, so parallel sidecars never race for ports.
     """
@@ -156,6 +159,7 @@ class EnvoySidecar(ProcessLauncher):
         require_client_certificate: bool = True,
         envoy_binary: str | None = None,
         ready_timeout: float = 20.0,
+        upstream_http2: bool = False,
     ) -> None:
         if forward_client_cert not in _FORWARD_MODES:
             raise ValueError(
@@ -189,6 +193,7 @@ class EnvoySidecar(ProcessLauncher):
         self.set_current_client_cert_details: dict[str, bool] = details
         self.require_client_certificate = require_client_certificate
         self.ready_timeout = ready_timeout
+        self.upstream_http2 = upstream_http2
         self._requested_port = 0 if listen_port is None else listen_port
         self._listen_port: int | None = None
         self._admin_port: int | None = None
@@ -264,6 +269,29 @@ class EnvoySidecar(ProcessLauncher):
                 "validation_context": {"trusted_ca": {"filename": str(ca_path)}},
             },
         }
+        cluster: dict[str, Any] = {
+            "name": "app",
+            "type": "STATIC",
+            "connect_timeout": "2s",
+            "load_assignment": {
+                "cluster_name": "app",
+                "endpoints": [
+                    {
+                        "lb_endpoints": [
+                            {"endpoint": {"address": _socket_address(self.upstream_port)}}
+                        ]
+                    }
+                ],
+            },
+        }
+        if self.upstream_http2:
+            options = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+            cluster["typed_extension_protocol_options"] = {
+                options: {
+                    "@type": f"type.googleapis.com/{options}",
+                    "explicit_http_config": {"http2_protocol_options": {}},
+                }
+            }
         return {
             "admin": {"address": _socket_address(0)},
             # A connection limit (generous for tests) keeps Envoy from warning at start.
@@ -300,27 +328,7 @@ class EnvoySidecar(ProcessLauncher):
                         ],
                     }
                 ],
-                "clusters": [
-                    {
-                        "name": "app",
-                        "type": "STATIC",
-                        "connect_timeout": "2s",
-                        "load_assignment": {
-                            "cluster_name": "app",
-                            "endpoints": [
-                                {
-                                    "lb_endpoints": [
-                                        {
-                                            "endpoint": {
-                                                "address": _socket_address(self.upstream_port)
-                                            }
-                                        }
-                                    ]
-                                }
-                            ],
-                        },
-                    }
-                ],
+                "clusters": [cluster],
             },
         }
 
