@@ -1,0 +1,538 @@
+"""Django: the middleware in settings.MIDDLEWARE, rules declared on views, DRF.
+
+Every test runs through Django's own handlers: the WSGI one (Django's test
+client) and the ASGI one (``ASGIHandler`` driven by Starlette's test client,
+with the peer address a server would give). Rules declared on a view must
+apply to the view Django's URL resolver dispatches to and to no other, in the
+shapes of tests/test_route_rules.py: pattern order, converters, include()
+prefixes, APPEND_SLASH redirects and 404s.
+"""
+
+from __future__ import annotations
+
+import logging
+import types
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.django_setup import MIDDLEWARE, configure, project, urlconf
+
+configure()
+
+from django.core.exceptions import ImproperlyConfigured  # noqa: E402
+from django.core.handlers.asgi import ASGIHandler  # noqa: E402
+from django.http import HttpRequest, HttpResponse, JsonResponse  # noqa: E402
+from django.test import Client  # noqa: E402
+from django.urls import include, path, register_converter  # noqa: E402
+from django.views import View  # noqa: E402
+from rest_framework.response import Response as DrfResponse  # noqa: E402
+from rest_framework.views import APIView  # noqa: E402
+from starlette.testclient import TestClient  # noqa: E402
+
+from peer_middleware import (  # noqa: E402
+    Anyone,
+    ConfigurationError,
+    Namespace,
+    Policy,
+    Principal,
+    XfccAuthenticator,
+    allow,
+    deny,
+)
+from peer_middleware.django import (  # noqa: E402
+    DjangoConfigurationError,
+    PeerMiddleware,
+    PeerRequiredMixin,
+    get_peer,
+    require,
+)
+from peer_middleware.django.rest_framework import peer_permission  # noqa: E402
+
+TD = "cluster.local"
+SHOP_CALLER = "spiffe://cluster.local/ns/shop/sa/cart"
+ADMIN = "spiffe://cluster.local/ns/ops/sa/admin"
+SHOP = Namespace("shop", trust_domain=TD)
+PROXY = ("127.0.0.1", 50000)
+CENTRAL = Policy([allow("healthz", Anyone(), methods="GET", paths="/healthz/")])
+BODY_400 = b'{"type":"about:blank","title":"Bad Request","status":400}'
+BODY_401 = b'{"type":"about:blank","title":"Unauthorized","status":401}'
+BODY_403 = b'{"type":"about:blank","title":"Forbidden","status":403}'
+TRANSPORTS = ["wsgi", "asgi"]
+
+
+def config(policy: Policy = CENTRAL) -> dict[str, Any]:
+    return {"POLICY": policy, "AUTHENTICATORS": [XfccAuthenticator(trusted_proxies=["127.0.0.1"])]}
+
+
+def xfcc(principal: str | None) -> dict[str, str]:
+    return {"x-forwarded-client-cert": f"URI={principal}"} if principal else {}
+
+
+class Answer:
+    def __init__(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+        self.status = status
+        self.body = body
+        self.headers = headers
+
+
+def send(
+    transport: str,
+    url: str,
+    principal: str | None = SHOP_CALLER,
+    method: str = "GET",
+    client: tuple[str, int] = PROXY,
+) -> Answer:
+    if transport == "wsgi":
+        response = Client().generic(
+            method,
+            url,
+            headers=xfcc(principal),
+            REMOTE_ADDR=client[0],
+            REMOTE_PORT=str(client[1]),
+        )
+        headers = {k.lower(): v for k, v in response.items()}
+        return Answer(response.status_code, response.content, headers)
+    test_client = TestClient(ASGIHandler(), client=client, follow_redirects=False)
+    answer = test_client.request(method, url, headers=xfcc(principal))
+    return Answer(answer.status_code, answer.content, dict(answer.headers))
+
+
+def status(transport: str, url: str, principal: str | None = SHOP_CALLER, **kw: Any) -> int:
+    return send(transport, url, principal, **kw).status
+
+
+def recorder() -> tuple[list[str], Callable[[str], Callable[..., HttpResponse]]]:
+    ran: list[str] = []
+
+    def view(name: str) -> Callable[..., HttpResponse]:
+        def handle(request: HttpRequest, **kwargs: Any) -> HttpResponse:
+            ran.append(name)
+            return HttpResponse(name)
+
+        handle.__qualname__ = name
+        return handle
+
+    return ran, view
+
+
+# --------------------------------------------------------------------------
+# Rules declared on views apply to the view Django dispatches to.
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_literal_pattern_before_template_does_not_inherit(transport: str) -> None:
+    ran, view = recorder()
+    patterns = [
+        path("payments/export/", view("export")),
+        path("payments/<str:payment_id>/", require(SHOP)(view("read"))),
+    ]
+    with project(patterns, config()):
+        assert status(transport, "/payments/export/") == 403
+        assert status(transport, "/payments/export/", None) == 401
+        assert ran == []
+        assert status(transport, "/payments/42/") == 200
+        assert ran == ["read"]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_template_before_literal_wins_as_django_dispatches(transport: str) -> None:
+    # Django tries patterns in order: here the template shadows the literal,
+    # so the literal's view never runs and the template's rule decides.
+    ran, view = recorder()
+    patterns = [
+        path("payments/<str:payment_id>/", require(SHOP)(view("read"))),
+        path("payments/export/", view("export")),
+    ]
+    with project(patterns, config()):
+        assert status(transport, "/payments/export/") == 200
+        assert ran == ["read"]
+        assert status(transport, "/payments/export/", ADMIN) == 403
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_converter_is_part_of_the_pattern(transport: str) -> None:
+    ran, view = recorder()
+    patterns = [
+        path("items/<int:item_id>/", require(SHOP)(view("by_id"))),
+        path("items/<str:name>/", view("by_name")),
+    ]
+    with project(patterns, config()):
+        assert status(transport, "/items/secret/") == 403
+        assert ran == []
+        assert status(transport, "/items/5/") == 200
+        assert ran == ["by_id"]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_include_prefixes(transport: str) -> None:
+    ran, view = recorder()
+    api = [
+        path("orders/<int:order_id>/", require(SHOP)(view("order"))),
+        path("orders/<int:order_id>/refund/", view("refund")),
+    ]
+    patterns = [path("api/v1/", include(api)), path("orders/<int:order_id>/", view("bare"))]
+    with project(patterns, config()):
+        assert status(transport, "/orders/1/") == 403
+        assert status(transport, "/api/v1/orders/1/refund/") == 403
+        assert ran == []
+        assert status(transport, "/api/v1/orders/1/") == 200
+        assert ran == ["order"]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_not_found_and_append_slash_redirects_are_judged_centrally(transport: str) -> None:
+    ran, view = recorder()
+    patterns = [
+        path("healthz/", view("healthz")),
+        path("payments/<str:payment_id>/", require(SHOP)(view("read"))),
+    ]
+    policy = Policy([allow("healthz", Anyone(), methods="GET", paths=["/healthz", "/healthz/"])])
+    with project(patterns, config(policy)):
+        # CommonMiddleware would redirect to the slash: not for this caller.
+        answer = send(transport, "/payments/9")
+        assert (answer.status, answer.body) == (403, BODY_403)
+        assert status(transport, "/nowhere/") == 403
+        # A path the central policy allows keeps Django's own redirect.
+        answer = send(transport, "/healthz", None)
+        assert answer.status == 301
+        assert answer.headers["location"] == "/healthz/"
+        assert ran == []
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_one_view_under_two_patterns_and_a_neighbour(transport: str) -> None:
+    ran, view = recorder()
+    read = require(SHOP)(view("read"))
+    patterns = [
+        path("payments/<int:pk>/", read),
+        path("legacy/payments/<int:pk>/", read),
+        path("legacy/payments/<int:pk>/raw/", view("raw")),
+    ]
+    with project(patterns, config()):
+        assert status(transport, "/payments/1/") == 200
+        assert status(transport, "/legacy/payments/1/") == 200
+        assert status(transport, "/legacy/payments/1/raw/") == 403
+        assert ran == ["read", "read"]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_class_based_view_mixin_and_async_views(transport: str) -> None:
+    ran: list[str] = []
+
+    class PaymentView(PeerRequiredMixin, View):
+        peer_required = SHOP
+        peer_rule_name = "read-payment"
+
+        def get(self, request: HttpRequest, pk: int) -> HttpResponse:
+            ran.append(f"cbv {pk} {request.peer.principal}")  # type: ignore[attr-defined]
+            return HttpResponse("ok")
+
+    class AsyncAdminView(PeerRequiredMixin, View):
+        peer_required = (Principal(ADMIN),)
+
+        async def get(self, request: HttpRequest) -> HttpResponse:
+            ran.append("async cbv")
+            return HttpResponse("ok")
+
+    @require(SHOP, name="async-view")
+    async def async_view(request: HttpRequest) -> HttpResponse:
+        ran.append("async view")
+        return JsonResponse({"caller": request.peer.principal})  # type: ignore[attr-defined]
+
+    patterns = [
+        path("payments/<int:pk>/", PaymentView.as_view()),
+        path("admin/", AsyncAdminView.as_view()),
+        path("async/", async_view),
+    ]
+    with project(patterns, config()):
+        assert status(transport, "/payments/3/") == 200
+        assert status(transport, "/payments/3/", ADMIN) == 403
+        assert status(transport, "/admin/") == 403
+        assert status(transport, "/admin/", ADMIN) == 200
+        answer = send(transport, "/async/")
+        assert (answer.status, answer.body) == (200, b'{"caller": "%s"}' % SHOP_CALLER.encode())
+        assert send(transport, "/async/", None).body == BODY_401
+        assert ran == [f"cbv 3 {SHOP_CALLER}", "async cbv", "async view"]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_central_allow_still_meets_the_views_own_rule(transport: str) -> None:
+    # A central rule decides first; the view still checks its own declaration.
+    ran, view = recorder()
+    policy = Policy([allow("all-payments", Anyone(), paths="/payments/**")])
+    with project([path("payments/<int:pk>/", require(SHOP)(view("read")))], config(policy)):
+        answer = send(transport, "/payments/1/", ADMIN)
+        assert (answer.status, answer.body) == (403, BODY_403)
+        assert send(transport, "/payments/1/", None).body == BODY_401
+        assert status(transport, "/payments/1/") == 200
+        assert ran == ["read"]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_central_deny_beats_a_rule_declared_on_the_view(transport: str) -> None:
+    ran, view = recorder()
+    policy = Policy([deny("no-cart", Principal(SHOP_CALLER), paths="/payments/**")])
+    with project([path("payments/<int:pk>/", require(SHOP)(view("read")))], config(policy)):
+        assert status(transport, "/payments/1/") == 403
+        assert status(transport, "/payments/1/", "spiffe://cluster.local/ns/shop/sa/x") == 200
+        assert ran == ["read"]
+
+
+def switch_urlconf(other: types.ModuleType) -> Callable[..., Any]:
+    """A middleware placed after peer_middleware that changes request.urlconf."""
+
+    class Switch:
+        def __init__(self, get_response: Callable[..., Any]) -> None:
+            self.get_response = get_response
+
+        def __call__(self, request: HttpRequest) -> Any:
+            request.urlconf = other  # type: ignore[attr-defined]
+            return self.get_response(request)
+
+    return Switch
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_dispatch_to_another_view_than_decided_is_refused(
+    transport: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ran, view = recorder()
+    other = urlconf([path("payments/<str:pk>/", view("export"))], "other_urls")
+    module = types.ModuleType("switching")
+    module.Switch = switch_urlconf(other)  # type: ignore[attr-defined]
+    monkeypatch.setitem(__import__("sys").modules, "switching", module)
+    patterns = [path("payments/<str:pk>/", require(SHOP)(view("read")))]
+    middleware = [MIDDLEWARE[0], "switching.Switch"]
+    with project(patterns, config(), MIDDLEWARE=middleware):
+        answer = send(transport, "/payments/1/")
+        assert (answer.status, answer.body) == (403, BODY_403)
+        assert ran == []
+
+
+# --------------------------------------------------------------------------
+# The peer, the path and the refusals.
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_peer_on_request_and_normalised_path(transport: str) -> None:
+    seen: list[tuple[Any, ...]] = []
+
+    @require(SHOP)
+    def read(request: HttpRequest, pk: str) -> HttpResponse:
+        seen.append(
+            (
+                request.peer.principal,  # type: ignore[attr-defined]
+                get_peer(request) is request.peer,  # type: ignore[attr-defined]
+                request.META["peer_middleware.decision"].rule,
+                request.path,
+                request.path_info,
+                pk,
+            )
+        )
+        return HttpResponse("ok")
+
+    with project([path("payments/<str:pk>/", read)], config()):
+        assert status(transport, "/payments//x/../7/") == 200
+        assert seen == [
+            (
+                SHOP_CALLER,
+                True,
+                f"view {read.__qualname__} /payments/<str:pk>/",
+                "/payments/7/",
+                "/payments/7/",
+                "7",
+            )
+        ]
+        if transport == "wsgi":
+            # As gunicorn sends it: the target as received in RAW_URI.
+            response = Client().get(
+                "/payments%2F7/", REMOTE_ADDR="127.0.0.1", RAW_URI="/payments%2F7/"
+            )
+            answer = Answer(response.status_code, response.content, {})
+        else:
+            answer = send(transport, "/payments%2F7/")
+        assert (answer.status, answer.body) == (400, BODY_400)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("debug", [False, True])
+def test_refusals_are_the_fixed_bodies_even_with_debug(transport: str, debug: bool) -> None:
+    ran, view = recorder()
+    with project([path("payments/<int:pk>/", require(SHOP)(view("read")))], config(), DEBUG=debug):
+        answer = send(transport, "/payments/1/", None)
+        assert (answer.status, answer.body) == (401, BODY_401)
+        assert answer.headers["content-type"] == "application/problem+json"
+        answer = send(transport, "/payments/1/", ADMIN)
+        assert (answer.status, answer.body) == (403, BODY_403)
+        answer = send(transport, "/payments/1/", "spiffe://bad id")
+        assert (answer.status, answer.body) == (401, BODY_401)
+        assert ran == []
+
+
+class Boom:
+    """A converter with a bug: resolving raises."""
+
+    regex = "[0-9]+"
+
+    def to_python(self, value: str) -> int:
+        raise RuntimeError("converter bug")
+
+    def to_url(self, value: int) -> str:
+        return str(value)
+
+
+register_converter(Boom, "boom")
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_an_exception_in_url_resolution_refuses(
+    transport: str, decisions: Callable[[], list[logging.LogRecord]]
+) -> None:
+    ran, view = recorder()
+    with project([path("payments/<boom:pk>/", require(SHOP)(view("read")))], config()):
+        answer = send(transport, "/payments/1/")
+        assert (answer.status, answer.body) == (403, BODY_403)
+    assert ran == []
+    assert decisions()[-1].peer_middleware["reason"].startswith("internal error")
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_view_declaration_without_the_middleware_refuses(transport: str) -> None:
+    ran, view = recorder()
+    patterns = [path("payments/<int:pk>/", require(SHOP)(view("read")))]
+    with project(patterns, config(), MIDDLEWARE=[]):
+        answer = send(transport, "/payments/1/")
+        assert (answer.status, answer.body) == (401, BODY_401)
+    assert ran == []
+
+
+# --------------------------------------------------------------------------
+# Django REST framework.
+# --------------------------------------------------------------------------
+
+
+class PaymentApi(APIView):
+    permission_classes = (peer_permission(SHOP, name="read-payment-api"),)
+
+    def get(self, request: Any, pk: int) -> DrfResponse:
+        return DrfResponse({"id": pk, "caller": request.peer.principal})
+
+
+class OpenApi(APIView):
+    def get(self, request: Any, pk: int) -> DrfResponse:
+        return DrfResponse({"id": pk})
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("debug", [False, True])
+def test_rest_framework_permission(transport: str, debug: bool) -> None:
+    patterns = [
+        path("api/payments/<int:pk>/", PaymentApi.as_view()),
+        path("api/payments/<int:pk>/open/", OpenApi.as_view()),
+    ]
+    policy = Policy([allow("api", Anyone(), paths="/api/**")])
+    with project(patterns, config(), DEBUG=debug):
+        answer = send(transport, "/api/payments/4/")
+        assert (answer.status, answer.body) == (
+            200,
+            b'{"id":4,"caller":"%s"}' % SHOP_CALLER.encode(),
+        )
+        assert send(transport, "/api/payments/4/open/").status == 403
+        answer = send(transport, "/api/payments/4/", ADMIN)
+        assert (answer.status, answer.body) == (403, BODY_403)
+    # Allowed centrally, the permission itself still refuses, with the fixed body.
+    with project(patterns, config(policy), DEBUG=debug):
+        answer = send(transport, "/api/payments/4/", ADMIN)
+        assert (answer.status, answer.body) == (403, BODY_403)
+        answer = send(transport, "/api/payments/4/", None)
+        assert (answer.status, answer.body) == (401, BODY_401)
+        assert send(transport, "/api/payments/4/open/", None).status == 200
+
+
+# --------------------------------------------------------------------------
+# Configuration.
+# --------------------------------------------------------------------------
+
+
+def ok(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("ok")
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        pytest.param(None, "needs settings.PEER_MIDDLEWARE", id="missing"),
+        pytest.param([], "must be a dict", id="not-a-dict"),
+        pytest.param({"AUTHENTICATORS": []}, 'needs "POLICY"', id="no-policy"),
+        pytest.param({"POLICY": CENTRAL, "POLICIES": 1}, "unknown keys ['POLICIES']", id="typo"),
+        pytest.param({"POLICY": "nowhere.POLICY"}, "cannot import 'nowhere.POLICY'", id="bad-path"),
+        pytest.param({"POLICY": [allow("a", Anyone())]}, "must be a Policy", id="not-a-policy"),
+        pytest.param(
+            {"POLICY": CENTRAL, "AUTHENTICATORS": [object()]},
+            "is not an Authenticator",
+            id="bad-authenticator",
+        ),
+        pytest.param({"POLICY": CENTRAL, "MEMORY": 5}, "must be a MemoryLimits", id="bad-memory"),
+        pytest.param(
+            {"POLICY": CENTRAL, "WWW_AUTHENTICATE": 5}, "must be a string", id="bad-challenge"
+        ),
+    ],
+)
+def test_bad_settings_raise_when_the_middleware_is_built(value: Any, message: str) -> None:
+    with (
+        project([path("x/", ok)], value),
+        pytest.raises(
+            ImproperlyConfigured, match=message.replace("[", r"\[").replace("(", r"\(")
+        ) as raised,
+    ):
+        PeerMiddleware(ok)
+    assert isinstance(raised.value, ConfigurationError)
+
+
+def test_settings_by_dotted_path() -> None:
+    value = {
+        "POLICY": "tests.django_setup.POLICY_FOR_IMPORT",
+        "AUTHENTICATORS": [XfccAuthenticator(trusted_proxies=["127.0.0.1"])],
+    }
+    with project([path("healthz/", ok)], value):
+        assert [r.name for r in PeerMiddleware(ok).guard.policy.rules] == ["healthz"]
+        assert status("wsgi", "/healthz/", None) == 200
+
+
+def test_rule_names_declared_twice_on_views_and_centrally_raise() -> None:
+    policy = Policy([allow("read", Anyone(), paths="/healthz/")])
+    patterns = [path("payments/<int:pk>/", require(SHOP, name="read")(ok))]
+    with (
+        project(patterns, config(policy)),
+        pytest.raises(DjangoConfigurationError, match="two rules are named 'read'"),
+    ):
+        PeerMiddleware(ok)
+
+
+def test_bad_declarations_raise_at_import() -> None:
+    with pytest.raises(ConfigurationError):
+        require("spiffe://cluster.local/ns/shop/sa/x")  # type: ignore[arg-type]
+    with pytest.raises(DjangoConfigurationError, match="is not a matcher"):
+
+        class Bad(PeerRequiredMixin, View):
+            peer_required = "shop"  # type: ignore[assignment]
+
+    with pytest.raises(DjangoConfigurationError, match="use PeerRequiredMixin"):
+        require(SHOP)(View)
+    with pytest.raises(DjangoConfigurationError):
+        peer_permission("shop")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_mixin_without_requirement_refuses(transport: str) -> None:
+    class Nobody(PeerRequiredMixin, View):
+        def get(self, request: HttpRequest) -> HttpResponse:
+            return HttpResponse("never")
+
+    policy = Policy([allow("all", Anyone(), paths="/**")])
+    with project([path("x/", Nobody.as_view())], config(policy)):
+        assert status(transport, "/x/") == 403
