@@ -14,12 +14,23 @@
     IDs and a TLS server certificate into ``DIR``, with the trust bundle as
     PEM (``bundle.pem``) and as SPIFFE bundle JSON (``bundle.json``). Private
     keys are written with mode 0600; the CA's key is not written at all.
+
+``peer-middleware explain --app MOD:ATTR [--as ID] [--header K:V] [--token-claims JSON] M PATH``
+    The decision for one request, the rule that decided, the path as
+    normalised and the trace of every rule (route rules included);
+    ``--json`` for JSON. ``--dump`` (no METHOD PATH) prints the effective
+    policy as a table (or JSON with ``--json``).
+
+``peer-middleware check --app MODULE:ATTRIBUTE [--strict]``
+    Lint the policy against the app's routes; exits 1 on an error (or, with
+    ``--strict``, a warning).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -72,7 +83,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="NAME",
         help="a DNS name for the TLS server certificate (repeatable; default: localhost)",
     )
+    explain = commands.add_parser(
+        "explain",
+        help="explain the decision for one request, or --dump the effective policy",
+    )
+    explain.add_argument("--app", required=True, help="module:attribute of the app or policy")
+    explain.add_argument("--as", dest="principal", default=None, help="the caller's SPIFFE ID")
+    explain.add_argument(
+        "--proof", default="mtls", help="how the caller proved it (default: %(default)s)"
+    )
+    explain.add_argument(
+        "--header", action="append", default=[], metavar="NAME:VALUE", help="a request header"
+    )
+    explain.add_argument("--token-claims", default=None, help="the bearer token's claims, JSON")
+    explain.add_argument("--port", type=int, default=None, help="the port the app was reached on")
+    explain.add_argument("--source", default=None, help="the connection's peer address")
+    explain.add_argument("--dump", action="store_true", help="print the effective policy")
+    explain.add_argument("--json", action="store_true", help="JSON output")
+    explain.add_argument("method", nargs="?")
+    explain.add_argument("path", nargs="?")
+    lint = commands.add_parser("check", help="lint the policy against the app's routes")
+    lint.add_argument("--app", required=True, help="module:attribute of the app or policy")
+    lint.add_argument("--strict", action="store_true", help="warnings fail too")
     args = parser.parse_args(argv)
+    if args.command == "explain":
+        return _explain(parser, args)
+    if args.command == "check":
+        return _check(args.app, strict=args.strict)
     if args.command == "dev-certs":
         try:
             dev_certs(
@@ -98,6 +135,66 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_demo(app_spec=args.app, envoy_binary=args.envoy)
     parser.error(f"unknown command {args.command!r}")  # pragma: no cover - argparse exits first
     return 2  # pragma: no cover
+
+
+def _explain(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from .errors import ConfigurationError, InvalidSpiffeIdError
+    from .inspection import dump, explain, load_target, peer_for
+
+    try:
+        target = load_target(args.app)
+        if args.dump:
+            print(dump(target.policy, as_json=args.json))
+            return 0
+        if not args.method or not args.path:
+            parser.error("explain needs METHOD PATH (or --dump)")
+        headers: dict[str, str] = {}
+        for item in args.header:
+            name, sep, value = item.partition(":")
+            if not sep or not name.strip():
+                parser.error(f"--header {item!r} must be NAME:VALUE")
+            key = name.strip().lower()
+            value = value.strip()
+            headers[key] = value if key not in headers else headers[key] + "," + value
+        claims = json.loads(args.token_claims) if args.token_claims else None
+        peer = peer_for(args.principal, claims, args.proof)
+        explanation = explain(
+            target, args.method, args.path, peer, headers, port=args.port, source=args.source
+        )
+    except (
+        ConfigurationError,
+        InvalidSpiffeIdError,
+        ValueError,
+        ImportError,
+        AttributeError,
+    ) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(explanation.as_dict(), indent=2))
+    else:
+        print(explanation.format())
+    return 0
+
+
+def _check(app: str, *, strict: bool) -> int:
+    from .errors import ConfigurationError
+    from .inspection import check, load_target
+
+    try:
+        target = load_target(app)
+    except (ConfigurationError, ImportError, AttributeError) as exc:
+        print(f"error: {exc}")
+        return 1
+    findings = check(target)
+    if target.routes is None:
+        print("note: no app routes known (a bare policy or middleware): route checks skipped")
+    for finding in findings:
+        print(finding)
+    failed = any(f.level == "error" or strict for f in findings)
+    errors = sum(f.level == "error" for f in findings)
+    print(f"{errors} error(s), {len(findings) - errors} warning(s)")
+    return 1 if failed else 0
 
 
 def _file_name(spiffe_id: str) -> str:

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
 from .conditions import RequestFacts
-from .errors import ConfigurationError
+from .errors import BadRequest, ConfigurationError
 from .matchers import (
     AllOf,
     AnyOf,
@@ -68,6 +68,7 @@ from .matchers import (
     Who,
     index_keys_of,
 )
+from .paths import check_method, normalise_path
 from .peer import Peer
 from .rules import (
     MANY0,
@@ -95,6 +96,7 @@ __all__ = [
     "CertificateVerified",
     "Claim",
     "Decision",
+    "Explanation",
     "HasToken",
     "Issuer",
     "Matcher",
@@ -108,6 +110,7 @@ __all__ = [
     "RequestPrincipal",
     "Route",
     "Rule",
+    "RuleTrace",
     "ServiceAccount",
     "SidecarAsserted",
     "TrustDomain",
@@ -334,6 +337,77 @@ class PlanMemory(Protocol):
     def get(self, key: tuple[str, str]) -> Plan | None: ...
 
     def put(self, key: tuple[str, str], value: Plan) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RuleTrace:
+    """How one rule judged one request (see :meth:`Policy.explain`).
+
+    ``matched`` is True when the rule applies; ``reason`` says why or why not.
+    ``route`` names the route the rule is declared on (``None``: a central rule).
+    """
+
+    rule: str
+    action: str
+    matched: bool
+    reason: str
+    shadow: bool = False
+    route: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    """A decision with its reasons: what :meth:`Policy.explain` returns."""
+
+    method: str
+    path: str
+    decision: Decision
+    trace: tuple[RuleTrace, ...]
+    principal: str | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        """The explanation as plain JSON-ready values."""
+        decision = self.decision
+        return {
+            "method": self.method,
+            "path": self.path,
+            "principal": self.principal,
+            "allowed": decision.allowed,
+            "status": decision.enforced_status if not decision.dry_run else decision.status,
+            "rule": decision.rule,
+            "reason": decision.reason,
+            "dry_run": decision.dry_run,
+            "shadow": list(decision.shadow),
+            "audit": list(decision.audit),
+            "trace": [
+                {
+                    "rule": t.rule,
+                    "action": t.action,
+                    "matched": t.matched,
+                    "reason": t.reason,
+                    "shadow": t.shadow,
+                    "route": t.route,
+                }
+                for t in self.trace
+            ],
+        }
+
+    def format(self) -> str:
+        """The explanation as text, one line per rule considered."""
+        decision = self.decision
+        outcome = "allowed" if decision.allowed and not decision.dry_run else "refused"
+        status = 200 if decision.allowed and not decision.dry_run else decision.status
+        lines = [
+            f"{self.method} {self.path} as {self.principal or '(no identity)'}",
+            f"decision: {outcome} ({status}) by {decision.rule or '(default)'}: {decision.reason}",
+            "trace:",
+        ]
+        for t in self.trace:
+            mark = "match" if t.matched else "-    "
+            where = f" [route {t.route}]" if t.route else ""
+            shadow = " (shadow)" if t.shadow else ""
+            lines.append(f"  {mark} {t.action:<5} {t.rule}{shadow}{where}: {t.reason}")
+        return "\n".join(lines)
 
 
 @dataclass(frozen=True, slots=True)
@@ -600,9 +674,81 @@ class Policy:
             )
         return matched
 
+    def explain(
+        self,
+        method: str,
+        path: str,
+        peer: Peer | None = None,
+        route: Route | None = None,
+        *,
+        facts: RequestFacts | None = None,
+    ) -> Explanation:
+        """The decision for a request, with the trace of every rule considered.
+
+        ``path`` is the path as sent: it is normalised here as the guard
+        would (a path the guard refuses gets a 400 decision and no trace).
+        ``route`` and ``facts`` are as in :meth:`decide`. Pure, like
+        :meth:`decide`: for tests, tools and decision logs.
+        """
+        principal = peer.principal if peer is not None else None
+        try:
+            check_method(method)
+            normalised = normalise_path(path)
+        except BadRequest as error:
+            refused = Decision(False, 400, None, error.reason)
+            return Explanation(method, path, refused, (), principal)
+        facts = facts or _NO_FACTS
+        decision = self.decide(method, normalised, peer, route, facts=facts)
+        in_plan = {
+            id(entry.rule)
+            for bucket in self.plan(method, normalised)
+            for entry in _bucket_entries(bucket)
+        }
+        trace: list[RuleTrace] = []
+        for rule in self.rules:
+            if rule.methods is not None and method not in rule.methods:
+                matched, reason = False, f"method {method} is not {', '.join(sorted(rule.methods))}"
+            elif id(rule) not in in_plan:
+                patterns = ", ".join(p.text for p in rule.paths)
+                matched, reason = False, f"path {normalised} matches none of {patterns}"
+            else:
+                matched, reason = _explain_match(rule, peer, facts)
+            trace.append(RuleTrace(rule.name, rule.action.value, matched, reason, rule.shadow))
+        for on, rules in self.routes.items():
+            for rule in rules:
+                if route is not on:
+                    matched, reason = False, "the request is not dispatched to this route"
+                else:
+                    matched, reason = _explain_match(rule, peer, facts)
+                trace.append(
+                    RuleTrace(rule.name, rule.action.value, matched, reason, route=on.name)
+                )
+        return Explanation(method, normalised, decision, tuple(trace), principal)
+
     def __len__(self) -> int:
         return len(self.rules) + sum(map(len, self.routes.values()))
 
     def __repr__(self) -> str:
         routes = f", {len(self.routes)} routes with rules" if self.routes else ""
         return f"Policy({len(self.rules)} rules{routes}, mode={self.mode!r})"
+
+
+def _bucket_entries(bucket: _Bucket) -> Iterable[_Entry]:
+    for rule_set in (bucket.deny, bucket.allow):
+        for entries in rule_set.by_key.values():
+            yield from entries
+        yield from rule_set.scan
+    yield from bucket.extra
+
+
+def _explain_match(rule: Rule, peer: Peer | None, facts: RequestFacts) -> tuple[bool, str]:
+    deny = rule.action is Action.DENY
+    who = rule.who
+    if not (_deny_matches(who, peer) if deny else who(peer)):
+        caller = peer.principal if peer is not None else "a request without identity"
+        return False, f"{caller} does not match {who.describe()}"
+    for condition in rule.when:
+        if not condition.test(facts, deny):
+            return False, f"condition {condition.describe()} does not hold"
+    when = "".join(f" and {c.describe()}" for c in rule.when)
+    return True, f"{who.describe()}{when} matched"
