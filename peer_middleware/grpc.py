@@ -68,8 +68,8 @@ allow, or an internal error), ``INVALID_ARGUMENT`` (malformed metadata or
 method name); the precise reason goes to the ``peer_middleware`` logger.
 
 Rules next to the servicer: :func:`require` on a servicer's method (or on
-the servicer class, for all its methods) allows ``who`` to call *that*
-method. They are read from the servicers given as ``servicers=`` and apply
+the servicer class, for all its methods; with both, both must hold) allows
+``who`` to call *that* method. They are read from the servicers given as ``servicers=`` and apply
 to the function grpcio actually dispatches a call to, identified by the
 servicer's class and the function itself, never by a path pattern: a
 neighbour method never inherits them. They only allow (the central policy's
@@ -221,7 +221,6 @@ def _is_ipv6(host: str) -> bool:
 
 def _behavior_key(behavior: object) -> object:
     """What identifies the function grpcio dispatches a call to: (servicer class, function)."""
-    behavior = inspect.unwrap(behavior)  # type: ignore[arg-type]
     owner = getattr(behavior, "__self__", None)
     function = getattr(behavior, "__func__", None)
     if owner is not None and function is not None:

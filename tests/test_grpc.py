@@ -25,6 +25,7 @@ from peer_middleware import (
     Authenticated,
     JwtSvidAuthenticator,
     MtlsAuthenticator,
+    Namespace,
     Policy,
     Principal,
     StaticJwks,
@@ -790,3 +791,75 @@ async def test_aio_server_xfcc_and_bad_input(minter: TokenMinter) -> None:
             )
     finally:
         await server.stop(None)
+
+
+# --------------------------------------------------------------------------
+# Declarations on a servicer class and on plain handler functions
+# --------------------------------------------------------------------------
+
+
+@require(Namespace("shop", trust_domain="cluster.local"), name="shop-only")
+class ShopOnly:
+    @require(Principal(CART))
+    def Who(self, request: bytes, context: Any) -> bytes:
+        return _answer(context)
+
+    def Admin(self, request: bytes, context: Any) -> bytes:
+        return _answer(context)
+
+
+@require(Principal(CHECKOUT))
+def plain_who(request: bytes, context: Any) -> bytes:
+    return _answer(context)
+
+
+def test_class_and_function_declarations() -> None:
+    interceptor = PeerInterceptor(
+        policy=Policy([]),
+        authenticators=[XfccAuthenticator(trusted_proxies=["127.0.0.1"])],
+        servicers=[ShopOnly(), plain_who],
+    )
+    shop = ShopOnly()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2), interceptors=[interceptor])
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                SERVICE,
+                {
+                    "Who": grpc.unary_unary_rpc_method_handler(shop.Who),
+                    "Admin": grpc.unary_unary_rpc_method_handler(shop.Admin),
+                    "Chat": grpc.unary_unary_rpc_method_handler(plain_who),
+                },
+            ),
+        )
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+
+            def status(caller: str, method: str) -> grpc.StatusCode:
+                metadata = [("x-forwarded-client-cert", xfcc_header(caller))]
+                return call(channel, method, metadata=metadata)[0]
+
+            results = {
+                (caller, method): status(caller, method).name
+                for caller in (CART, CHECKOUT, ADMIN)
+                for method in ("Who", "Admin", "Chat")
+            }
+    finally:
+        server.stop(None).wait(5)
+    assert results == {
+        # Who: the class's and the method's declarations, both.
+        (CART, "Who"): "OK",
+        (CHECKOUT, "Who"): "PERMISSION_DENIED",
+        (ADMIN, "Who"): "PERMISSION_DENIED",
+        # Admin: the class's alone.
+        (CART, "Admin"): "OK",
+        (CHECKOUT, "Admin"): "OK",
+        (ADMIN, "Admin"): "PERMISSION_DENIED",
+        # A plain function.
+        (CART, "Chat"): "PERMISSION_DENIED",
+        (CHECKOUT, "Chat"): "OK",
+        (ADMIN, "Chat"): "PERMISSION_DENIED",
+    }
