@@ -85,6 +85,28 @@ def _server_port(scope: Scope) -> int | None:
     return None
 
 
+def _warn_without_tls(scope: Scope) -> bool:
+    """Warn, and return True, when an https request came without the ASGI TLS extension.
+
+    An authenticator reads the client certificate, yet the server does not
+    hand it to the app: every request arrives without a peer.
+    """
+    extensions = scope.get("extensions")
+    if scope.get("scheme") not in ("https", "wss") or (
+        isinstance(extensions, dict) and "tls" in extensions
+    ):
+        return False
+    logger.warning(
+        "an https request arrived without the ASGI TLS extension, so the client "
+        "certificate an MtlsAuthenticator needs never reaches the app and every request "
+        "is refused or anonymous. Serve with the library's protocol class: uvicorn "
+        "--http peer_middleware.servers.uvicorn:H11Protocol (or HttpToolsProtocol), or "
+        "uvicorn.run(app, **mtls_settings(...)) from peer_middleware.servers.uvicorn. "
+        "(Warned once.)"
+    )
+    return True
+
+
 class PeerMiddleware:
     """Authenticate the calling service and enforce ``policy`` on every request.
 
@@ -98,7 +120,7 @@ class PeerMiddleware:
     Configuration errors raise here.
     """
 
-    __slots__ = ("_wanted", "app", "guard")
+    __slots__ = ("_tls_warned", "_wanted", "app", "guard")
 
     def __init__(
         self,
@@ -120,6 +142,7 @@ class PeerMiddleware:
         if routes is not None:
             self.guard.use_routes(routes())
         self._wanted = {name.encode("latin-1"): name for name in self.guard.header_names}
+        self._tls_warned = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         scope_type = scope["type"]
@@ -155,6 +178,9 @@ class PeerMiddleware:
             if len(client) != 2:
                 client = None
         guard = self.guard
+        tls_chain = _tls_chain(scope) if guard.reads_tls else None
+        if tls_chain is None and guard.reads_tls and not self._tls_warned:
+            self._tls_warned = _warn_without_tls(scope)
         verdict = guard.check(
             method,
             path,
@@ -163,7 +189,7 @@ class PeerMiddleware:
             headers,
             root_path,
             scope.get("query_string", b"").decode("latin-1") if guard.reads_query else "",
-            _tls_chain(scope) if guard.reads_tls else None,
+            tls_chain,
             request=scope,
             port=_server_port(scope) if guard.reads_port else None,
         )

@@ -42,7 +42,7 @@ from .errors import (
     UntrustedIssuer,
 )
 from .memory import Memory, MemoryLimits
-from .observe import Observer, refusal_class
+from .observe import Observer, ProxyWatch, refusal_class
 from .paths import check_method, check_raw_target, normalise_path
 from .peer import Peer, Proof, never_still_valid
 from .policy import Policy
@@ -168,6 +168,7 @@ class Guard:
         "_routes_changed_logged",
         "_runs",
         "_secret_headers",
+        "_watch",
         "authenticators",
         "header_names",
         "memory",
@@ -226,6 +227,10 @@ class Guard:
         self.responder: Responder = responder or default_responder
         self.www_authenticate = www_authenticate
         self._rewrite_warned = False
+        # Warnings about forwarded-identity headers from untrusted peers, and
+        # trusted proxies that send none (see ProxyWatch).
+        watch = ProxyWatch(self.authenticators) if self._forwarded else None
+        self._watch = watch or None
         self._refusal_hinted = False
         self._observers: tuple[Observer, ...] = ()
         for observer in observers:
@@ -628,6 +633,12 @@ class Guard:
         elif untrusted is not None:
             raise untrusted
         notes = tuple(request.notes) if request.notes else ()
+        watch = self._watch
+        if watch is not None:
+            if peer is None or notes:
+                watch(request)
+            elif peer.proxy is not None:
+                watch.fine(peer.proxy)
         if untrusted is not None:
             # Another authenticator might accept the token once its keys
             # change: never reuse this result.

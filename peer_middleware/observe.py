@@ -29,8 +29,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from ._once import Once, safe_host
 from .errors import CertificateDecodingError, ConfigurationError, RequestRefused
 from .peer import Peer
+from .proxies import TrustedProxies
+from .request import Authenticator, RequestView
 from .responses import ProblemResponse, Refusal, Responder, default_responder, respond
 from .rules import Decision
 
@@ -40,6 +43,7 @@ __all__ = [
     "JsonFormatter",
     "Observed",
     "Observer",
+    "ProxyWatch",
     "Tally",
     "outcome",
     "reason_class",
@@ -305,3 +309,103 @@ def _bump(counts: dict[Any, int], key: Any, limit: int) -> None:
             key = OVERFLOW if isinstance(key, str) else (OVERFLOW, *key[1:])
         count = counts.get(key, 0)
     counts[key] = count + 1
+
+
+logger = logging.getLogger("peer_middleware")
+
+
+class ProxyWatch:
+    """Warns about forwarded-identity headers that cannot be what the operator meant.
+
+    Built by the guard over its authenticators that read a header from
+    ``trusted_proxies``, and shown each request the authenticators ran on:
+
+    * such a header from a peer that is not a trusted proxy is ignored, which
+      a wrong ``trusted_proxies`` makes look like a legitimate refusal: one
+      warning per (header, peer address), with the address;
+    * a trusted proxy whose first ``absent_after`` requests carry none of the
+      headers (a sidecar that does not forward identities, such as Envoy
+      without ``forward_client_cert_details: SANITIZE_SET``): one warning per
+      proxy address.
+
+    Each warning comes once per cause, for at most ``max_causes`` causes and
+    ``per_minute`` warnings a minute, so an attacker cannot turn it into a flood.
+    """
+
+    __slots__ = ("_absent", "_entries", "_fine", "_once", "absent_after")
+
+    def __init__(
+        self,
+        authenticators: Sequence[Authenticator],
+        *,
+        absent_after: int = 20,
+        max_causes: int = 32,
+        per_minute: int = 10,
+    ) -> None:
+        entries: list[tuple[tuple[str, ...], TrustedProxies, str]] = []
+        for authenticator in authenticators:
+            proxies = getattr(authenticator, "trusted_proxies", None)
+            if authenticator.forwarded and isinstance(proxies, TrustedProxies):
+                entries.append(
+                    (tuple(authenticator.header_names), proxies, str(authenticator.name))
+                )
+        self._entries = tuple(entries)
+        self.absent_after = absent_after
+        self._once = Once(max_causes=max_causes, per_minute=per_minute)
+        self._absent: dict[str, int] = {}
+        self._fine: set[str] = set()
+
+    def __bool__(self) -> bool:
+        return bool(self._entries)
+
+    def __call__(self, request: RequestView) -> None:
+        client = request.client
+        if client is None:
+            return  # unknown, or rewritten by the server: warned about elsewhere
+        host = client[0]
+        headers = request.headers
+        for names, proxies, name in self._entries:
+            present = [n for n in names if n in headers]
+            if host in proxies:
+                if present:
+                    self.fine(host)
+                elif host not in self._fine:
+                    self._count_absent(host, names, name)
+            elif present and self._once(("untrusted", present[0], host)):
+                logger.warning(
+                    "%s arrived from %s, which is not in the %s authenticator's "
+                    "trusted_proxies: the header is ignored and the request has no identity "
+                    "from it. If %s is your proxy or sidecar, add it to trusted_proxies. "
+                    "(Warned once per header and address.)",
+                    present[0],
+                    safe_host(host),
+                    name,
+                    safe_host(host),
+                )
+
+    def fine(self, host: str) -> None:
+        """``host``, a trusted proxy, sent an identity header: it is set up."""
+        fine = self._fine
+        if host not in fine and len(fine) < 64:
+            fine.add(host)
+
+    def _count_absent(self, host: str, names: tuple[str, ...], name: str) -> None:
+        absent = self._absent
+        count = absent.get(host)
+        if count is None:
+            if len(absent) >= 64:
+                return
+            count = 0
+        count += 1
+        absent[host] = count
+        if count == self.absent_after and self._once(("absent", host)):
+            logger.warning(
+                "the trusted proxy %s sent none of %s on its first %d requests: the %s "
+                "authenticator finds no identity in them. Make the proxy set the header "
+                "(Envoy: forward_client_cert_details: SANITIZE_SET), or check that it is "
+                "the proxy you meant. (Warned once per proxy.)",
+                safe_host(host),
+                ", ".join(names),
+                count,
+                name,
+            )
