@@ -228,3 +228,74 @@ def test_a_real_scrape_under_uvicorn() -> None:
     assert 'peer_middleware_refusals_total{reason="no_identity"} 1.0' in text
     assert "peer_middleware_decision_seconds_bucket" in text
     assert 'peer_middleware_memory_entries{part="paths"}' in text
+
+
+def test_opentelemetry_metrics_through_the_sdk_reader() -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from peer_middleware.otel import OpenTelemetryMetrics
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    metrics = OpenTelemetryMetrics(meter_provider=provider, durations=True)
+    guard = make_guard(metrics)
+    metrics.watch_memory(guard)
+    traffic(guard)
+    data = reader.get_metrics_data()
+    assert data is not None
+    points: dict[str, list[tuple[dict[str, object], object]]] = {}
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                for point in metric.data.data_points:
+                    value = getattr(point, "value", None)
+                    if value is None:
+                        value = point.count  # type: ignore[union-attr]
+                    points.setdefault(metric.name, []).append((dict(point.attributes or {}), value))
+    assert (
+        {"outcome": "allowed", "status": 200, "rule": "shop", "proof": "proxy-asserted"},
+        3,
+    ) in points["peer_middleware.decisions"]
+    assert ({"reason": "no_identity"}, 1) in points["peer_middleware.refusals"]
+    assert ({"reason": "authentication_failed"}, 1) in points[
+        "peer_middleware.authentication_failures"
+    ]
+    assert points["peer_middleware.decision.duration"] == [({}, 8)]
+    assert {a["part"]: v for a, v in points["peer_middleware.memory.entries"]}["paths"] >= 1
+    provider.shutdown()
+
+
+def test_decision_span_attributes() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from peer_middleware.otel import DecisionSpans
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    guard = make_guard(DecisionSpans())
+    assert guard.check("GET", "/orders/1", "/orders/1", PROXY, xfcc(SHOP)).allowed  # no span
+    with tracer.start_as_current_span("request"):
+        assert guard.check("GET", "/orders/1", "/orders/1", PROXY, xfcc(SHOP)).allowed
+    with tracer.start_as_current_span("refused"):
+        guard.check("GET", "/orders/1", "/orders/1", PROXY, {})
+    allowed, refused = exporter.get_finished_spans()
+    assert dict(allowed.attributes or {}) == {
+        "peer_middleware.decision.outcome": "allowed",
+        "peer_middleware.decision.status": 200,
+        "peer_middleware.decision.rule": "shop",
+        "peer_middleware.decision.reason_class": "allowed",
+        "peer_middleware.peer.principal": SHOP,
+        "peer_middleware.peer.proof": "proxy-asserted",
+    }
+    assert dict(refused.attributes or {}) == {
+        "peer_middleware.decision.outcome": "refused",
+        "peer_middleware.decision.status": 401,
+        "peer_middleware.decision.rule": "",
+        "peer_middleware.decision.reason_class": "no_identity",
+    }
+    provider.shutdown()
