@@ -259,6 +259,49 @@ def test_class_based_view_mixin_and_async_views(transport: str) -> None:
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
+def test_rules_declared_per_method(transport: str) -> None:
+    # Django dispatches on the path only: one view answers GET and DELETE,
+    # each method with its own callers.
+    ran: list[str] = []
+
+    @require(SHOP, name="read", methods="GET")
+    @require(Principal(ADMIN), name="delete", methods=["DELETE"])
+    def payment(request: HttpRequest, pk: int) -> HttpResponse:
+        ran.append(str(request.method))
+        return HttpResponse("ok")
+
+    class Order(PeerRequiredMixin, View):
+        peer_required = types.MappingProxyType({"GET": SHOP, "DELETE": Principal(ADMIN)})
+        peer_rule_name = types.MappingProxyType({"GET": "read-order", "DELETE": "delete-order"})
+
+        def get(self, request: HttpRequest, pk: int) -> HttpResponse:
+            ran.append("order GET")
+            return HttpResponse("ok")
+
+        def delete(self, request: HttpRequest, pk: int) -> HttpResponse:
+            ran.append("order DELETE")
+            return HttpResponse("ok")
+
+        def post(self, request: HttpRequest, pk: int) -> HttpResponse:
+            ran.append("order POST")
+            return HttpResponse("ok")
+
+    patterns = [path("payments/<int:pk>/", payment), path("orders/<int:pk>/", Order.as_view())]
+    with project(patterns, config()):
+        for prefix in ("/payments/1/", "/orders/1/"):
+            assert status(transport, prefix) == 200
+            assert status(transport, prefix, method="HEAD") == 200
+            assert status(transport, prefix, ADMIN) == 403
+            assert status(transport, prefix, method="DELETE") == 403
+            assert status(transport, prefix, ADMIN, method="DELETE") == 200
+            # Nothing declared for POST: the central policy alone.
+            assert status(transport, prefix, ADMIN, method="POST") == 403
+        assert ran == ["GET", "HEAD", "DELETE", "order GET", "order GET", "order DELETE"]
+    with pytest.raises(DjangoConfigurationError, match="upper case"):
+        require(SHOP, methods="get")
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
 def test_central_allow_still_meets_the_views_own_rule(transport: str) -> None:
     # A central rule decides first; the view still checks its own declaration.
     ran, view = recorder()

@@ -77,7 +77,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Iterable, Sequence
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
@@ -117,10 +118,12 @@ if TYPE_CHECKING:
 __all__ = [
     "PERMISSION_REQUIREMENT",
     "SETTING",
+    "Declared",
     "DjangoConfigurationError",
     "DjangoRouteTable",
     "PeerMiddleware",
     "PeerRequiredMixin",
+    "applicable",
     "get_peer",
     "refusal_response",
     "require",
@@ -219,51 +222,85 @@ def _guard_from_settings() -> Guard:
 # Declarations on views.
 # --------------------------------------------------------------------------
 
+#: A requirement and the methods it applies to (``None``: every method).
+Declared = tuple[frozenset[str] | None, Requirement]
+_METHOD = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Z]+")
 
-def _as_requirements(who: object, name: object, where: str) -> tuple[Requirement, ...]:
+
+def _methods(methods: object, where: str) -> frozenset[str] | None:
+    if methods is None:
+        return None
+    found = (methods,) if isinstance(methods, str) else methods
+    if not isinstance(found, Iterable):
+        raise DjangoConfigurationError(f"{where}: methods must be a string or a list of strings")
+    result = frozenset(found)
+    if not result or not all(isinstance(m, str) and _METHOD.fullmatch(m) for m in result):
+        raise DjangoConfigurationError(
+            f"{where}: methods {methods!r} must be HTTP methods in upper case"
+        )
+    return result
+
+
+def _declare(who: object, name: object, methods: object, where: str) -> tuple[Declared, ...]:
     if who is None:
         return ()
     matchers = (who,) if isinstance(who, Matcher) else who
     if isinstance(matchers, (str, bytes)) or not isinstance(matchers, Iterable):
         raise DjangoConfigurationError(f"{where}: {who!r} is not a matcher")
+    applies = _methods(methods, where)
     try:
-        return tuple(Requirement(m, cast("str | None", name)) for m in matchers)
+        return tuple((applies, Requirement(m, cast("str | None", name))) for m in matchers)
     except ConfigurationError as error:
         raise DjangoConfigurationError(f"{where}: {error}") from error
 
 
-def requirements_of(view: object) -> tuple[Requirement, ...]:
-    """The requirements declared on ``view`` (a URL pattern's callback).
+def applicable(declared: Iterable[Declared], method: str) -> tuple[Requirement, ...]:
+    """The requirements of ``declared`` that apply to a request with ``method``.
+
+    ``HEAD`` is checked as ``GET`` unless something is declared for ``HEAD``
+    itself (Django's ``View`` answers ``HEAD`` with ``get()``).
+    """
+    declared = tuple(declared)
+    if method == "HEAD" and not any(m is not None and "HEAD" in m for m, _ in declared):
+        method = "GET"
+    return tuple(r for m, r in declared if m is None or method in m)
+
+
+def requirements_of(view: object) -> tuple[Declared, ...]:
+    """The requirements declared on ``view`` (a URL pattern's callback), with their methods.
 
     :func:`require` on a function, :class:`PeerRequiredMixin` on the class of a
     class-based view (``view.view_class``), and the permission classes of a
     Django REST framework view (``view.cls``) made by
     :func:`peer_middleware.django.rest_framework.peer_permission`.
     """
-    found: list[Requirement] = list(getattr(view, _REQUIREMENTS, ()))
+    found: list[Declared] = list(getattr(view, _REQUIREMENTS, ()))
     seen: set[int] = set()
     for attribute in ("view_class", "cls"):
         cls = getattr(view, attribute, None)
         if not isinstance(cls, type) or id(cls) in seen:
             continue
         seen.add(id(cls))
-        declared = getattr(cls, "_peer_requirements", None)
-        if declared:
-            found.extend(declared)
+        found.extend(getattr(cls, "_peer_declared", None) or ())
         for permission in getattr(cls, "permission_classes", None) or ():
             requirement = getattr(permission, PERMISSION_REQUIREMENT, None)
             if isinstance(requirement, Requirement):
-                found.append(requirement)
+                found.append((None, requirement))
     return tuple(found)
 
 
-def require(who: Matcher, *, name: str | None = None) -> Callable[[V], V]:
+def require(
+    who: Matcher, *, name: str | None = None, methods: str | Iterable[str] | None = None
+) -> Callable[[V], V]:
     """Declare on a function view that ``who`` may call it (see the module doc).
 
-    Works on sync and async views; stack it with Django's own decorators in
-    any order. For class-based views use :class:`PeerRequiredMixin`.
+    ``methods`` limits the declaration to requests with those methods (a
+    view answering ``GET`` and ``DELETE`` may name different callers for
+    each); by default it applies to every method. Works on sync and async
+    views; stack it with Django's own decorators in any order. For
+    class-based views use :class:`PeerRequiredMixin`.
     """
-    requirement = _as_requirements(who, name, "require()")[0]
+    own = _declare(who, name, methods, "require()")
 
     def decorate(view: V) -> V:
         if isinstance(view, type):
@@ -271,13 +308,12 @@ def require(who: Matcher, *, name: str | None = None) -> Callable[[V], V]:
                 f"require() on the class {view.__qualname__}: use PeerRequiredMixin for "
                 "class-based views (or decorate the view returned by as_view())"
             )
-        requirements = (requirement, *getattr(view, _REQUIREMENTS, ()))
-        own = (requirement,)
+        declared = (*own, *getattr(view, _REQUIREMENTS, ()))
         checked: Callable[..., Any]
         if iscoroutinefunction(view):
 
             async def checked_async(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
-                refused = _refusal(request, own)
+                refused = _refusal(request, applicable(own, str(request.method)))
                 if refused is not None:
                     return refused
                 return await view(request, *args, **kwargs)
@@ -286,14 +322,14 @@ def require(who: Matcher, *, name: str | None = None) -> Callable[[V], V]:
         else:
 
             def checked_sync(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
-                refused = _refusal(request, own)
+                refused = _refusal(request, applicable(own, str(request.method)))
                 if refused is not None:
                     return refused
                 return view(request, *args, **kwargs)
 
             checked = checked_sync
         functools.wraps(view)(checked)
-        setattr(checked, _REQUIREMENTS, requirements)
+        setattr(checked, _REQUIREMENTS, declared)
         return cast(V, checked)
 
     return decorate
@@ -310,23 +346,41 @@ class PeerRequiredMixin(View):
 
             def get(self, request, payment_id): ...
 
-    ``peer_required`` is a matcher or a list of matchers (all must hold);
-    ``peer_rule_name`` names the rule in logs. Checked in :meth:`dispatch`,
-    before any handler, for sync and async views alike.
+    ``peer_required`` is a matcher or a list of matchers (all must hold), or
+    a dict from HTTP method to those (``{"GET": reader, "DELETE": admin}``:
+    a method not in it is judged by the central policy alone);
+    ``peer_rule_name`` names the rule in logs (a string, or a dict from
+    method to name). Checked in :meth:`dispatch`, before any handler, for
+    sync and async views alike. A view that names nobody refuses every call.
     """
 
-    peer_required: ClassVar[Matcher | Sequence[Matcher] | None] = None
-    peer_rule_name: ClassVar[str | None] = None
-    _peer_requirements: ClassVar[tuple[Requirement, ...]] = ()
+    peer_required: ClassVar[Matcher | Sequence[Matcher] | Mapping[str, Any] | None] = None
+    peer_rule_name: ClassVar[str | Mapping[str, str] | None] = None
+    _peer_declared: ClassVar[tuple[Declared, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        cls._peer_requirements = _as_requirements(
-            cls.peer_required, cls.peer_rule_name, f"{cls.__qualname__}.peer_required"
-        )
+        where = f"{cls.__qualname__}.peer_required"
+        required, names = cls.peer_required, cls.peer_rule_name
+        if isinstance(required, Mapping):
+            declared: list[Declared] = []
+            for method, who in required.items():
+                name = names.get(method) if isinstance(names, Mapping) else names
+                declared.extend(_declare(who, name, method, where))
+            cls._peer_declared = tuple(declared)
+        else:
+            if isinstance(names, Mapping):
+                raise DjangoConfigurationError(
+                    f"{cls.__qualname__}.peer_rule_name: a dict needs a dict peer_required"
+                )
+            cls._peer_declared = _declare(required, names, None, where)
 
     def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
-        refused = _refusal(request, type(self)._peer_requirements, require_some=True)
+        declared = type(self)._peer_declared
+        if declared:
+            refused = _refusal(request, applicable(declared, str(request.method)))
+        else:
+            refused = _refusal(request, (), require_some=True)
         if refused is None:
             return super().dispatch(request, *args, **kwargs)
         if self.view_is_async:
@@ -448,30 +502,49 @@ class DjangoRouteTable:
         resolver = get_resolver(urlconf)
         self._resolver = resolver
         self._count = len(resolver.url_patterns)
-        self._routes: dict[object, Route] = {}
+        # view callable -> (the methods named in its declarations, method or
+        # None (every other method) -> route)
+        self._routes: dict[object, tuple[frozenset[str], dict[str | None, Route]]] = {}
         declared: list[tuple[Route, tuple[Requirement, ...]]] = []
         for pattern, callback in _walk(resolver.url_patterns, "/"):
             if callback in self._routes:
                 continue
-            requirements = requirements_of(callback)
-            if not requirements:
+            found = requirements_of(callback)
+            if not found:
                 continue
             view = getattr(callback, "__qualname__", None) or type(callback).__qualname__
-            route = Route(f"view {view} {pattern}")
-            self._routes[callback] = route
-            declared.append((route, requirements))
+            named = frozenset(m for methods, _ in found if methods is not None for m in methods)
+            by_method: dict[str | None, Route] = {}
+            for method in [*sorted(named), None]:
+                if method is None:
+                    requirements = tuple(r for m, r in found if m is None)
+                else:
+                    requirements = applicable(found, method)
+                if not requirements:
+                    continue
+                suffix = f" {method}" if method else (" (other methods)" if named else "")
+                route = Route(f"view {view} {pattern}{suffix}")
+                by_method[method] = route
+                declared.append((route, requirements))
+            self._routes[callback] = (named, by_method)
         self.rules: dict[Route, tuple[Rule, ...]] = declared_rules(declared, unnamed="")
         #: Which route each declared rule belongs to, by rule name.
         self.by_rule: dict[str, Route] = {
             rule.name: route for route, rules in self.rules.items() for rule in rules
         }
 
-    def route_of(self, view: object) -> Route | None:
-        """The route of a view callable, when rules are declared on it."""
+    def route_of(self, view: object, method: str) -> Route | None:
+        """The route of a view callable for ``method``, when rules are declared for it."""
         try:
-            return self._routes.get(view)
+            found = self._routes.get(view)
         except TypeError:  # an unhashable callback
             return None
+        if found is None:
+            return None
+        named, by_method = found
+        if method not in named:
+            method = "GET" if method == "HEAD" and "GET" in named else ""
+        return by_method.get(method or None)
 
     def variant(self, request: object) -> object:
         """The URLconf the request is resolved with (``request.urlconf``, else the root)."""
@@ -489,7 +562,7 @@ class DjangoRouteTable:
             match = resolver.resolve(route_path(path, getattr(request, _ROOT, "")))
         except Resolver404:
             return None
-        return self.route_of(match.func)
+        return self.route_of(match.func, method)
 
 
 def _walk(patterns: Iterable[object], prefix: str) -> Iterable[tuple[str, object]]:
@@ -705,7 +778,7 @@ class PeerMiddleware:
         if rule is None or not decision.allowed or decision.dry_run:
             return None
         expected = self.routes.by_rule.get(rule)
-        if expected is not None and self.routes.route_of(view) is not expected:
+        if expected is not None and self.routes.route_of(view, str(request.method)) is not expected:
             return AccessDenied(
                 f"allowed by rule {rule!r} declared on {expected.name}, but Django "
                 f"dispatched to {getattr(view, '__qualname__', view)!r}"
