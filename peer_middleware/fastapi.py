@@ -54,6 +54,7 @@ from .errors import AccessDenied, AuthenticationFailed, RequestRefused
 from .guard import Guard, route_path
 from .matchers import Matcher
 from .memory import MemoryLimits
+from .observe import Observer
 from .peer import Peer
 from .policy import Policy
 from .request import Authenticator
@@ -574,6 +575,7 @@ def install(
     responder: Responder | None = None,
     www_authenticate: str | None = None,
     memory: MemoryLimits | None = None,
+    observers: Iterable[Observer] = (),
 ) -> None:
     """Add :class:`~peer_middleware.PeerMiddleware` to ``app`` with route rules.
 
@@ -585,7 +587,8 @@ def install(
     :meth:`StarletteRouteTable.enforce`). Refusals raised by dependencies get
     the same fixed responses as the middleware's. The OpenAPI document lists
     the ``mutualTLS`` scheme when an authenticator reads certificates, the
-    bearer scheme when one reads tokens.
+    bearer scheme when one reads tokens. ``observers`` are told of every
+    decision (:mod:`peer_middleware.observe`; metrics in :mod:`peer_middleware.metrics`).
     """
     # Built (and so validated) now; Starlette builds the middleware itself
     # later, with this guard, and the route table as the routes are then.
@@ -595,6 +598,7 @@ def install(
         responder=responder,
         www_authenticate=www_authenticate,
         memory=memory,
+        observers=observers,
     )
 
     def routes() -> StarletteRouteTable:

@@ -54,6 +54,7 @@ from .errors import AuthenticationFailed, ConfigurationError, RequestRefused
 from .guard import Guard
 from .matchers import Matcher
 from .memory import MemoryLimits
+from .observe import Observer
 from .peer import Peer
 from .policy import Policy
 from .request import Authenticator
@@ -186,7 +187,10 @@ def collect_view_rules(app: Flask) -> list[Rule]:
 
 
 class PeerAuth:
-    """A Flask extension wrapping ``app.wsgi_app`` in :class:`PeerWSGIMiddleware`."""
+    """A Flask extension wrapping ``app.wsgi_app`` in :class:`PeerWSGIMiddleware`.
+
+    ``observers`` are told of every decision (:mod:`peer_middleware.observe`).
+    """
 
     def __init__(
         self,
@@ -197,9 +201,11 @@ class PeerAuth:
         responder: Responder | None = None,
         www_authenticate: str | None = None,
         memory: MemoryLimits | None = None,
+        observers: Iterable[Observer] = (),
     ) -> None:
         self.policy = policy
         self.memory = memory
+        self.observers = tuple(observers)
         self.authenticators = tuple(authenticators)
         self.responder = responder
         self.www_authenticate = www_authenticate
@@ -237,6 +243,7 @@ class PeerAuth:
             responder=self.responder,
             www_authenticate=self.www_authenticate,
             memory=self.memory,
+            observers=self.observers,
         )
 
     def finalise(self, app: Flask) -> None:
