@@ -306,9 +306,16 @@ class Guard:
         self.memory.clear()
 
     def observe(self, observer: Observer) -> None:
-        """Tell ``observer`` of every decision from now on (its ``observe(verdict, seconds)``)."""
+        """Tell ``observer`` of every decision from now on (its ``observe(verdict, seconds)``).
+
+        An observer with a ``bind(guard)`` method is given the guard first
+        (metrics read its memory that way).
+        """
         if not isinstance(observer, Observer):
             raise ConfigurationError(f"{observer!r} has no observe(verdict, seconds) method")
+        bind = getattr(observer, "bind", None)
+        if callable(bind):
+            bind(self)
         self._observers = (*self._observers, observer)
 
     def extend(self, rules: Iterable[Rule]) -> None:

@@ -7,7 +7,6 @@
 
     metrics = PrometheusMetrics()            # registers in prometheus_client's REGISTRY
     guard = Guard(policy=policy, authenticators=authenticators, observers=[metrics])
-    metrics.watch_memory(guard)              # memory entries, bytes, hits
     metrics.watch_trust("bundle", bundle)    # age, last refresh result, generation
 
 Every decision costs a few dictionary operations under one lock: the
@@ -96,11 +95,16 @@ class PrometheusMetrics(Tally):
 
     # What is watched -------------------------------------------------------
 
-    def watch_memory(self, guard: Guard) -> None:
-        """Report ``guard``'s memory: entries and bytes per part, and hits."""
+    def bind(self, guard: Guard) -> None:
+        """Report ``guard``'s memory (entries and bytes per part, hits) too.
+
+        Called by the guard this observer is given to; call it yourself for
+        another guard to watch.
+        """
         if not isinstance(guard, Guard):
-            raise ConfigurationError(f"watch_memory needs a Guard, not {type(guard).__name__}")
-        self._guards.append(guard)
+            raise ConfigurationError(f"bind needs a Guard, not {type(guard).__name__}")
+        if all(known is not guard for known in self._guards):
+            self._guards.append(guard)
 
     def watch_trust(self, name: str, source: object) -> None:
         """Report a trust bundle or key source as ``source=name``.

@@ -8,7 +8,6 @@ are the application's choice)::
     metrics = OpenTelemetryMetrics()          # the global MeterProvider, or meter_provider=
     guard = Guard(policy=policy, authenticators=authenticators,
                   observers=[metrics, DecisionSpans()])
-    metrics.watch_memory(guard)
 
 :class:`OpenTelemetryMetrics` counts in memory (as
 :class:`~peer_middleware.observe.Tally`) and reports through observable
@@ -153,11 +152,16 @@ class OpenTelemetryMetrics(Tally):
         if histogram is not None and seconds is not None:
             histogram.record(seconds)
 
-    def watch_memory(self, guard: Guard) -> None:
-        """Report ``guard``'s memory: entries and bytes per part, and hits."""
+    def bind(self, guard: Guard) -> None:
+        """Report ``guard``'s memory (entries and bytes per part, hits) too.
+
+        Called by the guard this observer is given to; call it yourself for
+        another guard to watch.
+        """
         if not isinstance(guard, Guard):
-            raise ConfigurationError(f"watch_memory needs a Guard, not {type(guard).__name__}")
-        self._guards.append(guard)
+            raise ConfigurationError(f"bind needs a Guard, not {type(guard).__name__}")
+        if all(known is not guard for known in self._guards):
+            self._guards.append(guard)
 
 
 class DecisionSpans:

@@ -75,7 +75,6 @@ def test_decisions_are_counted_by_outcome_status_rule_and_proof() -> None:
     registry = CollectorRegistry()
     metrics = PrometheusMetrics(registry=registry)
     guard = make_guard(metrics)
-    metrics.watch_memory(guard)
     traffic(guard)
     found = samples(registry)
 
@@ -211,7 +210,6 @@ def test_a_real_scrape_under_uvicorn() -> None:
         authenticators=[XfccAuthenticator(trusted_proxies=["127.0.0.1"])],
         observers=[metrics],
     )
-    metrics.watch_memory(guard)
     app.add_middleware(PeerMiddleware, guard=guard)
     with UvicornThread(app) as server, httpx.Client(base_url=server.url, timeout=10) as client:
         assert client.get("/orders/1", headers=xfcc(SHOP)).status_code == 200
@@ -240,7 +238,6 @@ def test_opentelemetry_metrics_through_the_sdk_reader() -> None:
     provider = MeterProvider(metric_readers=[reader])
     metrics = OpenTelemetryMetrics(meter_provider=provider, durations=True)
     guard = make_guard(metrics)
-    metrics.watch_memory(guard)
     traffic(guard)
     data = reader.get_metrics_data()
     assert data is not None
