@@ -58,3 +58,28 @@ def project(
     root = patterns if isinstance(patterns, (types.ModuleType, str)) else urlconf(patterns)
     with override_settings(ROOT_URLCONF=root, PEER_MIDDLEWARE=peer_middleware, **extra):
         yield
+
+
+def example_request(
+    settings_module: types.ModuleType,
+    method: str,
+    url: str,
+    headers: dict[str, str],
+    client: tuple[str, int],
+) -> tuple[int, bytes, str]:
+    """One request to the Django example configured by ``settings_module``, through
+    Django's WSGI handler, as gunicorn would pass it (the target as sent in ``RAW_URI``)."""
+    from django.test import Client
+
+    configure()
+    names = ("ROOT_URLCONF", "MIDDLEWARE", "PEER_MIDDLEWARE", "APPEND_SLASH")
+    with override_settings(**{name: getattr(settings_module, name) for name in names}):
+        response = Client().generic(
+            method,
+            url,
+            headers=headers,
+            REMOTE_ADDR=client[0],
+            REMOTE_PORT=str(client[1]),
+            RAW_URI=url,
+        )
+    return response.status_code, response.content, response["content-type"]

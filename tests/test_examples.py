@@ -15,8 +15,14 @@ from starlette.testclient import TestClient
 from peer_middleware._demo_app import app as demo_app
 from peer_middleware.testing import xfcc_header
 from peer_middleware.testing.pki import TestCA
+from tests.django_setup import example_request
 
-MODULES = {"fastapi": "examples.fastapi_app.app", "flask": "examples.flask_app.app"}
+MODULES = {
+    "fastapi": "examples.fastapi_app.app",
+    "flask": "examples.flask_app.app",
+    # The Django example is its settings module (the views are in its URLconf).
+    "django": "examples.django_app.settings",
+}
 FRAMEWORKS = list(MODULES)
 ENV_VARS = (
     "PEER_MIDDLEWARE_TRUSTED_PROXIES",
@@ -51,6 +57,8 @@ def xfcc(principal: str, by: str | None = SELF) -> str:
 def sender(framework: str, app: Any, client: tuple[str, int]) -> Send:
     def send(method: str, url: str, principal: str | None, by: str | None = SELF) -> Response:
         headers = {"x-forwarded-client-cert": xfcc(principal, by)} if principal else {}
+        if framework == "django":
+            return example_request(app, method, url, headers, client)
         if framework == "fastapi":
             with TestClient(app, client=client) as test_client:
                 response = test_client.request(method, url, headers=headers)
@@ -92,8 +100,13 @@ def load_example(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Modu
         importlib.reload(module)
 
 
+def app_of(module: ModuleType) -> Any:
+    """The app of an example module (the Django example: its settings module)."""
+    return getattr(module, "app", module)
+
+
 def example_app(framework: str) -> Any:
-    return importlib.import_module(MODULES[framework]).app
+    return app_of(importlib.import_module(MODULES[framework]))
 
 
 def created(principal: str) -> Callable[[Any], bool]:
@@ -207,7 +220,7 @@ def test_policy_table(
 
     got_status, body, content_type = send(method, url, principal)
 
-    if framework != "flask" and (method, url, principal) in FASTAPI_METHOD_NOT_ALLOWED:
+    if framework in ("fastapi", "demo") and (method, url, principal) in FASTAPI_METHOD_NOT_ALLOWED:
         status, expected = 405, {"detail": "Method Not Allowed"}
     assert got_status == status
     if isinstance(expected, bytes):
@@ -243,7 +256,7 @@ def test_trusted_proxies_from_environment(
     load_example: Callable[..., ModuleType],
 ) -> None:
     module = load_example(framework, PEER_MIDDLEWARE_TRUSTED_PROXIES="10.0.0.7,10.1.0.0/16")
-    send = sender(framework, module.app, client)
+    send = sender(framework, app_of(module), client)
 
     assert send("GET", "/payments/42", READER)[0] == status
 
@@ -261,7 +274,7 @@ def test_expected_by_from_environment(
     framework: str, by: str | None, status: int, load_example: Callable[..., ModuleType]
 ) -> None:
     module = load_example(framework, PEER_MIDDLEWARE_EXPECTED_BY=SELF)
-    send = sender(framework, module.app, ("127.0.0.1", 50000))
+    send = sender(framework, app_of(module), ("127.0.0.1", 50000))
 
     assert send("GET", "/payments/42", READER, by=by)[0] == status
 
@@ -287,7 +300,7 @@ def test_forward_client_cert_mode_from_environment(
 ) -> None:
     env = {} if mode is None else {"PEER_MIDDLEWARE_FORWARD_CLIENT_CERT": mode}
     module = load_example(framework, **env)
-    send = sender(framework, module.app, ("127.0.0.1", 50000))
+    send = sender(framework, app_of(module), ("127.0.0.1", 50000))
 
     assert send("GET", "/payments/42", principal)[0] == status
 
@@ -304,6 +317,8 @@ def test_bundle_file_from_environment(
 
     def status(xfcc_value: str) -> int:
         headers = {"x-forwarded-client-cert": xfcc_value}
+        if framework == "django":
+            return example_request(module, "GET", "/payments/42", headers, ("127.0.0.1", 50000))[0]
         if framework == "fastapi":
             with TestClient(module.app, client=("127.0.0.1", 50000)) as client:
                 return client.get("/payments/42", headers=headers).status_code
