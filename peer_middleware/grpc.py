@@ -96,6 +96,7 @@ from urllib.parse import unquote
 import grpc
 from grpc import aio
 
+from ._cache import BoundedCache
 from .certs import split_pem
 from .errors import AccessDenied, BadRequest, CertificateDecodingError, RequestRefused
 from .guard import Guard, Verdict, guard_from
@@ -126,6 +127,12 @@ METHOD = "POST"
 #: The longest metadata value an authenticator is handed (characters).
 MAX_METADATA_VALUE = 64 * 1024
 _MAX_CHAIN = 8
+# Bounds of what the interceptor remembers: wrapped handlers, peer hosts,
+# method names and client chains it has read.
+_MAX_WRAPPED = 1024
+_MAX_REMEMBERED = 4096
+_MAX_CHAINS = 256
+_MAX_PEM = 16 * 1024
 
 #: The caller of the call being served (``None`` when anonymous or outside a call).
 current_peer_var: contextvars.ContextVar[Peer | None] = contextvars.ContextVar(
@@ -309,16 +316,47 @@ class _Core:
         self.reads_tls = self.guard.reads_tls
         self._warned_plaintext = False
         self._lock = threading.Lock()
+        self._methods: set[str] = set()
+        self._hosts: dict[str, bool] = {}
+        # The chains of the last client certificates seen, as the verifier reads them.
+        self._chains = BoundedCache[tuple[bytes, bytes | None], tuple[bytes | str, ...]](
+            _MAX_CHAINS
+        )
 
-    def verdict(self, method: object, metadata: object, context: Any, key: object) -> Verdict:
+    def _client(self, peer: object) -> tuple[str, int] | None:
+        """:func:`parse_peer`, remembering which host parts are addresses."""
+        if type(peer) is str and peer[:5] == "ipv4:":
+            host, sep, port = peer[5:].rpartition(":")
+            valid = self._hosts.get(host)
+            if valid is None:
+                valid = sep == ":" and _is_ipv4(host)
+                if len(self._hosts) < _MAX_REMEMBERED:
+                    self._hosts[host] = valid
+            if (
+                valid
+                and port.isdigit()
+                and port.isascii()
+                and len(port) <= 5
+                and 0 < int(port) <= 65535
+            ):
+                return host, int(port)
+            return None
+        return parse_peer(peer)
+
+    def verdict(self, method: object, context: Any, key: object) -> Verdict:
         """The guard's verdict for one call; never raises."""
         guard = self.guard
         shown = method if isinstance(method, str) else repr(method)
         try:
-            if not isinstance(method, str) or not _method_name(method):
+            if not isinstance(method, str):
                 raise BadRequest(f"malformed gRPC method name {shown[:200]!r}")
-            headers = self._headers(metadata)
-            client = parse_peer(context.peer())
+            if method not in self._methods:
+                if not _method_name(method):
+                    raise BadRequest(f"malformed gRPC method name {shown[:200]!r}")
+                if len(self._methods) < _MAX_REMEMBERED:
+                    self._methods.add(method)
+            headers = self._headers(context.invocation_metadata()) if self.wanted else {}
+            client = self._client(context.peer())
             tls_chain = self._tls_chain(context) if self.reads_tls else None
         except RequestRefused as error:
             return guard.reject(error, METHOD, shown)
@@ -363,8 +401,12 @@ class _Core:
             return None
         if len(leaf) != 1:
             raise AccessDenied("the auth context holds several client certificates")
-        chain: list[bytes | str] = [leaf[0]]
         presented = auth.get("x509_pem_cert_chain")
+        remembered = (leaf[0], presented[0] if presented and len(presented) == 1 else None)
+        known = self._chains.get(remembered)
+        if known is not None:
+            return known
+        chain: list[bytes | str] = [leaf[0]]
         if presented:
             try:
                 text = b"".join(presented).decode("ascii")
@@ -375,7 +417,10 @@ class _Core:
             else:
                 first = leaf[0].decode("ascii", "replace").strip()
                 chain.extend(b for b in blocks if b.strip() != first)
-        return tuple(chain)
+        result = tuple(chain)
+        if (presented is None or remembered[1] is not None) and len(leaf[0]) <= _MAX_PEM:
+            self._chains.put(remembered, result)
+        return result
 
 
 def _method_name(method: str) -> bool:
@@ -404,7 +449,7 @@ def _refusal(verdict: Verdict) -> tuple[grpc.StatusCode, str, tuple[tuple[str, s
 
 
 class _Base:
-    __slots__ = ("_core",)
+    __slots__ = ("_cache", "_core")
 
     def __init__(
         self,
@@ -426,16 +471,15 @@ class _Base:
             guard=guard,
             servicers=servicers,
         )
+        self._cache: dict[tuple[str, object], Any] = {}
 
     @property
     def guard(self) -> Guard:
         return self._core.guard
 
-    def _admit_sync(
-        self, details: grpc.HandlerCallDetails, context: Any, key: object
-    ) -> Peer | None:
+    def _admit_sync(self, method: str, context: Any, key: object) -> Peer | None:
         """The caller, or the call aborted (``context.abort`` raises)."""
-        verdict = self._core.verdict(details.method, details.invocation_metadata, context, key)
+        verdict = self._core.verdict(method, context, key)
         if not verdict.decision.allowed:
             code, text, trailers = _refusal(verdict)
             if trailers:
@@ -444,10 +488,8 @@ class _Base:
             raise AssertionError("context.abort returned")  # pragma: no cover
         return verdict.peer
 
-    async def _admit_async(
-        self, details: grpc.HandlerCallDetails, context: Any, key: object
-    ) -> Peer | None:
-        verdict = self._core.verdict(details.method, details.invocation_metadata, context, key)
+    async def _admit_async(self, method: str, context: Any, key: object) -> Peer | None:
+        verdict = self._core.verdict(method, context, key)
         if not verdict.decision.allowed:
             code, text, trailers = _refusal(verdict)
             if trailers:
@@ -458,9 +500,22 @@ class _Base:
 
     # Handlers ---------------------------------------------------------------
 
-    def _wrap(
-        self, handler: grpc.RpcMethodHandler[Any, Any], details: grpc.HandlerCallDetails
-    ) -> Any:
+    def _wrapped(self, handler: grpc.RpcMethodHandler[Any, Any], method: str) -> Any:
+        """``handler`` with the check in front, built once per method and handler."""
+        cache = self._cache
+        try:
+            found = cache.get((method, handler))
+        except TypeError:  # a handler of the application's own, not hashable
+            return self._wrap(handler, method)
+        if found is None:
+            found = self._wrap(handler, method)
+            if len(cache) >= _MAX_WRAPPED:
+                # Handlers made anew for every call: keep the first ones only.
+                return found
+            cache[(method, handler)] = found
+        return found
+
+    def _wrap(self, handler: grpc.RpcMethodHandler[Any, Any], method: str) -> Any:
         behavior: Any
         if handler.unary_unary is not None:
             behavior, kind = handler.unary_unary, "unary_unary"
@@ -473,13 +528,13 @@ class _Base:
         key = _behavior_key(behavior)
         streams = kind.endswith("_stream")
         if inspect.isasyncgenfunction(behavior):
-            wrapped: Callable[..., Any] = self._async_generator(behavior, details, key)
+            wrapped: Callable[..., Any] = self._async_generator(behavior, method, key)
         elif inspect.iscoroutinefunction(behavior):
-            wrapped = self._coroutine(behavior, details, key)
+            wrapped = self._coroutine(behavior, method, key)
         elif streams:
-            wrapped = self._generator(behavior, details, key)
+            wrapped = self._generator(behavior, method, key)
         else:
-            wrapped = self._function(behavior, details, key)
+            wrapped = self._function(behavior, method, key)
         make = getattr(grpc, f"{kind}_rpc_method_handler")
         return make(
             wrapped,
@@ -488,10 +543,10 @@ class _Base:
         )
 
     def _function(
-        self, behavior: Callable[..., T], details: grpc.HandlerCallDetails, key: object
+        self, behavior: Callable[..., T], method: str, key: object
     ) -> Callable[[Any, Any], T]:
         def call(request: Any, context: Any) -> T:
-            peer = self._admit_sync(details, context, key)
+            peer = self._admit_sync(method, context, key)
             token = current_peer_var.set(peer)
             _PEERS[context] = peer
             try:
@@ -503,10 +558,10 @@ class _Base:
         return call
 
     def _generator(
-        self, behavior: Callable[..., Iterable[T]], details: grpc.HandlerCallDetails, key: object
+        self, behavior: Callable[..., Iterable[T]], method: str, key: object
     ) -> Callable[[Any, Any], Iterator[T]]:
         def call(request: Any, context: Any) -> Iterator[T]:
-            peer = self._admit_sync(details, context, key)
+            peer = self._admit_sync(method, context, key)
             token = current_peer_var.set(peer)
             _PEERS[context] = peer
             try:
@@ -518,10 +573,10 @@ class _Base:
         return call
 
     def _coroutine(
-        self, behavior: Callable[..., Awaitable[T]], details: grpc.HandlerCallDetails, key: object
+        self, behavior: Callable[..., Awaitable[T]], method: str, key: object
     ) -> Callable[[Any, Any], Awaitable[T]]:
         async def call(request: Any, context: Any) -> T:
-            peer = await self._admit_async(details, context, key)
+            peer = await self._admit_async(method, context, key)
             token = current_peer_var.set(peer)
             _PEERS[context] = peer
             try:
@@ -535,11 +590,11 @@ class _Base:
     def _async_generator(
         self,
         behavior: Callable[..., AsyncIterator[T]],
-        details: grpc.HandlerCallDetails,
+        method: str,
         key: object,
     ) -> Callable[[Any, Any], AsyncIterator[T]]:
         async def call(request: Any, context: Any) -> AsyncIterator[T]:
-            peer = await self._admit_async(details, context, key)
+            peer = await self._admit_async(method, context, key)
             token = current_peer_var.set(peer)
             _PEERS[context] = peer
             try:
@@ -571,7 +626,9 @@ class PeerInterceptor(_Base, grpc.ServerInterceptor):
         handler = continuation(handler_call_details)
         if handler is None:
             return None
-        wrapped: grpc.RpcMethodHandler[Any, Any] = self._wrap(handler, handler_call_details)
+        wrapped: grpc.RpcMethodHandler[Any, Any] = self._wrapped(
+            handler, handler_call_details.method
+        )
         return wrapped
 
 
@@ -590,5 +647,7 @@ class AsyncPeerInterceptor(_Base, aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        wrapped: grpc.RpcMethodHandler[Any, Any] = self._wrap(handler, handler_call_details)
+        wrapped: grpc.RpcMethodHandler[Any, Any] = self._wrapped(
+            handler, handler_call_details.method
+        )
         return wrapped

@@ -1,0 +1,313 @@
+"""The gRPC rows of ``bench.py``: what ``peer_middleware.grpc`` adds to a unary call.
+
+Two measurements, each against a bare servicer in the same run:
+
+* **in process**: the interceptor's whole path for one call (``intercept_service``
+  and the wrapped handler) against the bare handler, both called directly with
+  a servicer context that answers ``peer()`` and ``auth_context()`` as grpcio
+  does (the auth context holds the PEM leaf and chain, as grpcio's does);
+* **end to end**: sequential unary calls over one channel to a real grpcio
+  server on 127.0.0.1 (``grpc.server`` and ``grpc.aio.server``), with and
+  without the interceptor; direct mTLS, the caller's certificate verified by
+  ``MtlsAuthenticator``.
+
+The caller is a repeat caller, allowed by the rule ``read-payment``.
+Skipped (one row saying so) when grpcio is not installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent import futures
+from typing import Any
+
+TARGET_E2E = 1.05  # wrapped time per call / bare, end to end
+SERVICE = "payments.v1.Payments"
+METHOD = f"/{SERVICE}/GetPayment"
+CALLER = "spiffe://cluster.local/ns/shop/sa/checkout"
+TIMES = "\N{MULTIPLICATION SIGN}"
+Row = tuple[str, ...]
+
+
+class _Details:
+    """grpc.HandlerCallDetails as grpcio hands it to interceptors."""
+
+    def __init__(self, method: str, metadata: tuple[tuple[str, str], ...]) -> None:
+        self.method = method
+        self.invocation_metadata = metadata
+
+
+class _Context:
+    """What the handler and the interceptor read of a grpcio servicer context."""
+
+    def __init__(self, peer: str, auth: dict[str, list[bytes]]) -> None:
+        self._peer = peer
+        self._auth = auth
+
+    def peer(self) -> str:
+        return self._peer
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("user-agent", "grpc-python"),)
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        # grpcio builds a new dict of new lists on every call.
+        return {key: list(values) for key, values in self._auth.items()}
+
+    def abort(self, code: Any, details: str) -> None:
+        raise RuntimeError(f"refused: {code} {details}")
+
+
+def _best(fn: Callable[[], None], n: int, reps: int) -> float:
+    """Best time per call in µs over ``reps`` batches of ``n`` calls."""
+    best = float("inf")
+    for _ in range(reps):
+        start = time.perf_counter()
+        for _ in range(n):
+            fn()
+        best = min(best, (time.perf_counter() - start) / n)
+    return best * 1e6
+
+
+def grpc_rows(n: int, reps: int, calls: int) -> list[Row]:
+    try:
+        import grpc
+        from grpc import aio
+    except ImportError:
+        return [("6 gRPC", "grpcio is not installed; section skipped", *("—",) * 6, "n/a")]
+    from peer_middleware import (
+        MtlsAuthenticator,
+        Namespace,
+        Policy,
+        Principal,
+        StaticX509Bundle,
+        X509SvidVerifier,
+        deny,
+    )
+    from peer_middleware.grpc import AsyncPeerInterceptor, PeerInterceptor, require
+    from peer_middleware.testing.pki import TestCA
+
+    ca = TestCA.create("cluster.local")
+    intermediate = ca.intermediate()
+    svid = intermediate.issue_svid(CALLER)
+    server_cert = ca.issue_server_cert()
+
+    def config() -> dict[str, Any]:
+        verifier = X509SvidVerifier(StaticX509Bundle({"cluster.local": [ca.certificate]}))
+        return {
+            "policy": Policy(
+                [deny("no-legacy", Principal("spiffe://cluster.local/ns/shop/sa/legacy"))]
+            ),
+            "authenticators": [MtlsAuthenticator(verifier)],
+            "servicers": [Payments],
+        }
+
+    class Payments:
+        @require(Namespace("shop", trust_domain="cluster.local"), name="read-payment")
+        def GetPayment(self, request: bytes, context: Any) -> bytes:
+            return b"ok"
+
+    class AsyncPayments:
+        @require(Namespace("shop", trust_domain="cluster.local"), name="read-payment")
+        async def GetPayment(self, request: bytes, context: Any) -> bytes:
+            return b"ok"
+
+    rows: list[Row] = []
+
+    # In process ------------------------------------------------------------
+    auth = {
+        "transport_security_type": [b"ssl"],
+        "x509_pem_cert": [svid.cert_pem],
+        "x509_pem_cert_chain": [intermediate.certificate.public_bytes(_pem())],
+        "x509_subject_alternative_name": [CALLER.encode()],
+    }
+    context = _Context("ipv4:127.0.0.1:51234", auth)
+    details = _Details(METHOD, (("user-agent", "grpc-python"),))
+    sync_handler = grpc.unary_unary_rpc_method_handler(Payments().GetPayment)
+    interceptor = PeerInterceptor(**{**config(), "servicers": [Payments]})
+
+    def bare() -> None:
+        handler = sync_handler
+        assert handler.unary_unary(b"x", context) == b"ok"
+
+    def wrapped() -> None:
+        handler = interceptor.intercept_service(lambda d: sync_handler, details)
+        assert handler.unary_unary(b"x", context) == b"ok"
+
+    wrapped()  # the sanity check, and the first sight of the certificate
+    rows.append(_inprocess_row("grpc.server", _best(bare, n, reps), _best(wrapped, n, reps)))
+
+    async_handler = grpc.unary_unary_rpc_method_handler(AsyncPayments().GetPayment)
+    async_interceptor = AsyncPeerInterceptor(**{**config(), "servicers": [AsyncPayments]})
+
+    async def continuation(_: Any) -> Any:
+        return async_handler
+
+    async def measure_async() -> tuple[float, float]:
+        async def bare_async() -> None:
+            assert await async_handler.unary_unary(b"x", context) == b"ok"
+
+        async def wrapped_async() -> None:
+            handler = await async_interceptor.intercept_service(continuation, details)
+            assert await handler.unary_unary(b"x", context) == b"ok"
+
+        await wrapped_async()
+        results = {}
+        for name, fn in (("bare", bare_async), ("wrapped", wrapped_async)):
+            best = float("inf")
+            for _ in range(reps):
+                start = time.perf_counter()
+                for _ in range(n):
+                    await fn()
+                best = min(best, (time.perf_counter() - start) / n)
+            results[name] = best * 1e6
+        return results["bare"], results["wrapped"]
+
+    rows.append(_inprocess_row("grpc.aio.server", *asyncio.run(measure_async())))
+
+    # End to end --------------------------------------------------------------
+    credentials = grpc.ssl_server_credentials(
+        [(server_cert.key_pem, server_cert.chain_pem)],
+        root_certificates=ca.pem,
+        require_client_auth=True,
+    )
+    channel_credentials = grpc.ssl_channel_credentials(
+        root_certificates=ca.pem, private_key=svid.key_pem, certificate_chain=svid.chain_pem
+    )
+    options = [("grpc.ssl_target_name_override", "localhost")]
+
+    def sync_server(with_interceptor: bool) -> tuple[Any, int]:
+        interceptors = [PeerInterceptor(**config())] if with_interceptor else []
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), interceptors=interceptors)
+        server.add_generic_rpc_handlers(
+            [
+                grpc.method_handlers_generic_handler(
+                    SERVICE,
+                    {"GetPayment": grpc.unary_unary_rpc_method_handler(Payments().GetPayment)},
+                )
+            ]
+        )
+        port = server.add_secure_port("127.0.0.1:0", credentials)
+        server.start()
+        return server, port
+
+    def time_calls(port: int) -> float:
+        with grpc.secure_channel(f"127.0.0.1:{port}", channel_credentials, options) as channel:
+            stub = channel.unary_unary(METHOD)
+            for _ in range(20):
+                assert stub(b"x", timeout=10) == b"ok"
+
+            def one() -> None:
+                stub(b"x", timeout=10)
+
+            return _best(one, calls, reps)
+
+    servers = {flag: sync_server(flag) for flag in (False, True)}
+    try:
+        # Alternating batches, so that a slow moment of the machine hits both.
+        best = {False: float("inf"), True: float("inf")}
+        for _ in range(2):
+            for flag, (_, port) in servers.items():
+                best[flag] = min(best[flag], time_calls(port))
+    finally:
+        for server, _ in servers.values():
+            server.stop(None).wait(5)
+    rows.append(_e2e_row("grpc.server", best[False], best[True]))
+
+    async def aio_e2e() -> tuple[float, float]:
+        async def start(with_interceptor: bool) -> tuple[Any, int]:
+            interceptors = (
+                [AsyncPeerInterceptor(**{**config(), "servicers": [AsyncPayments]})]
+                if with_interceptor
+                else []
+            )
+            server = aio.server(interceptors=interceptors)
+            server.add_generic_rpc_handlers(
+                [
+                    grpc.method_handlers_generic_handler(
+                        SERVICE,
+                        {
+                            "GetPayment": grpc.unary_unary_rpc_method_handler(
+                                AsyncPayments().GetPayment
+                            )
+                        },
+                    )
+                ]
+            )
+            port = server.add_secure_port("127.0.0.1:0", credentials)
+            await server.start()
+            return server, port
+
+        async def time_aio(port: int) -> float:
+            async with aio.secure_channel(
+                f"127.0.0.1:{port}", channel_credentials, options
+            ) as channel:
+                stub = channel.unary_unary(METHOD)
+                for _ in range(20):
+                    assert await stub(b"x", timeout=10) == b"ok"
+                best = float("inf")
+                for _ in range(reps):
+                    begin = time.perf_counter()
+                    for _ in range(calls):
+                        await stub(b"x", timeout=10)
+                    best = min(best, (time.perf_counter() - begin) / calls)
+                return best * 1e6
+
+        started = {flag: await start(flag) for flag in (False, True)}
+        try:
+            best = {False: float("inf"), True: float("inf")}
+            for _ in range(2):
+                for flag, (_, port) in started.items():
+                    best[flag] = min(best[flag], await time_aio(port))
+        finally:
+            for server, _ in started.values():
+                await server.stop(None)
+        return best[False], best[True]
+
+    rows.append(_e2e_row("grpc.aio.server", *asyncio.run(aio_e2e())))
+    return rows
+
+
+def _pem() -> Any:
+    from cryptography.hazmat.primitives import serialization
+
+    return serialization.Encoding.PEM
+
+
+def _inprocess_row(server: str, bare: float, wrapped: float) -> Row:
+    return (
+        "6 gRPC",
+        f"in process · {server} · direct mTLS, repeat caller, interceptor + handler",
+        "2",
+        f"{wrapped:.2f} µs",
+        f"bare {bare:.2f} µs",
+        f"{wrapped - bare:.2f} µs",
+        f"{wrapped / bare:.3f}{TIMES}",
+        "",
+        "",
+    )
+
+
+def _e2e_row(server: str, bare: float, wrapped: float) -> Row:
+    ratio = wrapped / bare
+    return (
+        "6 gRPC",
+        f"end to end · {server} on 127.0.0.1 · direct mTLS, sequential unary calls",
+        "2",
+        f"{wrapped:.1f} µs/call",
+        f"bare {bare:.1f} µs/call",
+        f"{wrapped - bare:.1f} µs",
+        f"{ratio:.3f}{TIMES}",
+        f"≤ {TARGET_E2E:g}{TIMES} bare",
+        "PASS" if ratio <= TARGET_E2E else "**FAIL**",
+    )
+
+
+if __name__ == "__main__":
+    import sys
+
+    quick = "--quick" in sys.argv
+    for row in grpc_rows(500 if quick else 2_000, 3 if quick else 10, 200 if quick else 1_000):
+        print(" | ".join(row))
