@@ -120,7 +120,7 @@ class PeerMiddleware:
     Configuration errors raise here.
     """
 
-    __slots__ = ("_tls_warned", "_wanted", "app", "guard")
+    __slots__ = ("_names", "_tls_warned", "_wanted", "app", "guard")
 
     def __init__(
         self,
@@ -141,7 +141,8 @@ class PeerMiddleware:
             self.guard.extend(route_rules())
         if routes is not None:
             self.guard.use_routes(routes())
-        self._wanted = {name.encode("latin-1"): name for name in self.guard.header_names}
+        self._names = self.guard.header_names
+        self._wanted = {name.encode("latin-1"): name for name in self._names}
         self._tls_warned = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -155,6 +156,11 @@ class PeerMiddleware:
         method = scope.get("method", "GET") if scope_type == "http" else "GET"
         headers: dict[str, str] = {}
         wanted = self._wanted
+        names = self.guard.header_names
+        if names is not self._names:
+            # The guard's policy was replaced: it may read other headers.
+            self._names = names
+            wanted = self._wanted = {name.encode("latin-1"): name for name in names}
         if wanted:
             # ASGI servers send header names in lower case (ASGI spec, HTTP
             # connection scope); a name in any other case is not matched, as

@@ -250,10 +250,10 @@ class Guard:
             for name in authenticator.header_names
         )
 
-    def _derive_from_policy(self) -> None:
+    def _derive_from_policy(self, policy: Policy | None = None) -> None:
         """What the policy's conditions read, from :attr:`Policy.reads`: the
         adapters pass it, and the memory keys every verdict on it."""
-        reads = self.policy.reads
+        reads = (policy or self.policy).reads
         self._reads_facts = bool(reads)
         #: True when a rule reads the port the app was reached on (adapters pass it then only).
         self.reads_port = "port" in reads
@@ -304,6 +304,26 @@ class Guard:
         self._router = table if policy.routes else None
         self._derive_from_policy()
         self.memory.clear()
+
+    def replace_policy(self, policy: Policy) -> None:
+        """Swap in ``policy`` as a whole (a reload), keeping the rules declared on routes.
+
+        Requests already being decided finish with the policy they started
+        with; the memory is replaced, so nothing remembered under the old
+        policy is reused. The adapters pass what the new policy reads from
+        their next request on.
+        """
+        if not isinstance(policy, Policy):
+            raise ConfigurationError(f"policy must be a Policy, not {type(policy).__name__}")
+        routes = self.policy.routes
+        new = policy.with_routes(routes) if routes else policy
+        # What the new policy reads first, so that the adapters pass it before
+        # the policy that reads it decides.
+        self._derive_from_policy(new)
+        self.policy = new
+        # A new memory, not a cleared one: a request still deciding under the
+        # old policy writes into the old memory, which nobody reads again.
+        self.memory = Memory(self.memory.limits)
 
     def observe(self, observer: Observer) -> None:
         """Tell ``observer`` of every decision from now on (its ``observe(verdict, seconds)``).

@@ -153,7 +153,8 @@ class PeerWSGIMiddleware:
         self._routes = routes
         self._finalised = route_rules is None and routes is None
         self._lock = threading.Lock()
-        self._environ_keys = tuple((name, _environ_key(name)) for name in self.guard.header_names)
+        self._names = self.guard.header_names
+        self._environ_keys = tuple((name, _environ_key(name)) for name in self._names)
 
     def finalise(self) -> None:
         """Apply the route rules now (done before the first request)."""
@@ -164,10 +165,6 @@ class PeerWSGIMiddleware:
                 self.guard.extend(self._route_rules())
             if self._routes is not None:
                 self.guard.use_routes(self._routes())
-            # Route rules may read headers of their own.
-            self._environ_keys = tuple(
-                (name, _environ_key(name)) for name in self.guard.header_names
-            )
             self._finalised = True
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
@@ -176,6 +173,10 @@ class PeerWSGIMiddleware:
         guard = self.guard
         method = environ.get("REQUEST_METHOD", "GET")
         headers: dict[str, str] = {}
+        if guard.header_names is not self._names:
+            # The guard's policy was replaced (or routes added): it may read other headers.
+            self._names = guard.header_names
+            self._environ_keys = tuple((name, _environ_key(name)) for name in self._names)
         for name, key in self._environ_keys:
             value = environ.get(key)
             if value is not None:

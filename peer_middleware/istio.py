@@ -1,0 +1,701 @@
+"""Istio security resources as a policy: ``AuthorizationPolicy`` and ``PeerAuthentication``.
+
+::
+
+    policy = load_istio("/etc/istio-policies", namespace="shop", labels={"app": "payments"})
+
+reads YAML files (a file, or every ``*.yaml``/``*.yml`` file of a directory,
+as a ConfigMap is mounted; each may hold several documents), keeps the
+resources that apply to this workload (its ``namespace``, or the mesh-wide
+``root_namespace``; a ``selector`` whose ``matchLabels`` are all in
+``labels``) and compiles them into a :class:`~peer_middleware.policy.Policy`
+with Istio's semantics: any matching DENY refuses; with no ALLOW policy every
+request is allowed; otherwise an ALLOW policy must match; AUDIT only logs.
+
+**Never widen.** Any field, value or ``when`` key that cannot be evaluated in
+the app (``CUSTOM``, ``targetRef``, ``notPaths``, ``destination.ip``,
+``connection.sni``, a path with a mid-segment ``*``...), any unknown field,
+duplicate key, duplicate resource or malformed document raises
+:class:`IstioPolicyError` naming the resource and the field: Istio once
+ignored some fields silently, and CVE-2022-21679 made a policy match
+everything. See ``docs/istio.md`` for the mapping of every field.
+
+:class:`IstioPolicyFiles` re-reads them when they change and swaps the
+guard's policy as a whole; a bad file keeps the last good policy and logs why.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ._reload import Reloader
+from .conditions import Condition, Header, Host, Port, RemoteIp, SourceIp
+from .errors import ConfigurationError
+from .matchers import (
+    AllOf,
+    AnyOf,
+    Anyone,
+    CertificateVerified,
+    Matcher,
+    Principal,
+    RequestPrincipal,
+    SidecarAsserted,
+    _claim_value,
+    _token_peer,
+)
+from .peer import Peer
+from .policy import Policy
+from .rules import KNOWN_METHODS, Action, Rule
+
+if TYPE_CHECKING:
+    from .guard import Guard
+
+__all__ = ["IstioPolicyError", "IstioPolicyFiles", "load_istio", "policy_from_documents"]
+
+logger = logging.getLogger("peer_middleware")
+
+_API_VERSIONS = ("security.istio.io/v1", "security.istio.io/v1beta1")
+_KINDS = ("AuthorizationPolicy", "PeerAuthentication")
+
+
+class IstioPolicyError(ConfigurationError):
+    """An Istio resource that cannot be loaded without widening; names the resource and field."""
+
+
+# --------------------------------------------------------------------------
+# YAML, strictly: duplicate keys are errors (PyYAML keeps the last silently).
+# --------------------------------------------------------------------------
+
+
+def _yaml_documents(text: str, where: str) -> list[Any]:
+    try:
+        import yaml
+    except ImportError as exc:  # pragma: no cover - the istio extra
+        raise IstioPolicyError(
+            "load_istio needs PyYAML: pip install 'peer-middleware[istio]'"
+        ) from exc
+
+    class StrictLoader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader: Any, node: Any, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise IstioPolicyError(
+                    f"{where}: duplicate key {key!r} (line {key_node.start_mark.line + 1})"
+                )
+            seen[key] = loader.construct_object(value_node, deep=deep)
+        return seen
+
+    StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    try:
+        return [doc for doc in yaml.load_all(text, Loader=StrictLoader) if doc is not None]
+    except yaml.YAMLError as exc:
+        raise IstioPolicyError(f"{where}: malformed YAML: {exc}") from exc
+
+
+# --------------------------------------------------------------------------
+# Matchers Istio has that the package's own do not say the same way.
+# --------------------------------------------------------------------------
+
+
+class _Namespaces(Matcher):
+    """Istio's ``namespaces``: the peer's namespace, in any trust domain."""
+
+    __slots__ = ("names",)
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self.names = frozenset(names)
+
+    def __call__(self, peer: Peer | None) -> bool:
+        return peer is not None and peer.spiffe_id.namespace in self.names
+
+    def describe(self) -> str:
+        return f"IstioNamespaces({', '.join(repr(n) for n in sorted(self.names))})"
+
+
+class _ClaimIn(Matcher):
+    """Istio's ``request.auth.claims[...]``: a string claim equal to, or a list claim
+    holding, one of the values."""
+
+    __slots__ = ("path", "values")
+
+    def __init__(self, path: tuple[str, ...], values: Iterable[str]) -> None:
+        self.path = path
+        self.values = frozenset(values)
+
+    def __call__(self, peer: Peer | None) -> bool:
+        token = _token_peer(peer)
+        if token is None:
+            return False
+        value = _claim_value(token.claims, self.path, False)
+        if isinstance(value, str):
+            return value in self.values
+        if isinstance(value, list):
+            return any(isinstance(v, str) and v in self.values for v in value)
+        return False
+
+    def describe(self) -> str:
+        values = ", ".join(repr(v) for v in sorted(self.values))
+        return f"IstioClaim({'.'.join(self.path)!r}, {values})"
+
+
+# --------------------------------------------------------------------------
+# Resources to rules.
+# --------------------------------------------------------------------------
+
+
+class _Resource:
+    def __init__(self, doc: Any, where: str) -> None:
+        if not isinstance(doc, dict):
+            raise IstioPolicyError(f"{where}: a document must be a mapping")
+        self.where = where
+        self.kind = doc.get("kind")
+        meta = doc.get("metadata") or {}
+        if not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
+            raise IstioPolicyError(f"{where}: metadata.name is required")
+        self.name: str = meta["name"]
+        self.namespace: str = meta.get("namespace") or "default"
+        self.label = f"{self.kind} {self.namespace}/{self.name}"
+        self._check_keys(doc, {"apiVersion", "kind", "metadata", "spec"}, "")
+        if doc.get("apiVersion") not in _API_VERSIONS:
+            self.fail("apiVersion", f"must be one of {', '.join(_API_VERSIONS)}")
+        if self.kind not in _KINDS:
+            self.fail("kind", f"must be one of {', '.join(_KINDS)}")
+        spec = doc.get("spec")
+        if spec is None:
+            spec = {}
+        if not isinstance(spec, dict):
+            self.fail("spec", "must be a mapping")
+        self.spec: dict[str, Any] = spec
+
+    def fail(self, field: str, message: str) -> None:
+        raise IstioPolicyError(f"{self.label} ({self.where}): {field}: {message}")
+
+    def _check_keys(self, value: Any, allowed: set[str], field: str) -> None:
+        if not isinstance(value, dict):
+            self.fail(field or "(document)", "must be a mapping")
+        for key in value:
+            if key not in allowed:
+                where = f"{field}.{key}" if field else str(key)
+                self.fail(where, "unknown or unsupported field (never ignored)")
+
+    def strings(self, value: Any, field: str) -> list[str]:
+        if not isinstance(value, list) or not value:
+            self.fail(field, "must be a non-empty list of strings")
+        for item in value:
+            if not isinstance(item, str) or not item:
+                self.fail(field, f"{item!r} is not a non-empty string")
+        return list(value)
+
+    def selects(self, namespace: str, labels: Mapping[str, str], root: str) -> bool:
+        if self.namespace not in (namespace, root):
+            return False
+        selector = self.spec.get("selector")
+        if selector is None:
+            return True
+        self._check_keys(selector, {"matchLabels"}, "spec.selector")
+        wanted = selector.get("matchLabels") or {}
+        if not isinstance(wanted, dict):
+            self.fail("spec.selector.matchLabels", "must be a mapping")
+        return all(labels.get(str(k)) == str(v) for k, v in wanted.items())
+
+
+_SOURCE_FIELDS = {
+    "principals",
+    "notPrincipals",
+    "requestPrincipals",
+    "notRequestPrincipals",
+    "namespaces",
+    "notNamespaces",
+    "ipBlocks",
+    "notIpBlocks",
+    "remoteIpBlocks",
+    "notRemoteIpBlocks",
+}
+_OPERATION_FIELDS = {
+    "hosts",
+    "notHosts",
+    "ports",
+    "notPorts",
+    "methods",
+    "notMethods",
+    "paths",
+    "notPaths",
+}
+_CLAIM_KEY = re.compile(r"request\.auth\.claims((?:\[[^\[\]]+\])+)")
+_HEADER_KEY = re.compile(r"request\.headers\[([^\[\]]+)\]")
+_TEMPLATE = re.compile(r"\{\*\*?\}")
+
+
+def _path(resource: _Resource, text: str, field: str) -> str:
+    """An Istio path as a pattern of :mod:`peer_middleware.rules`, exactly as wide."""
+    if text == "*":
+        return "/**"
+    if not text.startswith("/"):
+        resource.fail(field, f"path {text!r} must start with '/' (or be '*')")
+    if _TEMPLATE.search(text):
+        parts = text[1:].split("/")
+        out = []
+        for index, part in enumerate(parts):
+            if part == "{*}":
+                out.append("*")
+            elif part == "{**}":
+                if index != len(parts) - 1:
+                    resource.fail(field, f"path {text!r}: '{{**}}' must be the last operator")
+                out.append("<path:rest>")
+            elif "{" in part or "*" in part:
+                resource.fail(field, f"path {text!r}: an operator must be a whole segment")
+            else:
+                out.append(part)
+        return "/" + "/".join(out)
+    if text.endswith("/*") and "*" not in text[:-1]:
+        return text[:-1] + "{rest:path}"  # the prefix and anything after its slash
+    if "*" in text:
+        resource.fail(
+            field,
+            f"path {text!r}: only exact paths, '<prefix>/*' and the {{*}}/{{**}} templates "
+            "can be evaluated here (a '*' inside a segment would be widened or narrowed)",
+        )
+    return text
+
+
+class _Compiler:
+    def __init__(self, *, trusted_hops: int) -> None:
+        self.trusted_hops = trusted_hops
+
+    def source(self, res: _Resource, source: Any, field: str) -> tuple[Matcher, list[Condition]]:
+        res._check_keys(source, _SOURCE_FIELDS, field)
+        who: list[Matcher] = []
+        when: list[Condition] = []
+        for key, value in source.items():
+            values = res.strings(value, f"{field}.{key}")
+            negate = key.startswith("not")
+            try:
+                made: Matcher | Condition
+                base = key[3].lower() + key[4:] if negate else key
+                if base == "principals":
+                    made = Principal(*values)
+                elif base == "requestPrincipals":
+                    made = RequestPrincipal(*values)
+                elif base == "namespaces":
+                    made = _Namespaces(values)
+                elif base == "ipBlocks":
+                    made = SourceIp(*values)
+                else:
+                    made = RemoteIp(*values, trusted_hops=self.trusted_hops)
+            except ConfigurationError as exc:
+                res.fail(f"{field}.{key}", str(exc))
+            if isinstance(made, Matcher):
+                who.append(~made if negate else made)
+            else:
+                when.append(~made if negate else made)
+        return _all(who), when
+
+    def operation(
+        self, res: _Resource, operation: Any, field: str, action: Action
+    ) -> tuple[frozenset[str] | None, list[str], list[Condition]]:
+        res._check_keys(operation, _OPERATION_FIELDS, field)
+        methods: frozenset[str] | None = None
+        paths = ["/**"]
+        when: list[Condition] = []
+        for key, value in operation.items():
+            values = res.strings(value, f"{field}.{key}")
+            where = f"{field}.{key}"
+            try:
+                if key == "methods":
+                    methods = frozenset(values) if methods is None else methods & set(values)
+                elif key == "notMethods":
+                    if action is not Action.ALLOW:
+                        res.fail(
+                            where,
+                            "in a DENY or AUDIT rule it would miss methods outside the registry",
+                        )
+                    rest = KNOWN_METHODS - set(values)
+                    methods = rest if methods is None else methods & rest
+                elif key == "paths":
+                    paths = [_path(res, v, where) for v in values]
+                elif key == "notPaths":
+                    res.fail(where, "cannot be evaluated here; write a DENY rule with 'paths'")
+                elif key == "hosts":
+                    when.append(Host(*values))
+                elif key == "notHosts":
+                    when.append(~Host(*values))
+                else:
+                    ports = [_port(res, v, where) for v in values]
+                    when.append(Port(*ports) if key == "ports" else ~Port(*ports))
+            except ConfigurationError as exc:
+                if isinstance(exc, IstioPolicyError):
+                    raise
+                res.fail(where, str(exc))
+        return methods, paths, when
+
+    def condition(
+        self, res: _Resource, item: Any, field: str
+    ) -> tuple[list[Matcher], list[Condition]]:
+        res._check_keys(item, {"key", "values", "notValues"}, field)
+        key = item.get("key")
+        if not isinstance(key, str):
+            res.fail(f"{field}.key", "is required")
+        if "values" not in item and "notValues" not in item:
+            res.fail(field, "needs values or notValues")
+        who: list[Matcher] = []
+        when: list[Condition] = []
+        for name in ("values", "notValues"):
+            if name not in item:
+                continue
+            values = res.strings(item[name], f"{field}.{name}")
+            negate = name == "notValues"
+            where = f"{field} (key {key})"
+            try:
+                made = self._when(res, key, values, where)
+            except ConfigurationError as exc:
+                if isinstance(exc, IstioPolicyError):
+                    raise
+                res.fail(where, str(exc))
+            if isinstance(made, Matcher):
+                who.append(~made if negate else made)
+            else:
+                when.append(~made if negate else made)
+        return who, when
+
+    def _when(self, res: _Resource, key: str, values: list[str], where: str) -> Matcher | Condition:
+        header = _HEADER_KEY.fullmatch(key)
+        if header is not None:
+            return Header(header.group(1), *values)
+        claims = _CLAIM_KEY.fullmatch(key)
+        if claims is not None:
+            path = tuple(part for part in re.findall(r"\[([^\[\]]+)\]", claims.group(1)))
+            return _ClaimIn(path, values)
+        if key == "source.ip":
+            return SourceIp(*values)
+        if key == "remote.ip":
+            return RemoteIp(*values, trusted_hops=self.trusted_hops)
+        if key == "source.namespace":
+            return _Namespaces(values)
+        if key == "source.principal":
+            return Principal(*values)
+        if key == "request.auth.principal":
+            return RequestPrincipal(*values)
+        if key == "request.auth.audiences":
+            return _ClaimIn(("aud",), values)
+        if key == "request.auth.presenter":
+            return _ClaimIn(("azp",), values)
+        if key == "destination.port":
+            return Port(*[_port(res, v, where) for v in values])
+        res.fail(where, f"key {key!r} cannot be evaluated here")
+        raise AssertionError  # pragma: no cover - fail raises
+
+
+def _port(res: _Resource, value: str, field: str) -> int:
+    if not value.isdigit() or not 0 < int(value) <= 65535:
+        res.fail(field, f"port {value!r} must be a number from 1 to 65535")
+    return int(value)
+
+
+def _all(matchers: Sequence[Matcher]) -> Matcher:
+    if not matchers:
+        return Anyone()
+    if len(matchers) == 1:
+        return matchers[0]
+    return AllOf(*matchers)
+
+
+def _authorization(res: _Resource, compiler: _Compiler) -> tuple[Action, list[Rule]]:
+    spec = res.spec
+    res._check_keys(spec, {"selector", "action", "rules"}, "spec")
+    action_name = spec.get("action", "ALLOW")
+    if action_name == "CUSTOM":
+        res.fail("spec.action", "CUSTOM (an external authorizer) cannot be evaluated here")
+    actions = {"ALLOW": Action.ALLOW, "DENY": Action.DENY, "AUDIT": Action.AUDIT}
+    if action_name not in actions:
+        res.fail("spec.action", f"{action_name!r} must be ALLOW, DENY or AUDIT")
+    action = actions[action_name]
+    raw_rules = spec.get("rules") or []
+    if not isinstance(raw_rules, list):
+        res.fail("spec.rules", "must be a list")
+    rules: list[Rule] = []
+    for index, raw in enumerate(raw_rules):
+        field = f"spec.rules[{index}]"
+        if raw is None:
+            raw = {}
+        res._check_keys(raw, {"from", "to", "when"}, field)
+        sources: list[tuple[Matcher, list[Condition]]] = []
+        for j, item in enumerate(raw.get("from") or [None]):
+            if item is None:
+                sources.append((Anyone(), []))
+                continue
+            res._check_keys(item, {"source"}, f"{field}.from[{j}]")
+            sources.append(
+                compiler.source(res, item.get("source") or {}, f"{field}.from[{j}].source")
+            )
+        operations: list[tuple[frozenset[str] | None, list[str], list[Condition]]] = []
+        for k, item in enumerate(raw.get("to") or [None]):
+            if item is None:
+                operations.append((None, ["/**"], []))
+                continue
+            res._check_keys(item, {"operation"}, f"{field}.to[{k}]")
+            operations.append(
+                compiler.operation(
+                    res, item.get("operation") or {}, f"{field}.to[{k}].operation", action
+                )
+            )
+        who_when: list[Matcher] = []
+        cond_when: list[Condition] = []
+        for c, item in enumerate(raw.get("when") or []):
+            matchers, conds = compiler.condition(res, item, f"{field}.when[{c}]")
+            who_when.extend(matchers)
+            cond_when.extend(conds)
+        for j, (who, source_conditions) in enumerate(sources):
+            for k, (methods, paths, operation_conditions) in enumerate(operations):
+                if methods is not None and not methods:
+                    continue  # no method left: the pair matches nothing
+                name = f"istio:{res.namespace}/{res.name}/rules[{index}]"
+                if len(sources) > 1 or len(operations) > 1:
+                    name += f"/from[{j}]/to[{k}]"
+                try:
+                    rules.append(
+                        Rule.build(
+                            action,
+                            name,
+                            _all([who, *who_when]) if who_when else who,
+                            methods=sorted(methods) if methods is not None else None,
+                            paths=paths,
+                            when=[*source_conditions, *operation_conditions, *cond_when],
+                        )
+                    )
+                except ConfigurationError as exc:
+                    res.fail(field, str(exc))
+    return action, rules
+
+
+_MTLS_MODES = ("UNSET", "STRICT", "PERMISSIVE", "DISABLE")
+
+
+def _peer_authentication(res: _Resource) -> list[Rule]:
+    """STRICT: a DENY of every request whose caller is not certificate-proven
+    (mTLS here, a forwarded certificate verified here, or a sidecar's word);
+    PERMISSIVE and DISABLE add nothing (the app never refuses a credential it
+    can check). ``portLevelMtls`` applies per port."""
+    spec = res.spec
+    res._check_keys(spec, {"selector", "mtls", "portLevelMtls"}, "spec")
+    rules: list[Rule] = []
+    proven = AnyOf(CertificateVerified(), SidecarAsserted())
+
+    def mode_of(value: Any, field: str) -> str:
+        if value is None:
+            return "UNSET"
+        res._check_keys(value, {"mode"}, field)
+        mode = value.get("mode", "UNSET")
+        if mode not in _MTLS_MODES:
+            res.fail(f"{field}.mode", f"{mode!r} must be one of {', '.join(_MTLS_MODES)}")
+        return str(mode)
+
+    ports = spec.get("portLevelMtls") or {}
+    if not isinstance(ports, dict):
+        res.fail("spec.portLevelMtls", "must be a mapping of port to mtls")
+    numbers = [_port(res, str(p), f"spec.portLevelMtls[{p}]") for p in ports]
+    if ports and spec.get("selector") is None:
+        res.fail("spec.portLevelMtls", "needs a selector (as in Istio)")
+    if mode_of(spec.get("mtls"), "spec.mtls") == "STRICT":
+        other = [~Port(*numbers)] if numbers else []
+        rules.append(
+            Rule.build(Action.DENY, f"istio:{res.namespace}/{res.name}/strict", ~proven, when=other)
+        )
+    for number, (raw, value) in zip(numbers, ports.items(), strict=True):
+        if mode_of(value, f"spec.portLevelMtls[{raw}]") == "STRICT":
+            rules.append(
+                Rule.build(
+                    Action.DENY,
+                    f"istio:{res.namespace}/{res.name}/strict:{number}",
+                    ~proven,
+                    when=Port(number),
+                )
+            )
+    return rules
+
+
+def _files(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> list[Path]:
+    items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    found: list[Path] = []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            found.extend(
+                sorted(
+                    p
+                    for p in path.iterdir()
+                    if p.suffix in (".yaml", ".yml") and not p.name.startswith(".") and p.is_file()
+                )
+            )
+        else:
+            found.append(path)
+    return found
+
+
+def policy_from_documents(
+    documents: Iterable[tuple[str, Any]],
+    *,
+    namespace: str,
+    labels: Mapping[str, str] | None = None,
+    root_namespace: str = "istio-system",
+    trusted_hops: int = 0,
+) -> Policy:
+    """The policy of parsed resources (``(where, document)`` pairs); see :func:`load_istio`."""
+    compiler = _Compiler(trusted_hops=trusted_hops)
+    labels = dict(labels or {})
+    seen: set[tuple[str, str, str]] = set()
+    deny: list[Rule] = []
+    allow: list[Rule] = []
+    audit: list[Rule] = []
+    strict: list[Rule] = []
+    allow_policies = 0
+    for where, document in documents:
+        res = _Resource(document, where)
+        key = (str(res.kind), res.namespace, res.name)
+        if key in seen:
+            res.fail("metadata.name", "two resources have this kind, namespace and name")
+        seen.add(key)
+        if not res.selects(namespace, labels, root_namespace):
+            continue
+        if res.kind == "PeerAuthentication":
+            strict.extend(_peer_authentication(res))
+            continue
+        action, rules = _authorization(res, compiler)
+        if action is Action.ALLOW:
+            allow_policies += 1
+            allow.extend(rules)
+        elif action is Action.DENY:
+            deny.extend(rules)
+        else:
+            audit.extend(rules)
+    rules = [*strict, *deny, *allow, *audit]
+    if allow_policies == 0:
+        # Istio: with no ALLOW policy for the workload, every request not denied is allowed.
+        rules.append(Rule.build(Action.ALLOW, "istio:(no ALLOW policy)", Anyone()))
+    return Policy(rules)
+
+
+def load_istio(
+    paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+    *,
+    namespace: str,
+    labels: Mapping[str, str] | None = None,
+    root_namespace: str = "istio-system",
+    trusted_hops: int = 0,
+) -> Policy:
+    """The policy of the Istio resources in ``paths`` that apply to this workload.
+
+    ``namespace`` and ``labels`` describe the workload (its pod's namespace
+    and labels); resources of ``root_namespace`` apply mesh-wide.
+    ``trusted_hops`` is Istio's ``numTrustedProxies`` for ``remoteIpBlocks``
+    and ``remote.ip``. Raises :class:`IstioPolicyError` (a
+    :class:`~peer_middleware.errors.ConfigurationError`) for anything it
+    cannot evaluate, naming the resource and the field.
+    """
+    documents: list[tuple[str, Any]] = []
+    for path in _files(paths):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise IstioPolicyError(f"{path}: cannot be read: {exc}") from exc
+        for index, document in enumerate(_yaml_documents(text, str(path))):
+            documents.append((f"{path} document {index + 1}", document))
+    return policy_from_documents(
+        documents,
+        namespace=namespace,
+        labels=labels,
+        root_namespace=root_namespace,
+        trusted_hops=trusted_hops,
+    )
+
+
+def _stamp(paths: list[Path]) -> tuple[tuple[str, int, int], ...]:
+    stamp = []
+    for path in paths:
+        try:
+            info = path.stat()
+            stamp.append((str(path), info.st_mtime_ns, info.st_size))
+        except OSError:
+            stamp.append((str(path), -1, -1))
+    return tuple(stamp)
+
+
+class IstioPolicyFiles:
+    """Istio resources re-read when they change, swapped into a guard as a whole.
+
+    ``bind(guard)`` gives the guard the policy now (route rules kept) and
+    re-reads the files every ``interval`` seconds from a daemon thread. A new
+    set that fails to load, or reads a request attribute the running policy
+    does not (the adapters pass only what the running policy reads), keeps
+    the last good policy and logs why.
+    """
+
+    def __init__(
+        self,
+        paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+        *,
+        namespace: str,
+        labels: Mapping[str, str] | None = None,
+        root_namespace: str = "istio-system",
+        trusted_hops: int = 0,
+        interval: float | None = 5.0,
+    ) -> None:
+        self._paths = paths
+        self._load: Callable[[], Policy] = lambda: load_istio(
+            paths,
+            namespace=namespace,
+            labels=labels,
+            root_namespace=root_namespace,
+            trusted_hops=trusted_hops,
+        )
+        self.policy = self._load()
+        self._stamp = _stamp(_files(paths))
+        self._guard: Guard | None = None
+        self._reloader: Reloader[IstioPolicyFiles, Policy] = Reloader(
+            self,
+            _reread,
+            subject=f"Istio policies {paths!r}",
+            noun="policy",
+            logger=logger,
+            level=logging.ERROR,
+            interval=interval,
+            start=False,
+        )
+        self._reloader.put(self.policy)
+
+    def bind(self, guard: Guard) -> None:
+        """Use this policy in ``guard`` (before it serves) and keep it current."""
+        self._guard = guard
+        guard.replace_policy(self.policy)
+        if self._reloader.thread is not None:
+            self._reloader.start()
+
+    def reload(self) -> bool:
+        """Read the files now; True when a new policy is in use."""
+        from ._reload import Outcome
+
+        return self._reloader.attempt(force=True) is Outcome.CHANGED
+
+    def close(self) -> None:
+        self._reloader.close()
+
+
+def _reread(owner: IstioPolicyFiles, force: bool) -> Policy | None:
+    stamp = _stamp(_files(owner._paths))
+    if stamp == owner._stamp and not force:
+        return None
+    policy = owner._load()
+    guard = owner._guard
+    if guard is not None:
+        guard.replace_policy(policy)
+    owner._stamp = stamp
+    owner.policy = policy
+    return policy
