@@ -14,6 +14,12 @@ normalised path written back into ``scope["path"]`` and ``scope["raw_path"]``
 (so the router sees what the rules saw), the :class:`~peer_middleware.Peer`
 (or ``None``) in ``scope["peer_middleware.peer"]`` and the
 :class:`~peer_middleware.Decision` in ``scope["peer_middleware.decision"]``.
+As Starlette's ``AuthenticationMiddleware`` does, ``scope["user"]`` holds a
+:class:`PeerUser` (``request.user.is_authenticated``, ``display_name`` the
+SPIFFE ID) and ``scope["auth"]`` a :class:`PeerCredentials`
+(``request.auth.scopes`` is ``["authenticated"]`` with a peer, and
+``request.auth.proof`` how it was proven), unless something in front of the
+middleware already set them.
 Refused HTTP requests get the responder's fixed response; refused websockets
 get an HTTP denial response where the server supports the
 ``websocket.http.response`` extension, otherwise a close (code 1008) before
@@ -32,6 +38,7 @@ from typing import Any
 from .guard import Guard, Verdict, guard_from, logger
 from .memory import MemoryLimits
 from .paths import quote_path
+from .peer import Peer, Proof
 from .policy import Policy
 from .proxies import connection_client
 from .request import DECISION_KEY, PEER_KEY, Authenticator
@@ -39,7 +46,7 @@ from .responses import Responder
 from .routes import RouteTable
 from .rules import Rule
 
-__all__ = ["DECISION_SCOPE_KEY", "PEER_SCOPE_KEY", "PeerMiddleware"]
+__all__ = ["DECISION_SCOPE_KEY", "PEER_SCOPE_KEY", "PeerCredentials", "PeerMiddleware", "PeerUser"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -50,6 +57,58 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 PEER_SCOPE_KEY = PEER_KEY
 DECISION_SCOPE_KEY = DECISION_KEY
 _MAX_TLS_CHAIN = 1024
+
+
+class PeerUser:
+    """``scope["user"]``: the calling service, shaped like Starlette's ``BaseUser``.
+
+    ``is_authenticated`` is True with a peer; ``display_name`` and
+    ``identity`` are its SPIFFE ID (empty without one, as Starlette's
+    ``UnauthenticatedUser``); ``peer`` is the :class:`~peer_middleware.Peer`.
+    """
+
+    __slots__ = ("peer",)
+
+    def __init__(self, peer: Peer | None) -> None:
+        self.peer = peer
+
+    @property
+    def is_authenticated(self) -> bool:
+        return self.peer is not None
+
+    @property
+    def display_name(self) -> str:
+        return self.peer.principal if self.peer is not None else ""
+
+    @property
+    def identity(self) -> str:
+        return self.display_name
+
+    def __repr__(self) -> str:
+        return f"PeerUser({self.display_name!r})"
+
+
+class PeerCredentials:
+    """``scope["auth"]``: shaped like Starlette's ``AuthCredentials``.
+
+    ``scopes`` is ``["authenticated"]`` with a peer (what Starlette's
+    ``@requires("authenticated")`` checks) and empty without; ``proof`` says
+    how the peer was proven (certificate, sidecar, token), ``peer`` is the
+    peer itself (its ``token`` the verified bearer token, when one came too).
+    """
+
+    __slots__ = ("peer", "scopes")
+
+    def __init__(self, peer: Peer | None) -> None:
+        self.peer = peer
+        self.scopes: list[str] = ["authenticated"] if peer is not None else []
+
+    @property
+    def proof(self) -> Proof | None:
+        return self.peer.proof if self.peer is not None else None
+
+    def __repr__(self) -> str:
+        return f"PeerCredentials({self.scopes!r}, proof={self.proof})"
 
 
 def _tls_chain(scope: Scope) -> tuple[bytes | str, ...] | None:
@@ -205,8 +264,12 @@ class PeerMiddleware:
         if verdict.path != path:
             scope["path"] = verdict.path
             scope["raw_path"] = quote_path(verdict.path).encode("ascii")
-        scope[PEER_SCOPE_KEY] = verdict.peer
+        peer = verdict.peer
+        scope[PEER_SCOPE_KEY] = peer
         scope[DECISION_SCOPE_KEY] = verdict.decision
+        if "user" not in scope:
+            scope["user"] = PeerUser(peer)
+            scope["auth"] = PeerCredentials(peer)
         await self.app(scope, receive, send)
 
     @staticmethod
