@@ -19,7 +19,10 @@ Sections (see ``benchmarks/README.md`` for the method):
    middleware;
 5. resident memory after 100,000 distinct callers, against the cache bounds;
 6. Flask, Quart and Litestar as their README sections protect a route (bare,
-   a central rule, a rule declared on the route, and reading the peer).
+   a central rule, a rule declared on the route, and reading the peer);
+7. gRPC (``grpc_bench.py``): the interceptor's cost per unary call in process
+   and end to end on loopback, grpc.server and grpc.aio.server, over a bare
+   servicer (``--skip grpc``; one row saying so without grpcio).
 
 The script reports; it never fails on a missed target (exit status 0). It
 fails (exit status 1) only when a sanity check does: a request not answered
@@ -1831,7 +1834,7 @@ def main(argv: list[str] | None = None) -> int:
         "--skip",
         action="append",
         default=[],
-        choices=["inprocess", "cold", "server", "memory", "frameworks"],
+        choices=["inprocess", "cold", "server", "memory", "frameworks", "grpc"],
         help="leave a section out (repeatable)",
     )
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
@@ -1906,6 +1909,12 @@ def main(argv: list[str] | None = None) -> int:
         anonymous = args.anonymous or (20_000 if args.quick else 1_000_000)
         progress(f"memory: {anonymous:,} refused anonymous requests in a child process...")
         rows += anonymous_rows(measure_memory(anonymous, "--anonymous-child"))
+
+    if "grpc" not in args.skip:
+        progress("gRPC: the interceptor in process, and grpcio servers on loopback...")
+        from grpc_bench import grpc_rows
+
+        rows += grpc_rows(n, reps, 200 if args.quick else 500)
 
     lines = render(rows)
     print()

@@ -18,6 +18,7 @@ Skipped (one row saying so) when grpcio is not installed.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable
 from concurrent import futures
@@ -60,15 +61,17 @@ class _Context:
         raise RuntimeError(f"refused: {code} {details}")
 
 
-def _best(fn: Callable[[], None], n: int, reps: int) -> float:
-    """Best time per call in µs over ``reps`` batches of ``n`` calls."""
-    best = float("inf")
+def _best(fns: dict[str, Callable[[], None]], n: int, reps: int) -> dict[str, float]:
+    """Best time per call in µs of each function over ``reps`` batches of ``n``
+    calls, the functions' batches alternating (a slow moment hits all alike)."""
+    best = dict.fromkeys(fns, float("inf"))
     for _ in range(reps):
-        start = time.perf_counter()
-        for _ in range(n):
-            fn()
-        best = min(best, (time.perf_counter() - start) / n)
-    return best * 1e6
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(n):
+                fn()
+            best[name] = min(best[name], (time.perf_counter() - start) / n)
+    return {name: value * 1e6 for name, value in best.items()}
 
 
 def grpc_rows(n: int, reps: int, calls: int) -> list[Row]:
@@ -76,7 +79,7 @@ def grpc_rows(n: int, reps: int, calls: int) -> list[Row]:
         import grpc
         from grpc import aio
     except ImportError:
-        return [("6 gRPC", "grpcio is not installed; section skipped", *("—",) * 6, "n/a")]
+        return [("7 gRPC", "grpcio is not installed; section skipped", *("—",) * 6, "n/a")]
     from peer_middleware import (
         MtlsAuthenticator,
         Namespace,
@@ -137,7 +140,8 @@ def grpc_rows(n: int, reps: int, calls: int) -> list[Row]:
         assert handler.unary_unary(b"x", context) == b"ok"
 
     wrapped()  # the sanity check, and the first sight of the certificate
-    rows.append(_inprocess_row("grpc.server", _best(bare, n, reps), _best(wrapped, n, reps)))
+    sync = _best({"bare": bare, "wrapped": wrapped}, n, reps)
+    rows.append(_inprocess_row("grpc.server", sync["bare"], sync["wrapped"]))
 
     async_handler = grpc.unary_unary_rpc_method_handler(AsyncPayments().GetPayment)
     async_interceptor = AsyncPeerInterceptor(**{**config(), "servicers": [AsyncPayments]})
@@ -154,16 +158,14 @@ def grpc_rows(n: int, reps: int, calls: int) -> list[Row]:
             assert await handler.unary_unary(b"x", context) == b"ok"
 
         await wrapped_async()
-        results = {}
-        for name, fn in (("bare", bare_async), ("wrapped", wrapped_async)):
-            best = float("inf")
-            for _ in range(reps):
+        best = {"bare": float("inf"), "wrapped": float("inf")}
+        for _ in range(reps):
+            for name, fn in (("bare", bare_async), ("wrapped", wrapped_async)):
                 start = time.perf_counter()
                 for _ in range(n):
                     await fn()
-                best = min(best, (time.perf_counter() - start) / n)
-            results[name] = best * 1e6
-        return results["bare"], results["wrapped"]
+                best[name] = min(best[name], (time.perf_counter() - start) / n)
+        return best["bare"] * 1e6, best["wrapped"] * 1e6
 
     rows.append(_inprocess_row("grpc.aio.server", *asyncio.run(measure_async())))
 
@@ -193,28 +195,27 @@ def grpc_rows(n: int, reps: int, calls: int) -> list[Row]:
         server.start()
         return server, port
 
-    def time_calls(port: int) -> float:
-        with grpc.secure_channel(f"127.0.0.1:{port}", channel_credentials, options) as channel:
-            stub = channel.unary_unary(METHOD)
+    servers = {name: sync_server(name == "wrapped") for name in ("bare", "wrapped")}
+    channels = {
+        name: grpc.secure_channel(f"127.0.0.1:{port}", channel_credentials, options)
+        for name, (_, port) in servers.items()
+    }
+    try:
+        stubs = {name: channel.unary_unary(METHOD) for name, channel in channels.items()}
+        for stub in stubs.values():
             for _ in range(20):
                 assert stub(b"x", timeout=10) == b"ok"
-
-            def one() -> None:
-                stub(b"x", timeout=10)
-
-            return _best(one, calls, reps)
-
-    servers = {flag: sync_server(flag) for flag in (False, True)}
-    try:
-        # Alternating batches, so that a slow moment of the machine hits both.
-        best = {False: float("inf"), True: float("inf")}
-        for _ in range(2):
-            for flag, (_, port) in servers.items():
-                best[flag] = min(best[flag], time_calls(port))
+        e2e = _best(
+            {name: functools.partial(stub, b"x", timeout=10) for name, stub in stubs.items()},
+            calls,
+            reps,
+        )
     finally:
+        for channel in channels.values():
+            channel.close()
         for server, _ in servers.values():
             server.stop(None).wait(5)
-    rows.append(_e2e_row("grpc.server", best[False], best[True]))
+    rows.append(_e2e_row("grpc.server", e2e["bare"], e2e["wrapped"]))
 
     async def aio_e2e() -> tuple[float, float]:
         async def start(with_interceptor: bool) -> tuple[Any, int]:
@@ -240,31 +241,29 @@ def grpc_rows(n: int, reps: int, calls: int) -> list[Row]:
             await server.start()
             return server, port
 
-        async def time_aio(port: int) -> float:
-            async with aio.secure_channel(
-                f"127.0.0.1:{port}", channel_credentials, options
-            ) as channel:
-                stub = channel.unary_unary(METHOD)
+        started = {name: await start(name == "wrapped") for name in ("bare", "wrapped")}
+        channels = {
+            name: aio.secure_channel(f"127.0.0.1:{port}", channel_credentials, options)
+            for name, (_, port) in started.items()
+        }
+        try:
+            stubs = {name: channel.unary_unary(METHOD) for name, channel in channels.items()}
+            for stub in stubs.values():
                 for _ in range(20):
                     assert await stub(b"x", timeout=10) == b"ok"
-                best = float("inf")
-                for _ in range(reps):
+            best = {"bare": float("inf"), "wrapped": float("inf")}
+            for _ in range(reps):
+                for name, stub in stubs.items():
                     begin = time.perf_counter()
                     for _ in range(calls):
                         await stub(b"x", timeout=10)
-                    best = min(best, (time.perf_counter() - begin) / calls)
-                return best * 1e6
-
-        started = {flag: await start(flag) for flag in (False, True)}
-        try:
-            best = {False: float("inf"), True: float("inf")}
-            for _ in range(2):
-                for flag, (_, port) in started.items():
-                    best[flag] = min(best[flag], await time_aio(port))
+                    best[name] = min(best[name], (time.perf_counter() - begin) / calls)
         finally:
+            for channel in channels.values():
+                await channel.close()
             for server, _ in started.values():
                 await server.stop(None)
-        return best[False], best[True]
+        return best["bare"] * 1e6, best["wrapped"] * 1e6
 
     rows.append(_e2e_row("grpc.aio.server", *asyncio.run(aio_e2e())))
     return rows
@@ -278,7 +277,7 @@ def _pem() -> Any:
 
 def _inprocess_row(server: str, bare: float, wrapped: float) -> Row:
     return (
-        "6 gRPC",
+        "7 gRPC",
         f"in process · {server} · direct mTLS, repeat caller, interceptor + handler",
         "2",
         f"{wrapped:.2f} µs",
@@ -293,7 +292,7 @@ def _inprocess_row(server: str, bare: float, wrapped: float) -> Row:
 def _e2e_row(server: str, bare: float, wrapped: float) -> Row:
     ratio = wrapped / bare
     return (
-        "6 gRPC",
+        "7 gRPC",
         f"end to end · {server} on 127.0.0.1 · direct mTLS, sequential unary calls",
         "2",
         f"{wrapped:.1f} µs/call",
