@@ -11,8 +11,10 @@ prefixes, APPEND_SLASH redirects and 404s.
 from __future__ import annotations
 
 import logging
+import re
 import types
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -579,3 +581,43 @@ def test_mixin_without_requirement_refuses(transport: str) -> None:
     policy = Policy([allow("all", Anyone(), paths="/**")])
     with project([path("x/", Nobody.as_view())], config(policy)):
         assert status(transport, "/x/") == 403
+
+
+# --------------------------------------------------------------------------
+# The README's Django section, run as written.
+# --------------------------------------------------------------------------
+
+
+def readme_block() -> str:
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    start = text.index("\n### Django\n")
+    found = re.search(r"```python\n(.*?)```", text[start:], re.DOTALL)
+    assert found is not None
+    return found.group(1)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize(
+    ("principal", "expected_status", "body"),
+    [
+        (SHOP_CALLER, 200, b'{"id": "7", "caller": "%s"}' % SHOP_CALLER.encode()),
+        (ADMIN, 403, BODY_403),
+        (None, 401, BODY_401),
+    ],
+)
+def test_readme_section(
+    transport: str, principal: str | None, expected_status: int, body: bytes
+) -> None:
+    namespace: dict[str, Any] = {
+        "__name__": "readme_django",
+        "MIDDLEWARE": ["django.middleware.common.CommonMiddleware"],
+    }
+    exec(compile(readme_block(), "README.md ### Django", "exec"), namespace)  # noqa: S102
+    patterns = [
+        path("healthz", ok),
+        path("payments/<str:payment_id>", namespace["read_payment"]),
+    ]
+    with project(patterns, namespace["PEER_MIDDLEWARE"], MIDDLEWARE=namespace["MIDDLEWARE"]):
+        answer = send(transport, "/payments/7", principal)
+        assert (answer.status, answer.body) == (expected_status, body)
+        assert status(transport, "/healthz", None) == 200
