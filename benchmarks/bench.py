@@ -729,6 +729,19 @@ def build_cases() -> list[Case]:
             DECIDING_RULE,
         )
     )
+    # The same repeat caller with Prometheus metrics on (an observer of the guard).
+    cases.append(
+        Case(
+            "asgi",
+            "Starlette",
+            "xfcc",
+            "peer_middleware+metrics",
+            TARGET_ADDED_AT,
+            False,
+            with_metrics(starlette, "xfcc", TARGET_ADDED_AT),
+            DECIDING_RULE,
+        )
+    )
     # The alternatives, on the same apps, for the same repeat caller.
     reference = AuthenticationMiddleware(starlette, backend=XfccHeaderBackend())
     cases.append(
@@ -1414,6 +1427,58 @@ def inprocess_rows(cases: list[Case], n: int) -> list[Row]:
     return rows
 
 
+#: Metrics on may add at most this much to a repeat caller's request.
+TARGET_METRICS_US = 0.5
+
+
+def with_metrics(app: ASGIApp, caller: str, rules: int) -> ASGIApp:
+    """``app`` behind the middleware with :class:`PrometheusMetrics` observing its guard."""
+    from prometheus_client import CollectorRegistry
+
+    from peer_middleware.guard import Guard
+    from peer_middleware.metrics import PrometheusMetrics
+
+    metrics = PrometheusMetrics(registry=CollectorRegistry())
+    return PeerMiddleware(
+        app,
+        guard=Guard(
+            policy=policy(rules),
+            authenticators=[pki().authenticator(caller)],
+            observers=[metrics],
+        ),
+    )
+
+
+def metrics_rows(cases: list[Case], n: int) -> list[Row]:
+    """Prometheus metrics on vs off, same app, caller and policy."""
+    on = _find(cases, middleware="peer_middleware+metrics")
+    off = _find(
+        cases,
+        framework="Starlette",
+        caller="xfcc",
+        middleware="peer_middleware",
+        rules=TARGET_ADDED_AT,
+        fresh=False,
+    )
+    if on is None or off is None:
+        return []
+    on_us, off_us = on.best_us(n), off.best_us(n)
+    added = on_us - off_us
+    return [
+        (
+            "1 repeat caller",
+            "ASGI · Starlette · XFCC, Prometheus metrics on vs off",
+            f"{on.rules:,}",
+            f"{on_us:.2f} µs",
+            f"off {off_us:.2f} µs",
+            f"{added:+.2f} µs",
+            f"{on_us / off_us:.3f}{TIMES}",
+            f"≤ +{TARGET_METRICS_US:g} µs",
+            _verdict(added <= TARGET_METRICS_US),
+        )
+    ]
+
+
 def alternative_rows(cases: list[Case], n: int) -> list[Row]:
     rows: list[Row] = []
     alternatives = [
@@ -1875,7 +1940,7 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(measure_asgi([c for c in cases if c.kind == "asgi"], n, reps, args.no_gc))
         progress(f"timing {sum(c.kind == 'wsgi' for c in cases)} WSGI cases...")
         measure_wsgi([c for c in cases if c.kind == "wsgi"], n, reps, args.no_gc)
-        rows += inprocess_rows(cases, n) + alternative_rows(cases, n)
+        rows += inprocess_rows(cases, n) + metrics_rows(cases, n) + alternative_rows(cases, n)
         # Later sections start from a process holding one policy, as an app does:
         # every object left alive here would be traversed by the garbage collector.
         del cases
