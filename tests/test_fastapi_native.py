@@ -3,6 +3,8 @@ security requirements, request.user / request.auth, and the docs' own rules."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Annotated, Any
 
 import pytest
@@ -323,3 +325,51 @@ def test_a_user_set_in_front_of_the_middleware_is_kept() -> None:
     assert isinstance(auth, PeerCredentials)
     assert repr(user) == f"PeerUser({READER!r})"
     assert auth.peer is user.peer
+
+
+# --------------------------------------------------------------------------
+# The README's FastAPI section, run as written.
+# --------------------------------------------------------------------------
+
+PLATFORM = "spiffe://cluster.local/ns/platform/sa/portal"
+
+
+def readme_app() -> Any:
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    start = text.index("\n### FastAPI\n")
+    found = re.search(r"```python\n(.*?)```", text[start:], re.DOTALL)
+    assert found is not None
+    namespace: dict[str, Any] = {}
+    exec(compile(found.group(1), "README.md ### FastAPI", "exec"), namespace)  # noqa: S102
+    return namespace["app"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "principal", "status", "body"),
+    [
+        ("GET", "/payments/7", READER, 200, {"id": "7", "caller": READER}),
+        ("GET", "/payments/7", ADMIN, 403, None),
+        ("GET", "/payments/7", None, 401, None),
+        ("GET", "/whoami", READER, 200, {"caller": READER, "proof": "proxy-asserted"}),
+        ("GET", "/openapi.json", PLATFORM, 200, None),
+        ("GET", "/docs", PLATFORM, 200, None),
+        ("GET", "/docs", READER, 403, None),
+        ("GET", "/docs", None, 401, None),
+        ("POST", "/payments/7", READER, 405, {"detail": "Method Not Allowed"}),
+        ("POST", "/payments/7", ADMIN, 403, None),
+        ("GET", "/payments/7/", READER, 307, None),
+        ("GET", "/payments/7/", ADMIN, 403, None),
+        ("GET", "/nowhere", READER, 403, None),
+    ],
+)
+def test_readme_fastapi_section(
+    method: str, path: str, principal: str | None, status: int, body: Any
+) -> None:
+    with TestClient(readme_app(), client=PROXY, follow_redirects=False) as client:
+        response = client.request(method, path, headers=headers(principal))
+    assert response.status_code == status
+    if body is not None:
+        assert response.json() == body
+    if path == "/openapi.json":
+        operation = response.json()["paths"]["/payments/{payment_id}"]["get"]
+        assert operation["security"] == [{"mutualTLS": [SHOP.describe()]}]
