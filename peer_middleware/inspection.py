@@ -250,7 +250,7 @@ def dump(policy: Policy, *, as_json: bool = False) -> str:
                 rule.action.value + (" (shadow)" if rule.shadow else ""),
                 rule.name,
                 ",".join(sorted(rule.methods)) if rule.methods is not None else "*",
-                ",".join(p.text for p in rule.paths),
+                ",".join(p.text for p in rule.paths) if row["route"] is None else "(route)",
                 who,
                 str(row["route"] or "-"),
             )

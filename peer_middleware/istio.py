@@ -479,45 +479,69 @@ def _authorization(res: _Resource, compiler: _Compiler) -> tuple[Action, list[Ru
 _MTLS_MODES = ("UNSET", "STRICT", "PERMISSIVE", "DISABLE")
 
 
-def _peer_authentication(res: _Resource) -> list[Rule]:
-    """STRICT: a DENY of every request whose caller is not certificate-proven
-    (mTLS here, a forwarded certificate verified here, or a sidecar's word);
-    PERMISSIVE and DISABLE add nothing (the app never refuses a credential it
-    can check). ``portLevelMtls`` applies per port."""
-    spec = res.spec
-    res._check_keys(spec, {"selector", "mtls", "portLevelMtls"}, "spec")
-    rules: list[Rule] = []
+def _mode(res: _Resource, value: Any, field: str) -> str:
+    if value is None:
+        return "UNSET"
+    res._check_keys(value, {"mode"}, field)
+    mode = value.get("mode", "UNSET")
+    if mode not in _MTLS_MODES:
+        res.fail(f"{field}.mode", f"{mode!r} must be one of {', '.join(_MTLS_MODES)}")
+    return str(mode)
+
+
+def _peer_authentication(resources: list[_Resource], root: str) -> list[Rule]:
+    """The DENY rules of the PeerAuthentication resources that select the workload.
+
+    As Istio: the workload's own (with a selector) over its namespace's over
+    the mesh's (root namespace), a level whose mode is UNSET inheriting the
+    one above, PERMISSIVE by default. Several resources at one level (Istio
+    takes the oldest, which files cannot tell): the strictest. STRICT is a
+    DENY of every caller not proven by a certificate; ``portLevelMtls``
+    (workload level only, as in Istio) sets the mode of one port.
+    """
+    levels: list[list[tuple[_Resource, str]]] = [[], [], []]  # mesh, namespace, workload
+    ports: dict[int, str] = {}
+    for res in resources:
+        spec = res.spec
+        res._check_keys(spec, {"selector", "mtls", "portLevelMtls"}, "spec")
+        selected = spec.get("selector") is not None
+        if selected and res.namespace == root:
+            res.fail("spec.selector", "a selector in the root namespace is not evaluated here")
+        level = 2 if selected else (0 if res.namespace == root else 1)
+        levels[level].append((res, _mode(res, spec.get("mtls"), "spec.mtls")))
+        by_port = spec.get("portLevelMtls") or {}
+        if not isinstance(by_port, dict):
+            res.fail("spec.portLevelMtls", "must be a mapping of port to mtls")
+        if by_port and not selected:
+            res.fail("spec.portLevelMtls", "needs a selector (as in Istio)")
+        for raw, value in by_port.items():
+            number = _port(res, str(raw), f"spec.portLevelMtls[{raw}]")
+            mode = _mode(res, value, f"spec.portLevelMtls[{raw}]")
+            if mode != "UNSET" and ports.get(number) != "STRICT":
+                ports[number] = mode
+    mode = "PERMISSIVE"
+    names: list[str] = []
+    for found in levels:
+        modes = {m for _, m in found if m != "UNSET"}
+        if modes:
+            mode = "STRICT" if "STRICT" in modes else sorted(modes)[0]
+            names = [f"{r.namespace}/{r.name}" for r, m in found if m != "UNSET"]
     proven = AnyOf(CertificateVerified(), SidecarAsserted())
-
-    def mode_of(value: Any, field: str) -> str:
-        if value is None:
-            return "UNSET"
-        res._check_keys(value, {"mode"}, field)
-        mode = value.get("mode", "UNSET")
-        if mode not in _MTLS_MODES:
-            res.fail(f"{field}.mode", f"{mode!r} must be one of {', '.join(_MTLS_MODES)}")
-        return str(mode)
-
-    ports = spec.get("portLevelMtls") or {}
-    if not isinstance(ports, dict):
-        res.fail("spec.portLevelMtls", "must be a mapping of port to mtls")
-    numbers = [_port(res, str(p), f"spec.portLevelMtls[{p}]") for p in ports]
-    if ports and spec.get("selector") is None:
-        res.fail("spec.portLevelMtls", "needs a selector (as in Istio)")
-    if mode_of(spec.get("mtls"), "spec.mtls") == "STRICT":
-        other = [~Port(*numbers)] if numbers else []
+    rules: list[Rule] = []
+    if mode == "STRICT":
+        own = sorted(ports)
         rules.append(
-            Rule.build(Action.DENY, f"istio:{res.namespace}/{res.name}/strict", ~proven, when=other)
+            Rule.build(
+                Action.DENY,
+                f"istio:{names[0]}/strict",
+                ~proven,
+                when=[~Port(*own)] if own else [],
+            )
         )
-    for number, (raw, value) in zip(numbers, ports.items(), strict=True):
-        if mode_of(value, f"spec.portLevelMtls[{raw}]") == "STRICT":
+    for number, port_mode in sorted(ports.items()):
+        if port_mode == "STRICT":
             rules.append(
-                Rule.build(
-                    Action.DENY,
-                    f"istio:{res.namespace}/{res.name}/strict:{number}",
-                    ~proven,
-                    when=Port(number),
-                )
+                Rule.build(Action.DENY, f"istio:port {number}/strict", ~proven, when=Port(number))
             )
     return rules
 
@@ -555,7 +579,7 @@ def policy_from_documents(
     deny: list[Rule] = []
     allow: list[Rule] = []
     audit: list[Rule] = []
-    strict: list[Rule] = []
+    peer_authentications: list[_Resource] = []
     allow_policies = 0
     for where, document in documents:
         res = _Resource(document, where)
@@ -566,7 +590,7 @@ def policy_from_documents(
         if not res.selects(namespace, labels, root_namespace):
             continue
         if res.kind == "PeerAuthentication":
-            strict.extend(_peer_authentication(res))
+            peer_authentications.append(res)
             continue
         action, rules = _authorization(res, compiler)
         if action is Action.ALLOW:
@@ -576,6 +600,7 @@ def policy_from_documents(
             deny.extend(rules)
         else:
             audit.extend(rules)
+    strict = _peer_authentication(peer_authentications, root_namespace)
     rules = [*strict, *deny, *allow, *audit]
     if allow_policies == 0:
         # Istio: with no ALLOW policy for the workload, every request not denied is allowed.

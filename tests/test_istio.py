@@ -207,34 +207,72 @@ def test_reference_ip_blocks_hosts_ports_headers_and_templates(tmp_path: Path) -
     assert decision.audit == ("istio:foo/audit/rules[0]",)
 
 
-def test_reference_peer_authentication(tmp_path: Path) -> None:
-    policy = load(
-        tmp_path,
-        """\
-        apiVersion: security.istio.io/v1
-        kind: PeerAuthentication
-        metadata: {name: default, namespace: foo}
-        spec:
-          mtls:
-            mode: STRICT
-        ---
-        apiVersion: security.istio.io/v1
-        kind: PeerAuthentication
-        metadata: {name: finance, namespace: foo}
-        spec:
-          selector:
-            matchLabels: {app: httpbin}
-          mtls:
-            mode: PERMISSIVE
-          portLevelMtls:
-            8080:
-              mode: DISABLE
-        """,
-    )
-    assert status(policy, "GET", "/x", peer_for(SLEEP)) == 200
-    assert status(policy, "GET", "/x", None) == 403
+def peer_authentication(name: str, namespace: str, body: str) -> str:
+    header = f"""\
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+"""
+    return header + textwrap.indent(textwrap.dedent(body), "  ") + "---\n"
+
+
+NAMESPACE_STRICT = peer_authentication("default", "foo", "mtls: {mode: STRICT}\n")
+MESH_STRICT = peer_authentication("default", "istio-system", "mtls: {mode: STRICT}\n")
+WORKLOAD_PERMISSIVE = peer_authentication(
+    "httpbin", "foo", "selector: {matchLabels: {app: httpbin}}\nmtls: {mode: PERMISSIVE}\n"
+)
+WORKLOAD_PORTS = peer_authentication(
+    "finance",
+    "foo",
+    """\
+    selector: {matchLabels: {app: httpbin}}
+    mtls: {mode: STRICT}
+    portLevelMtls:
+      8080: {mode: DISABLE}
+    """,
+)
+
+
+@pytest.mark.parametrize(
+    ("documents", "port", "expected"),
+    [
+        # (no identity, a certificate, a token alone)
+        ([NAMESPACE_STRICT], None, (403, 200, 403)),
+        ([NAMESPACE_STRICT, WORKLOAD_PERMISSIVE], None, (200, 200, 200)),
+        ([MESH_STRICT], None, (403, 200, 403)),
+        ([MESH_STRICT, peer_authentication("unset", "foo", "mtls: {}\n")], None, (403, 200, 403)),
+        ([WORKLOAD_PORTS], 8080, (200, 200, 200)),
+        ([WORKLOAD_PORTS], 8000, (403, 200, 403)),
+        ([WORKLOAD_PORTS], None, (403, 200, 403)),
+    ],
+    ids=[
+        "namespace",
+        "workload-over-namespace",
+        "mesh",
+        "unset-inherits",
+        "port",
+        "other-port",
+        "port-unknown",
+    ],
+)
+def test_reference_peer_authentication(
+    tmp_path: Path, documents: list[str], port: int | None, expected: tuple[int, int, int]
+) -> None:
+    policy = load(tmp_path, "".join(documents))
+    facts = RequestFacts(port=port)
     token_only = peer_for(None, {"iss": "https://i", "sub": SLEEP})
-    assert status(policy, "GET", "/x", token_only) == 403
+    got = tuple(
+        status(policy, "GET", "/x", peer, facts) for peer in (None, peer_for(SLEEP), token_only)
+    )
+    assert got == expected
+
+
+def test_peer_authentication_refusals(tmp_path: Path) -> None:
+    with pytest.raises(IstioPolicyError, match=r"spec\.portLevelMtls: needs a selector"):
+        load(tmp_path, peer_authentication("p", "foo", "portLevelMtls:\n  80: {mode: STRICT}\n"))
+    with pytest.raises(IstioPolicyError, match=r"spec\.mtls\.mode: 'STRICTER' must be one of"):
+        load(tmp_path, peer_authentication("p", "foo", "mtls: {mode: STRICTER}\n"))
 
 
 @pytest.mark.parametrize(
