@@ -188,14 +188,20 @@ def test_routes_are_read_from_the_handlers_and_their_layers() -> None:
     assert names[2].endswith(" /ws stream")
 
 
-def test_handlers_registered_after_install_refuse_route_rules() -> None:
+@get("/late", guards=[require(Anyone())])
+async def late() -> str:  # pragma: no cover - refused
+    return "late"
+
+
+@put("/payments/{payment_id:str}", guards=[require(Anyone())])
+async def late_on_a_known_path(payment_id: FromPath[str]) -> str:  # pragma: no cover - refused
+    return "late"
+
+
+@pytest.mark.parametrize("handler", [late, late_on_a_known_path], ids=["new-path", "known-path"])
+def test_handlers_registered_after_install_refuse_route_rules(handler: Any) -> None:
     app = build()
-
-    @get("/late", guards=[require(Anyone())])
-    async def late() -> str:  # pragma: no cover - refused
-        return "late"
-
-    app.register(late)
+    app.register(handler)
 
     assert call(app, "GET", "/payments/7", READER) == (403, BODY_403)
     assert call(app, "GET", "/healthz", None) == (200, {"caller": None})
