@@ -84,6 +84,7 @@ anonymous call), from the context or, in code that has none, from the
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import inspect
 import ipaddress
@@ -224,6 +225,13 @@ def _is_ipv6(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _reset(token: contextvars.Token[Peer | None]) -> None:
+    # A stream finalised in another context (a cancelled call's generator
+    # closed by the garbage collector): that context ends with it.
+    with contextlib.suppress(ValueError):
+        current_peer_var.reset(token)
 
 
 def _behavior_key(behavior: object) -> object:
@@ -553,7 +561,7 @@ class _Base:
                 return behavior(request, context)
             finally:
                 _PEERS.pop(context, None)
-                current_peer_var.reset(token)
+                _reset(token)
 
         return call
 
@@ -568,7 +576,7 @@ class _Base:
                 yield from behavior(request, context)
             finally:
                 _PEERS.pop(context, None)
-                current_peer_var.reset(token)
+                _reset(token)
 
         return call
 
@@ -583,7 +591,7 @@ class _Base:
                 return await behavior(request, context)
             finally:
                 _PEERS.pop(context, None)
-                current_peer_var.reset(token)
+                _reset(token)
 
         return call
 
@@ -602,7 +610,7 @@ class _Base:
                     yield item
             finally:
                 _PEERS.pop(context, None)
-                current_peer_var.reset(token)
+                _reset(token)
 
         return call
 

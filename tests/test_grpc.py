@@ -863,3 +863,25 @@ def test_class_and_function_declarations() -> None:
         (CHECKOUT, "Chat"): "OK",
         (ADMIN, "Chat"): "PERMISSION_DENIED",
     }
+
+
+def test_cancelled_streams_leave_nothing_behind(pki: Pki, mtls_server: int) -> None:
+    import gc
+
+    from peer_middleware import grpc as pm_grpc
+
+    with mtls_channel(pki, mtls_server, pki.svid(CHECKOUT)) as channel:
+        for _ in range(3):
+            stream = channel.unary_stream(f"/{SERVICE}/WhoStream")(b"x", timeout=TIMEOUT)
+            assert json.loads(next(stream))["principal"] == CHECKOUT
+            stream.cancel()
+        assert call(channel, "Who")[0] is OK
+    for _ in range(50):
+        gc.collect()
+        if not pm_grpc._PEERS:
+            break
+        import time
+
+        time.sleep(0.05)
+    assert not pm_grpc._PEERS
+    assert current_peer_var.get() is None
