@@ -23,6 +23,10 @@ Sections (see ``benchmarks/README.md`` for the method):
 7. gRPC (``grpc_bench.py``): the interceptor's cost per unary call in process
    and end to end on loopback, grpc.server and grpc.aio.server, over a bare
    servicer (``--skip grpc``; one row saying so without grpcio).
+8. FastAPI as the README's FastAPI section protects it (``fastapi_bench.py``):
+   bare, a trivial async dependency, the middleware alone, a central rule,
+   ``require()`` on the route, and ``CurrentPeer``; in process and under
+   uvicorn + ``wrk`` at 4, 16 and 64 connections.
 
 The script reports; it never fails on a missed target (exit status 0). It
 fails (exit status 1) only when a sanity check does: a request not answered
@@ -1899,7 +1903,7 @@ def main(argv: list[str] | None = None) -> int:
         "--skip",
         action="append",
         default=[],
-        choices=["inprocess", "cold", "server", "memory", "frameworks", "grpc"],
+        choices=["inprocess", "cold", "server", "memory", "frameworks", "grpc", "fastapi"],
         help="leave a section out (repeatable)",
     )
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
@@ -1980,6 +1984,12 @@ def main(argv: list[str] | None = None) -> int:
         from grpc_bench import grpc_rows
 
         rows += grpc_rows(n, reps, 200 if args.quick else 500)
+
+    if "fastapi" not in args.skip:
+        progress("FastAPI as its README section protects it: in process, then uvicorn + wrk...")
+        from fastapi_bench import fastapi_rows
+
+        rows += fastapi_rows(n, reps, args.no_gc, duration, 1 if args.quick else 3)
 
     lines = render(rows)
     print()

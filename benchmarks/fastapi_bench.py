@@ -1,0 +1,296 @@
+"""Section 8 of the benchmark suite: FastAPI as the README's FastAPI section protects it.
+
+The same route, ``GET /payments/{payment_id}`` (``async def``), served:
+
+* ``bare``: no middleware;
+* ``trivial async dependency``: bare, plus one ``async def`` dependency that
+  returns a constant (what FastAPI's dependency injection costs by itself);
+* ``middleware only``: the bare app wrapped in ``PeerMiddleware`` (section 1's row);
+* ``central rule``: ``install(app, policy=...)``, the rule in the central policy;
+* ``route rule``: ``dependencies=[require(...)]`` on the route, no central rule for it;
+* ``route rule + CurrentPeer``: the same, with ``peer: CurrentPeer`` in the handler.
+
+In process (one coroutine, the repeat caller of section 1, 1,000 rules) and
+under a real server (uvicorn, one worker, driven by ``wrk`` at a few
+concurrency levels). Imported by ``bench.py`` (``--skip fastapi``); the
+uvicorn factories below are what the servers run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import shutil
+import subprocess
+import sys
+import time
+from typing import Annotated, Any
+
+import bench
+from bench import (
+    CALLER,
+    DECIDING_RULE,
+    PATH,
+    TARGET_ADDED_AT,
+    TARGET_ADDED_US,
+    TIMES,
+    TRUST_DOMAIN,
+    Case,
+    Row,
+    SanityError,
+    _verdict,
+)
+from fastapi import Depends, FastAPI
+from starlette.responses import PlainTextResponse
+
+from peer_middleware import Namespace, Policy
+from peer_middleware.fastapi import CurrentPeer, install, require
+
+USAGES = (
+    "bare",
+    "trivial async dependency",
+    "middleware only",
+    "central rule",
+    "route rule",
+    "route rule + CurrentPeer",
+)
+SERVED = ("bare", "central rule", "route rule", "route rule + CurrentPeer")
+CONNECTIONS = (4, 16, 64)
+TARGET_SERVER = 0.95  # requests/s of the documented usage / bare
+SECTION = "8 FastAPI (README)"
+SHOP = Namespace("shop", trust_domain=TRUST_DOMAIN)
+
+
+async def _constant() -> int:
+    return 1
+
+
+def _route_policy() -> Policy:
+    """Section 1's policy of 1,000 rules without the rule that decides the request."""
+    return Policy([r for r in bench.policy(TARGET_ADDED_AT).rules if r.name != DECIDING_RULE])
+
+
+def usage_app(usage: str) -> Any:
+    """The FastAPI app of one usage (see the module doc)."""
+    app = FastAPI()
+    if usage == "trivial async dependency":
+
+        @app.get("/payments/{payment_id}")
+        async def trivial(payment_id: str, _: Annotated[int, Depends(_constant)]) -> Any:
+            return PlainTextResponse("ok")
+
+    elif usage == "route rule":
+
+        @app.get("/payments/{payment_id}", dependencies=[require(SHOP, name=DECIDING_RULE)])
+        async def declared(payment_id: str) -> Any:
+            return PlainTextResponse("ok")
+
+    elif usage == "route rule + CurrentPeer":
+
+        @app.get("/payments/{payment_id}", dependencies=[require(SHOP, name=DECIDING_RULE)])
+        async def with_peer(payment_id: str, peer: CurrentPeer) -> Any:
+            return PlainTextResponse("ok" if peer.principal == CALLER else "wrong peer")
+
+    else:
+
+        @app.get("/payments/{payment_id}")
+        async def bare(payment_id: str) -> Any:
+            return PlainTextResponse("ok")
+
+    authenticators = [bench.pki().authenticator("xfcc")]
+    if usage == "middleware only":
+        return bench.PeerMiddleware(
+            app, policy=bench.policy(TARGET_ADDED_AT), authenticators=authenticators
+        )
+    if usage == "central rule":
+        install(app, policy=bench.policy(TARGET_ADDED_AT), authenticators=authenticators)
+    elif usage.startswith("route rule"):
+        install(app, policy=_route_policy(), authenticators=authenticators)
+    return app
+
+
+def _expect(usage: str) -> str | None:
+    return None if usage in ("bare", "trivial async dependency") else DECIDING_RULE
+
+
+def cases() -> list[Case]:
+    return [
+        Case(
+            "asgi",
+            "FastAPI (README)",
+            "xfcc",
+            usage,
+            TARGET_ADDED_AT,
+            False,
+            usage_app(usage),
+            _expect(usage),
+        )
+        for usage in USAGES
+    ]
+
+
+async def measure(cases: list[Case], n: int, reps: int, no_gc: bool) -> None:
+    warm_up = max(n // 5, 200)
+    for case in cases:
+        try:
+            await bench.check_asgi(case.app, case.requests(1)[0], case.expect)
+        except SanityError as error:
+            raise SystemExit(f"sanity check failed: FastAPI {case.middleware}: {error}") from None
+        await bench.run_asgi(case.app, case.requests(warm_up))
+    for _ in range(reps):
+        for case in cases:  # round-robin, so drift hits every case alike
+            scopes = case.requests(n)
+            with bench.gc_paused(no_gc):
+                case.times_ns.append(await bench.run_asgi(case.app, scopes))
+
+
+def inprocess_rows(cases: list[Case], n: int) -> list[Row]:
+    best = {case.middleware: case.best_us(n) for case in cases}
+    bare, trivial = best["bare"], best["trivial async dependency"]
+    middleware, central = best["middleware only"], best["central rule"]
+    route, peer = best["route rule"], best["route rule + CurrentPeer"]
+    rows: list[Row] = []
+    targets = {
+        "trivial async dependency": ("(FastAPI's own cost, no target)", None),
+        "middleware only": ("(section 1's row)", None),
+        "central rule": (
+            f"≤ middleware only + {TARGET_ADDED_US:g} µs",
+            central - middleware <= TARGET_ADDED_US,
+        ),
+        "route rule": (
+            f"≤ central rule + {TARGET_ADDED_US:g} µs",
+            route - central <= TARGET_ADDED_US,
+        ),
+        "route rule + CurrentPeer": (
+            f"CurrentPeer ({peer - route:.2f} µs) ≤ trivial dependency "
+            f"({trivial - bare:.2f} µs) + 1 µs",
+            peer - route <= trivial - bare + 1.0,
+        ),
+    }
+    for usage in USAGES[1:]:
+        measured = best[usage]
+        target, ok = targets[usage]
+        rows.append(
+            (
+                SECTION,
+                f"in process · {usage} · XFCC repeat caller",
+                f"{TARGET_ADDED_AT:,}",
+                f"{measured:.2f} µs",
+                f"bare {bare:.2f} µs",
+                f"{measured - bare:.2f} µs",
+                f"{measured / bare:.3f}{TIMES}",
+                target,
+                "" if ok is None else _verdict(ok),
+            )
+        )
+    return rows
+
+
+# --------------------------------------------------------------------------
+# Under uvicorn + wrk.
+# --------------------------------------------------------------------------
+
+
+def _factory(usage: str) -> Any:
+    logging.getLogger("peer_middleware").setLevel(logging.WARNING)
+    return usage_app(usage)
+
+
+def server_bare() -> Any:
+    return _factory("bare")
+
+
+def server_central() -> Any:
+    return _factory("central rule")
+
+
+def server_route() -> Any:
+    return _factory("route rule")
+
+
+def server_route_peer() -> Any:
+    return _factory("route rule + CurrentPeer")
+
+
+FACTORIES = {
+    "bare": "server_bare",
+    "central rule": "server_central",
+    "route rule": "server_route",
+    "route rule + CurrentPeer": "server_route_peer",
+}
+
+
+def measure_servers(duration: float, reps: int) -> tuple[dict[tuple[str, int], float], str]:
+    """Best requests/s per (usage, connections); the note says why when skipped."""
+    if shutil.which("wrk") is None:
+        return {}, "wrk is not installed (Debian: apt-get install wrk); skipped"
+    best: dict[tuple[str, int], float] = {}
+    servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
+    try:
+        for usage in SERVED:
+            port = bench._free_port()
+            command = [
+                sys.executable, "-m", "uvicorn", f"fastapi_bench:{FACTORIES[usage]}", "--factory",
+                "--app-dir", bench.BENCH_DIR, "--host", "127.0.0.1", "--port", str(port),
+                "--log-level", "warning", "--no-access-log",
+            ]  # fmt: skip
+            process = subprocess.Popen(command, cwd=bench._ROOT)
+            servers[usage] = (process, f"http://127.0.0.1:{port}{PATH}")
+        for _process, url in servers.values():
+            bench._wait_ok(url, time.monotonic() + 60)
+            bench._wrk(url, min(duration, 1.0), 16)  # warm-up
+        for _ in range(reps):
+            for connections in CONNECTIONS:
+                for usage, (_process, url) in servers.items():  # interleaved
+                    rps = bench._wrk(url, duration, connections)
+                    best[(usage, connections)] = max(best.get((usage, connections), 0.0), rps)
+    finally:
+        for process, _url in servers.values():
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+    return best, ""
+
+
+def server_rows(best: dict[tuple[str, int], float], note: str, duration: float) -> list[Row]:
+    label = "uvicorn (1 worker) + `wrk -t1 -c{c} -d{d:g}s`"
+    if note:
+        return [(SECTION, "uvicorn + wrk", "—", note, "—", "—", "—", "", "n/a")]
+    rows: list[Row] = []
+    for connections in CONNECTIONS:
+        bare = best[("bare", connections)]
+        for usage in SERVED[1:]:
+            rps = best[(usage, connections)]
+            ratio = rps / bare
+            rows.append(
+                (
+                    SECTION,
+                    f"{label.format(c=connections, d=duration)} · {usage}",
+                    f"{TARGET_ADDED_AT:,}",
+                    f"{rps:,.0f} req/s",
+                    f"bare {bare:,.0f} req/s",
+                    f"{(1 / rps - 1 / bare) * 1e6:.1f} µs/req",
+                    f"{ratio:.3f}{TIMES}",
+                    f"≥ {TARGET_SERVER:g}{TIMES} bare",
+                    _verdict(ratio >= TARGET_SERVER),
+                )
+            )
+    return rows
+
+
+def fastapi_rows(n: int, reps: int, no_gc: bool, duration: float, server_reps: int) -> list[Row]:
+    """Every row of section 8: in process, then under uvicorn + wrk."""
+    measured = cases()
+    asyncio.run(measure(measured, n, reps, no_gc))
+    rows = inprocess_rows(measured, n)
+    del measured
+    gc.collect()
+    try:
+        best, note = measure_servers(duration, server_reps)
+    except SanityError as error:
+        raise SystemExit(f"sanity check failed: FastAPI under uvicorn: {error}") from None
+    return rows + server_rows(best, note, duration)
