@@ -42,14 +42,14 @@ from collections.abc import Iterable
 from typing import Any, cast
 
 from litestar import Litestar, Request, Response
-from litestar.connection import ASGIConnection
-from litestar.exceptions import HTTPException
+from litestar.connection import ASGIConnection, WebSocket
+from litestar.exceptions import HTTPException, WebSocketException
 from litestar.handlers import BaseRouteHandler
 from litestar.utils import normalize_path
 
 from .asgi import DECISION_SCOPE_KEY, PEER_SCOPE_KEY, ASGIApp, PeerMiddleware
 from .errors import AuthenticationFailed, RequestRefused
-from .guard import Guard
+from .guard import Guard, logger
 from .matchers import Matcher
 from .memory import MemoryLimits
 from .peer import Peer
@@ -107,7 +107,15 @@ class RouteRequirement:
     async def __call__(
         self, connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler
     ) -> None:
-        enforce((self.requirement,), _scope_peer(connection), "handler")
+        try:
+            enforce((self.requirement,), _scope_peer(connection), "handler")
+        except RequestRefused as error:
+            if not isinstance(connection, WebSocket):
+                raise  # the exception handler install() registers answers with the fixed body
+            # Litestar closes a websocket on an exception without asking exception
+            # handlers: close as the middleware does (1008, before accepting, no reason).
+            logger.info("refused websocket %r: %s", connection.url.path[:200], error)
+            raise WebSocketException(detail="", code=1008) from error
 
     def __repr__(self) -> str:
         return f"require({self.requirement.who.describe()})"

@@ -248,3 +248,13 @@ def test_under_uvicorn_with_xfcc_from_127_0_0_1() -> None:
             "id": "7",
             "caller": READER,
         }
+
+
+def test_websocket_refused_by_its_guard_under_a_broad_policy() -> None:
+    with (
+        TestClient(at_local_address(build(BROAD))) as client,
+        pytest.raises(WebSocketDisconnect) as refused,
+        client.websocket_connect("/ws", headers=headers_for(ADMIN)) as socket,
+    ):
+        socket.receive_text()  # pragma: no cover - refused before accepting
+    assert (refused.value.code, refused.value.detail) == (1008, "")

@@ -286,3 +286,15 @@ def test_under_uvicorn_with_xfcc_from_127_0_0_1() -> None:
             "id": "7",
             "caller": READER,
         }
+
+
+async def test_websocket_refused_by_its_view_under_a_broad_policy() -> None:
+    client = build(BROAD).test_client()
+
+    with pytest.raises(WebsocketResponseError) as refused:
+        async with client.websocket(
+            "/ws", headers=headers_for(ADMIN), scope_base=CLIENT
+        ) as connection:
+            await connection.receive()  # pragma: no cover - refused before accepting
+    assert refused.value.response.status_code == 403
+    assert await refused.value.response.get_data() == BODY_403
