@@ -10,6 +10,7 @@ through ``current_peer(context)`` and through the context variable.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 from collections.abc import AsyncIterator, Iterator
@@ -20,6 +21,8 @@ from typing import Any
 import grpc
 import pytest
 from grpc import aio
+from hypothesis import given
+from hypothesis import strategies as st
 
 from peer_middleware import (
     Authenticated,
@@ -885,3 +888,12 @@ def test_cancelled_streams_leave_nothing_behind(pki: Pki, mtls_server: int) -> N
         time.sleep(0.05)
     assert not pm_grpc._PEERS
     assert current_peer_var.get() is None
+
+
+@given(st.text(max_size=80) | st.from_regex(r"ipv[46]:[\[%0-9A-Fa-f:.\]]{0,40}:[0-9]{0,6}"))
+def test_parse_peer_never_raises_and_returns_addresses_only(peer: str) -> None:
+    result = parse_peer(peer)
+    if result is not None:
+        host, port = result
+        assert ipaddress.ip_address(host)
+        assert 0 < port <= 65535
