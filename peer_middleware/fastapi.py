@@ -425,7 +425,7 @@ class StarletteRouteTable:
             ]
             if not moved:
                 continue
-            kept = [sub for sub in subs if sub not in moved]
+            kept = [sub for sub in subs if not any(sub is m for m in moved)]
             # The handler holds `dependant` itself: it loses the requirements;
             # the route shows a copy that keeps them.
             target.dependant = replace(dependant, dependencies=list(subs))
