@@ -1,4 +1,4 @@
-"""Istio security resources as a policy: ``AuthorizationPolicy`` and ``PeerAuthentication``.
+"""Istio security resources: ``AuthorizationPolicy``, ``PeerAuthentication``, ``RequestAuthentication``.
 
 ::
 
@@ -22,10 +22,13 @@ everything. See ``docs/istio.md`` for the mapping of every field.
 
 :class:`IstioPolicyFiles` re-reads them when they change and swaps the
 guard's policy as a whole; a bad file keeps the last good policy and logs why.
+:func:`istio_authenticators` turns ``RequestAuthentication`` ``jwtRules``
+into token authenticators.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -34,8 +37,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._reload import Reloader
+from .authenticators import JwtSvidAuthenticator
 from .conditions import Condition, Header, Host, Port, RemoteIp, SourceIp
 from .errors import ConfigurationError
+from .keys import JwksUrl, KeySource, StaticJwks
 from .matchers import (
     AllOf,
     AnyOf,
@@ -55,12 +60,18 @@ from .rules import KNOWN_METHODS, Action, Rule
 if TYPE_CHECKING:
     from .guard import Guard
 
-__all__ = ["IstioPolicyError", "IstioPolicyFiles", "load_istio", "policy_from_documents"]
+__all__ = [
+    "IstioPolicyError",
+    "IstioPolicyFiles",
+    "istio_authenticators",
+    "load_istio",
+    "policy_from_documents",
+]
 
 logger = logging.getLogger("peer_middleware")
 
 _API_VERSIONS = ("security.istio.io/v1", "security.istio.io/v1beta1")
-_KINDS = ("AuthorizationPolicy", "PeerAuthentication")
+_KINDS = ("AuthorizationPolicy", "PeerAuthentication", "RequestAuthentication")
 
 
 class IstioPolicyError(ConfigurationError):
@@ -592,6 +603,8 @@ def policy_from_documents(
         if res.kind == "PeerAuthentication":
             peer_authentications.append(res)
             continue
+        if res.kind == "RequestAuthentication":
+            continue  # authenticators, not rules: istio_authenticators()
         action, rules = _authorization(res, compiler)
         if action is Action.ALLOW:
             allow_policies += 1
@@ -606,6 +619,139 @@ def policy_from_documents(
         # Istio: with no ALLOW policy for the workload, every request not denied is allowed.
         rules.append(Rule.build(Action.ALLOW, "istio:(no ALLOW policy)", Anyone()))
     return Policy(rules)
+
+
+def _read_documents(
+    paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+) -> list[tuple[str, Any]]:
+    documents: list[tuple[str, Any]] = []
+    for path in _files(paths):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise IstioPolicyError(f"{path}: cannot be read: {exc}") from exc
+        for index, document in enumerate(_yaml_documents(text, str(path))):
+            documents.append((f"{path} document {index + 1}", document))
+    return documents
+
+
+_JWT_RULE_FIELDS = {
+    "issuer",
+    "audiences",
+    "jwksUri",
+    "jwks",
+    "fromHeaders",
+    "fromParams",
+    # What Istio forwards to the app once verified: nothing to evaluate here.
+    "outputPayloadToHeader",
+    "outputClaimToHeaders",
+    "forwardOriginalToken",
+}
+
+
+def _jwt_rule(
+    res: _Resource, rule: Any, field: str, options: Mapping[str, Any]
+) -> JwtSvidAuthenticator:
+    res._check_keys(rule, _JWT_RULE_FIELDS, field)
+    issuer = rule.get("issuer")
+    if not isinstance(issuer, str) or not issuer:
+        res.fail(f"{field}.issuer", "is required")
+    audiences = res.strings(rule.get("audiences"), f"{field}.audiences (required here)")
+    keys: KeySource
+    if ("jwks" in rule) == ("jwksUri" in rule):
+        res.fail(field, "needs exactly one of jwks and jwksUri")
+    try:
+        if "jwks" in rule:
+            if not isinstance(rule["jwks"], str):
+                res.fail(f"{field}.jwks", "must be a JWKS document as a string")
+            keys = StaticJwks(json.loads(rule["jwks"]), issuer=issuer)
+        else:
+            keys = JwksUrl(rule["jwksUri"], issuer=issuer, **options)
+    except (ValueError, TypeError) as exc:
+        if isinstance(exc, IstioPolicyError):
+            raise
+        res.fail(f"{field}.jwks", str(exc))
+    header: str | None = None
+    headers = rule.get("fromHeaders")
+    if headers is not None:
+        if not isinstance(headers, list) or not headers:
+            res.fail(f"{field}.fromHeaders", "must be a non-empty list")
+        names = []
+        for h, item in enumerate(headers):
+            where = f"{field}.fromHeaders[{h}]"
+            res._check_keys(item, {"name", "prefix"}, where)
+            name = item.get("name")
+            if not isinstance(name, str) or not name:
+                res.fail(f"{where}.name", "is required")
+            if item.get("prefix", "").lower() not in ("", "bearer "):
+                res.fail(f"{where}.prefix", "only 'Bearer ' (or none) can be read here")
+            names.append(name.lower())
+        others = [n for n in names if n != "authorization"]
+        if "authorization" not in names or len(others) > 1:
+            res.fail(
+                f"{field}.fromHeaders",
+                "the token is always read from Authorization here, and from at most one "
+                "other header: list Authorization and at most one more",
+            )
+        header = others[0] if others else None
+    query: str | None = None
+    params = rule.get("fromParams")
+    if params is not None:
+        values = res.strings(params, f"{field}.fromParams")
+        if len(values) > 1:
+            res.fail(f"{field}.fromParams", "at most one query parameter can be read here")
+        query = values[0]
+    try:
+        return JwtSvidAuthenticator(
+            keys=keys,
+            audience=audiences,
+            issuers=issuer,
+            header=header,
+            query_parameter=query,
+            name=f"istio:{res.namespace}/{res.name}",
+        )
+    except ConfigurationError as exc:
+        res.fail(field, str(exc))
+        raise  # pragma: no cover - fail raises
+
+
+def istio_authenticators(
+    paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+    *,
+    namespace: str,
+    labels: Mapping[str, str] | None = None,
+    root_namespace: str = "istio-system",
+    jwks_options: Mapping[str, Any] | None = None,
+) -> list[JwtSvidAuthenticator]:
+    """Token authenticators for the ``RequestAuthentication`` resources that apply.
+
+    Each ``jwtRules`` entry becomes a :class:`JwtSvidAuthenticator` (the
+    token's ``sub`` must be a SPIFFE ID; other tokens are refused with 401,
+    never let through): ``issuer``, ``audiences`` (required here: the
+    verifier needs one), ``jwks`` or ``jwksUri`` (a :class:`JwksUrl` built
+    with ``jwks_options``), ``fromHeaders`` (Authorization and at most one
+    more header) and ``fromParams`` (at most one). ``fromCookies`` and
+    ``targetRef`` are refused.
+    """
+    labels = dict(labels or {})
+    found: list[JwtSvidAuthenticator] = []
+    seen: set[tuple[str, str]] = set()
+    for where, document in _read_documents(paths):
+        res = _Resource(document, where)
+        if res.kind != "RequestAuthentication":
+            continue
+        if (res.namespace, res.name) in seen:
+            res.fail("metadata.name", "two resources have this kind, namespace and name")
+        seen.add((res.namespace, res.name))
+        if not res.selects(namespace, labels, root_namespace):
+            continue
+        res._check_keys(res.spec, {"selector", "jwtRules"}, "spec")
+        rules = res.spec.get("jwtRules") or []
+        if not isinstance(rules, list):
+            res.fail("spec.jwtRules", "must be a list")
+        for index, rule in enumerate(rules):
+            found.append(_jwt_rule(res, rule, f"spec.jwtRules[{index}]", jwks_options or {}))
+    return found
 
 
 def load_istio(
@@ -625,16 +771,8 @@ def load_istio(
     :class:`~peer_middleware.errors.ConfigurationError`) for anything it
     cannot evaluate, naming the resource and the field.
     """
-    documents: list[tuple[str, Any]] = []
-    for path in _files(paths):
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise IstioPolicyError(f"{path}: cannot be read: {exc}") from exc
-        for index, document in enumerate(_yaml_documents(text, str(path))):
-            documents.append((f"{path} document {index + 1}", document))
     return policy_from_documents(
-        documents,
+        _read_documents(paths),
         namespace=namespace,
         labels=labels,
         root_namespace=root_namespace,

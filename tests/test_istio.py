@@ -6,6 +6,7 @@ PeerAuthentication reference pages (same shapes, fields and values).
 
 from __future__ import annotations
 
+import json
 import logging
 import textwrap
 from pathlib import Path
@@ -422,3 +423,82 @@ def test_reload_swaps_the_policy_and_keeps_the_last_good(tmp_path: Path, caplog:
     assert "malformed YAML" in caplog.text
     assert check({"x-block": "yes"}) == 403  # the last good policy
     files.close()
+
+
+def request_authentication(jwks: str, extra: str = "") -> str:
+    return textwrap.dedent(
+        f"""\
+        apiVersion: security.istio.io/v1
+        kind: RequestAuthentication
+        metadata: {{name: jwt-example, namespace: foo}}
+        spec:
+          selector:
+            matchLabels: {{app: httpbin}}
+          jwtRules:
+          - issuer: "issuer-foo"
+            audiences: ["httpbin"]
+            jwks: '{jwks}'
+        """
+    ) + textwrap.indent(textwrap.dedent(extra), "    ")
+
+
+def test_reference_request_authentication(tmp_path: Path) -> None:
+    from peer_middleware.istio import istio_authenticators
+    from peer_middleware.testing.tokens import TokenMinter
+
+    minter = TokenMinter(issuer="issuer-foo")
+    other = TokenMinter(issuer="issuer-bar")
+    jwks = json.dumps(minter.jwks())
+    path = write(
+        tmp_path,
+        request_authentication(
+            jwks,
+            "fromHeaders:\n- name: Authorization\n  prefix: 'Bearer '\n- name: x-jwt-assertion\n",
+        )
+        + "---\n"
+        + HTTPBIN.replace(
+            'principals: ["cluster.local/ns/default/sa/sleep"]',
+            'requestPrincipals: ["issuer-foo/*"]',
+        ).replace("https://accounts.google.com", "issuer-foo"),
+    )
+    authenticators = istio_authenticators(path, namespace="foo", labels={"app": "httpbin"})
+    assert [a.name for a in authenticators] == ["istio:foo/jwt-example"]
+    assert istio_authenticators(path, namespace="foo", labels={"app": "other"}) == []
+    policy = load_istio(path, namespace="foo", labels={"app": "httpbin", "version": "v1"})
+    guard = Guard(policy=policy, authenticators=authenticators)
+
+    def check(headers: dict[str, str]) -> int:
+        verdict = guard.check("POST", "/data", "/data", ("10.0.0.1", 1), headers)
+        return verdict.decision.enforced_status
+
+    token = minter.jwt_svid(SLEEP, "httpbin")
+    assert check({"authorization": f"Bearer {token}"}) == 200
+    assert check({"x-jwt-assertion": token}) == 200
+    assert check({"authorization": f"Bearer {other.jwt_svid(SLEEP, 'httpbin')}"}) == 401
+    assert check({"authorization": f"Bearer {minter.jwt_svid(SLEEP, 'elsewhere')}"}) == 401
+    assert check({}) == 401  # no token: no request principal for the ALLOW rule
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ("fromCookies: [session]\n", "fromCookies"),
+        ("fromParams: [a, b]\n", "fromParams"),
+        ("fromHeaders:\n- name: x-jwt\n", "fromHeaders"),
+        ("fromHeaders:\n- name: Authorization\n  prefix: 'Token '\n", "prefix"),
+    ],
+)
+def test_request_authentication_refusals(tmp_path: Path, extra: str, field: str) -> None:
+    from peer_middleware.istio import istio_authenticators
+    from peer_middleware.testing.tokens import TokenMinter
+
+    jwks = json.dumps(TokenMinter(issuer="issuer-foo").jwks())
+    path = write(tmp_path, request_authentication(jwks, extra))
+    with pytest.raises(IstioPolicyError, match="RequestAuthentication foo/jwt-example") as caught:
+        istio_authenticators(path, namespace="foo", labels={"app": "httpbin"})
+    assert field in str(caught.value)
+    no_audience = request_authentication(jwks).replace('    audiences: ["httpbin"]\n', "")
+    with pytest.raises(IstioPolicyError, match="audiences"):
+        istio_authenticators(
+            write(tmp_path, no_audience), namespace="foo", labels={"app": "httpbin"}
+        )
