@@ -1,4 +1,4 @@
-"""Istio security resources: ``AuthorizationPolicy``, ``PeerAuthentication``, ``RequestAuthentication``.
+"""Istio security resources: AuthorizationPolicy, PeerAuthentication, RequestAuthentication.
 
 ::
 
