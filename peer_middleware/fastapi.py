@@ -24,11 +24,20 @@ For each request that no central rule decided, the middleware finds the
 route the app's router will dispatch to, with the router's own matching
 code (route order, converters, methods, websockets, mounts), and applies
 the rules declared on that route and on no other: a neighbour whose path
-pattern happens to match never inherits them. The dependency also checks the
-peer again inside the route, so a route is never reachable by a caller its
-declaration does not name, even if the middleware was left out. Several
-requirements on one route must all hold. Routes must be declared before the
-app serves its first request.
+pattern happens to match never inherits them. The route checks the peer
+again itself, so a route is never reachable by a caller its declaration
+does not name, even through a broad central rule or with the middleware
+left out: a requirement given in ``dependencies=[...]`` is checked in front
+of the route's handler (FastAPI solves no dependency for it per request),
+one given as a parameter, or on an app without the middleware, by FastAPI
+as an ``async`` dependency. Several requirements on one route must all
+hold. Routes must be declared before the app serves its first request.
+
+Routes with requirements carry OpenAPI security requirements
+(``mutualTLS``, HTTP bearer) naming who may call them; :func:`docs_rules`
+opens the documentation to whom the operator chooses. When the router would
+answer itself (405, a trailing-slash 307), only a caller the rules of the
+route concerned allow gets that answer (see :class:`StarletteRouteTable`).
 """
 
 from __future__ import annotations
