@@ -27,6 +27,10 @@ Sections (see ``benchmarks/README.md`` for the method):
    bare, a trivial async dependency, the middleware alone, a central rule,
    ``require()`` on the route, and ``CurrentPeer``; in process and under
    uvicorn + ``wrk`` at 4, 16 and 64 connections.
+9. Django (``django_bench.py``): the bare view against the README's usage
+   (a central rule, a rule declared on the view, the view reading
+   ``request.peer``) through Django's WSGI and ASGI handlers in process
+   (``--skip django``; one row saying so without Django).
 
 The script reports; it never fails on a missed target (exit status 0). It
 fails (exit status 1) only when a sanity check does: a request not answered
@@ -1903,7 +1907,16 @@ def main(argv: list[str] | None = None) -> int:
         "--skip",
         action="append",
         default=[],
-        choices=["inprocess", "cold", "server", "memory", "frameworks", "grpc", "fastapi"],
+        choices=[
+            "inprocess",
+            "cold",
+            "server",
+            "memory",
+            "frameworks",
+            "grpc",
+            "fastapi",
+            "django",
+        ],
         help="leave a section out (repeatable)",
     )
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
@@ -1990,6 +2003,12 @@ def main(argv: list[str] | None = None) -> int:
         from fastapi_bench import fastapi_rows
 
         rows += fastapi_rows(n, reps, args.no_gc, duration, 1 if args.quick else 3)
+
+    if "django" not in args.skip:
+        progress("Django: the README's usage through Django's WSGI and ASGI handlers...")
+        from django_bench import django_rows
+
+        rows += django_rows(n, reps)
 
     lines = render(rows)
     print()

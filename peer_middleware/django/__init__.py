@@ -266,6 +266,24 @@ def applicable(declared: Iterable[Declared], method: str) -> tuple[Requirement, 
     return tuple(r for m, r in declared if m is None or method in m)
 
 
+_COMMON_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE")
+
+
+class _PerMethod:
+    """:func:`applicable` for one declaration, worked out once per method."""
+
+    __slots__ = ("_cache", "_declared")
+
+    def __init__(self, declared: Iterable[Declared]) -> None:
+        self._declared = tuple(declared)
+        named = {m for methods, _ in self._declared if methods is not None for m in methods}
+        self._cache = {m: applicable(self._declared, m) for m in {*_COMMON_METHODS, *named}}
+
+    def __call__(self, method: str) -> tuple[Requirement, ...]:
+        found = self._cache.get(method)
+        return found if found is not None else applicable(self._declared, method)
+
+
 def requirements_of(view: object) -> tuple[Declared, ...]:
     """The requirements declared on ``view`` (a URL pattern's callback), with their methods.
 
@@ -309,11 +327,12 @@ def require(
                 "class-based views (or decorate the view returned by as_view())"
             )
         declared = (*own, *getattr(view, _REQUIREMENTS, ()))
+        for_method = _PerMethod(own)
         checked: Callable[..., Any]
         if iscoroutinefunction(view):
 
             async def checked_async(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
-                refused = _refusal(request, applicable(own, str(request.method)))
+                refused = _refusal(request, for_method(str(request.method)))
                 if refused is not None:
                     return refused
                 return await view(request, *args, **kwargs)
@@ -322,7 +341,7 @@ def require(
         else:
 
             def checked_sync(request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
-                refused = _refusal(request, applicable(own, str(request.method)))
+                refused = _refusal(request, for_method(str(request.method)))
                 if refused is not None:
                     return refused
                 return view(request, *args, **kwargs)
@@ -357,6 +376,7 @@ class PeerRequiredMixin(View):
     peer_required: ClassVar[Matcher | Sequence[Matcher] | Mapping[str, Any] | None] = None
     peer_rule_name: ClassVar[str | Mapping[str, str] | None] = None
     _peer_declared: ClassVar[tuple[Declared, ...]] = ()
+    _peer_for_method: ClassVar[_PerMethod] = _PerMethod(())
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -374,11 +394,12 @@ class PeerRequiredMixin(View):
                     f"{cls.__qualname__}.peer_rule_name: a dict needs a dict peer_required"
                 )
             cls._peer_declared = _declare(required, names, None, where)
+        cls._peer_for_method = _PerMethod(cls._peer_declared)
 
     def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
         declared = type(self)._peer_declared
         if declared:
-            refused = _refusal(request, applicable(declared, str(request.method)))
+            refused = _refusal(request, type(self)._peer_for_method(str(request.method)))
         else:
             refused = _refusal(request, (), require_some=True)
         if refused is None:
@@ -496,12 +517,12 @@ class DjangoRouteTable:
     resolves to no view (404, a missing trailing slash) reaches no view.
     """
 
-    __slots__ = ("_count", "_resolver", "_routes", "by_rule", "rules")
+    __slots__ = ("_count", "_patterns", "_routes", "by_rule", "rules")
 
     def __init__(self, urlconf: str | None = None) -> None:
         resolver = get_resolver(urlconf)
-        self._resolver = resolver
-        self._count = len(resolver.url_patterns)
+        self._patterns = resolver.url_patterns
+        self._count = len(self._patterns)
         # view callable -> (the methods named in its declarations, method or
         # None (every other method) -> route)
         self._routes: dict[object, tuple[frozenset[str], dict[str | None, Route]]] = {}
@@ -551,9 +572,11 @@ class DjangoRouteTable:
         return getattr(request, "urlconf", None)
 
     def unchanged(self) -> bool:
-        """True while the root URLconf is the one the table was built from."""
-        resolver = get_resolver()
-        return resolver is self._resolver and len(resolver.url_patterns) == self._count
+        """True while the root URLconf's patterns are those the table was built from
+        (the same list, no pattern added; a new resolver over it, after
+        ``clear_url_caches()``, is the same URLconf)."""
+        patterns = get_resolver().url_patterns
+        return patterns is self._patterns and len(patterns) == self._count
 
     def resolve(self, request: object, method: str, path: str) -> Route | None:
         """The view with declared rules Django dispatches ``path`` to, if any."""
