@@ -1,4 +1,4 @@
-"""Development tasks: nox -s tests, lint, package, demo, bench, soak, fuzz.
+"""Development tasks: nox -s tests, lint, docs, package, demo, bench, soak, fuzz.
 
 ``nox -s tests`` runs the suite on each of Python 3.10, 3.11, 3.12 and 3.13
 and fails, naming the interpreter, when one of them is missing: a run that
@@ -105,6 +105,13 @@ def lint(session: nox.Session) -> None:
     session.run("mypy", "--strict", "peer_middleware")
     # Every import points down the layers of pyproject.toml's [tool.importlinter].
     session.run("lint-imports")
+
+
+@nox.session(python="3.11")
+def docs(session: nox.Session) -> None:
+    """The documentation site (MkDocs, Material, mkdocstrings) into site/, warnings as errors."""
+    session.install("-e", ".[docs]")
+    session.run("mkdocs", "build", "--strict", "--site-dir", str(ROOT / "site"), *session.posargs)
 
 
 @nox.session(python="3.11")

@@ -159,6 +159,7 @@ class Guard:
         "_fact_only",
         "_forwarded",
         "_identities",
+        "_notify",
         "_observers",
         "_reads_facts",
         "_reads_source",
@@ -233,6 +234,7 @@ class Guard:
         self._watch = watch or None
         self._refusal_hinted = False
         self._observers: tuple[Observer, ...] = ()
+        self._notify: Callable[[Verdict, float | None], None] | None = None
         for observer in observers:
             self.observe(observer)
         #: Everything the guard remembers between requests (see :mod:`peer_middleware.memory`).
@@ -336,7 +338,9 @@ class Guard:
         bind = getattr(observer, "bind", None)
         if callable(bind):
             bind(self)
-        self._observers = (*self._observers, observer)
+        self._observers = observers = (*self._observers, observer)
+        # One observer is called directly: the hook's cost is one call.
+        self._notify = observer.observe if len(observers) == 1 else self._observed
 
     def extend(self, rules: Iterable[Rule]) -> None:
         """Append central ``rules`` to the policy (once, before serving)."""
@@ -376,7 +380,7 @@ class Guard:
         ``variant``) is part of what the memory keys a verdict on. ``port``
         is the port the app was reached on, needed only when :attr:`reads_port`.
         """
-        started = perf_counter() if self._observers else 0.0
+        started = perf_counter() if self._notify is not None else 0.0
         router = self._router
         normalised = path
         matched: str | None = None
@@ -587,8 +591,12 @@ class Guard:
         way to be refused.
         """
         decision = verdict.decision
-        if self._observers:
-            self._observed(verdict, perf_counter() - started if started else None)
+        notify = self._notify
+        if notify is not None:
+            try:
+                notify(verdict, perf_counter() - started if started else None)
+            except Exception:
+                self._observer_failed(self._observers[0])
         if decision.quiet:
             # An allow with nothing to report is logged at DEBUG only.
             if logger.isEnabledFor(logging.DEBUG):
@@ -604,9 +612,14 @@ class Guard:
             try:
                 observer.observe(verdict, seconds)
             except Exception:
-                # An observer never changes a decision; its failure is logged once.
-                if WARNINGS(("observer", id(observer))):
-                    logger.exception("peer_middleware observer %r failed", observer)
+                self._observer_failed(observer)
+
+    @staticmethod
+    def _observer_failed(observer: Observer) -> None:
+        """Called in an ``except`` block: an observer never changes a decision;
+        its failure is logged once."""
+        if WARNINGS(("observer", id(observer))):
+            logger.exception("peer_middleware observer %r failed", observer)
 
     def _authenticate(
         self,
