@@ -57,6 +57,7 @@ SHOP_CALLER = "spiffe://cluster.local/ns/shop/sa/cart"
 ADMIN = "spiffe://cluster.local/ns/ops/sa/admin"
 SHOP = Namespace("shop", trust_domain=TD)
 PROXY = ("127.0.0.1", 50000)
+PROXY_ENV = {"REMOTE_ADDR": "127.0.0.1", "REMOTE_PORT": "50000"}
 CENTRAL = Policy([allow("healthz", Anyone(), methods="GET", paths="/healthz/")])
 BODY_400 = b'{"type":"about:blank","title":"Bad Request","status":400}'
 BODY_401 = b'{"type":"about:blank","title":"Unauthorized","status":401}'
@@ -621,3 +622,62 @@ def test_readme_section(
         answer = send(transport, "/payments/7", principal)
         assert (answer.status, answer.body) == (expected_status, body)
         assert status(transport, "/healthz", None) == 200
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_patterns_added_after_start_up_refuse_what_view_rules_allowed(transport: str) -> None:
+    ran, view = recorder()
+    module = urlconf([path("payments/<int:pk>/", require(SHOP)(view("read")))], "growing_urls")
+    with project(module, config()):
+        # One handler (one middleware) for both requests, as a server keeps it.
+        if transport == "wsgi":
+            client = Client()
+
+            def get() -> int:
+                response = client.get("/payments/1/", headers=xfcc(SHOP_CALLER), **PROXY_ENV)
+                return int(response.status_code)
+        else:
+            test_client = TestClient(ASGIHandler(), client=PROXY)
+
+            def get() -> int:
+                return test_client.get("/payments/1/", headers=xfcc(SHOP_CALLER)).status_code
+
+        assert get() == 200
+        assert get() == 200  # the remembered verdict
+        module.urlpatterns.append(path("late/", view("late")))  # type: ignore[attr-defined]
+        assert get() == 403
+        assert ran == ["read", "read"]
+
+
+def test_clear_url_caches_is_not_a_change_of_routes() -> None:
+    from django.urls import clear_url_caches
+
+    ran, view = recorder()
+    with project([path("payments/<int:pk>/", require(SHOP)(view("read")))], config()):
+        client = Client()
+        for _ in range(2):
+            response = client.get(
+                "/payments/1/", headers=xfcc(SHOP_CALLER), REMOTE_ADDR="127.0.0.1"
+            )
+            assert response.status_code == 200
+            clear_url_caches()
+        assert ran == ["read", "read"]
+
+
+def test_script_name_and_normalised_path_under_wsgi() -> None:
+    seen: list[tuple[str, str]] = []
+
+    @require(SHOP)
+    def read(request: HttpRequest, pk: str) -> HttpResponse:
+        seen.append((request.path, request.path_info))
+        return HttpResponse("ok")
+
+    with project([path("payments/<str:pk>/", read)], config()):
+        response = Client().get(
+            "/payments//./7/",
+            headers=xfcc(SHOP_CALLER),
+            REMOTE_ADDR="127.0.0.1",
+            SCRIPT_NAME="/svc",
+        )
+        assert response.status_code == 200
+    assert seen == [("/svc/payments/7/", "/payments/7/")]
