@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 import types
 from collections.abc import Callable
 from pathlib import Path
@@ -349,7 +350,7 @@ def test_dispatch_to_another_view_than_decided_is_refused(
     other = urlconf([path("payments/<str:pk>/", view("export"))], "other_urls")
     module = types.ModuleType("switching")
     module.Switch = switch_urlconf(other)  # type: ignore[attr-defined]
-    monkeypatch.setitem(__import__("sys").modules, "switching", module)
+    monkeypatch.setitem(sys.modules, "switching", module)
     patterns = [path("payments/<str:pk>/", require(SHOP)(view("read")))]
     middleware = [MIDDLEWARE[0], "switching.Switch"]
     with project(patterns, config(), MIDDLEWARE=middleware):
@@ -681,3 +682,35 @@ def test_script_name_and_normalised_path_under_wsgi() -> None:
         )
         assert response.status_code == 200
     assert seen == [("/svc/payments/7/", "/payments/7/")]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_urlconfs_a_middleware_before_it_chooses(
+    transport: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A middleware before peer_middleware (django-hosts, tenants) picks the
+    # URLconf: its views' declarations count when URLCONFS names it.
+    ran, view = recorder()
+    tenant = urlconf([path("payments/<int:pk>/", require(SHOP)(view("tenant")))], "tenant_urls")
+    module = types.ModuleType("choosing")
+    module.Choose = switch_urlconf(tenant)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "choosing", module)
+    monkeypatch.setitem(sys.modules, "tenant_urls", tenant)
+    middleware = ["choosing.Choose", MIDDLEWARE[0]]
+    root = [path("payments/<int:pk>/", view("root"))]
+    with project(root, config(), MIDDLEWARE=middleware):
+        assert status(transport, "/payments/1/") == 403
+    with project(root, {**config(), "URLCONFS": ["tenant_urls"]}, MIDDLEWARE=middleware):
+        assert status(transport, "/payments/1/") == 200
+        assert status(transport, "/payments/1/", ADMIN) == 403
+    assert ran == ["tenant"]
+    with (
+        project(root, {**config(), "URLCONFS": ["nowhere_urls"]}),
+        pytest.raises(ImproperlyConfigured, match="URLCONFS"),
+    ):
+        PeerMiddleware(ok)
+    with (
+        project(root, {**config(), "URLCONFS": "tenant_urls"}),
+        pytest.raises(ImproperlyConfigured, match="URLCONFS"),
+    ):
+        PeerMiddleware(ok)

@@ -32,6 +32,10 @@ refused); each value is the object itself or the dotted path of one
     the challenge sent with a 401.
 ``MEMORY``
     :class:`~peer_middleware.MemoryLimits` for what the guard remembers.
+``URLCONFS``
+    dotted paths of the URLconfs a middleware may put in ``request.urlconf``
+    (django-hosts, per-tenant URLconfs), whose views' declarations are read
+    besides those of ``ROOT_URLCONF``.
 
 A bad configuration raises :class:`ImproperlyConfigured` (also a
 :class:`~peer_middleware.errors.ConfigurationError`) when Django builds its
@@ -62,8 +66,8 @@ changes ``request.urlconf``), and the view checks its own rules again, so a
 view is never reachable by a caller its declaration does not name.
 
 Views reachable only through a ``request.urlconf`` other than
-``ROOT_URLCONF`` are judged by the central policy alone (their declarations
-still restrict them further).
+``ROOT_URLCONF`` and those listed in ``URLCONFS`` are judged by the central
+policy alone (their declarations still restrict them further).
 
 ``request.peer`` is the :class:`~peer_middleware.Peer` (``None`` for an
 anonymous request); ``request.META["peer_middleware.peer"]`` and
@@ -135,7 +139,9 @@ logger = logging.getLogger("peer_middleware")
 
 #: The name of the Django setting read by :class:`PeerMiddleware`.
 SETTING = "PEER_MIDDLEWARE"
-_KEYS = frozenset({"POLICY", "AUTHENTICATORS", "RESPONDER", "WWW_AUTHENTICATE", "MEMORY"})
+_KEYS = frozenset(
+    {"POLICY", "AUTHENTICATORS", "RESPONDER", "WWW_AUTHENTICATE", "MEMORY", "URLCONFS"}
+)
 #: Where a function view keeps the requirements declared on it.
 _REQUIREMENTS = "__peer_middleware_requirements__"
 #: Where a permission class (Django REST framework) keeps its requirement.
@@ -172,7 +178,8 @@ def _load(value: object, key: str) -> object:
     return value
 
 
-def _guard_from_settings() -> Guard:
+def _from_settings() -> tuple[Guard, tuple[str, ...]]:
+    """The guard ``settings.PEER_MIDDLEWARE`` describes, and its ``URLCONFS``."""
     config = getattr(settings, SETTING, None)
     if config is None:
         raise DjangoConfigurationError(
@@ -206,8 +213,17 @@ def _guard_from_settings() -> Guard:
     memory = _load(config.get("MEMORY"), "MEMORY")
     if memory is not None and not isinstance(memory, MemoryLimits):
         raise DjangoConfigurationError(f'{SETTING}["MEMORY"] must be a MemoryLimits')
+    urlconfs = config.get("URLCONFS", ())
+    if (
+        isinstance(urlconfs, (str, bytes))
+        or not isinstance(urlconfs, Iterable)
+        or not all(isinstance(name, str) for name in urlconfs)
+    ):
+        raise DjangoConfigurationError(
+            f'{SETTING}["URLCONFS"] must be a list of dotted module paths'
+        )
     try:
-        return Guard(
+        guard = Guard(
             policy=policy,
             authenticators=cast("list[Authenticator]", authenticators),
             responder=cast("Responder | None", responder),
@@ -216,6 +232,7 @@ def _guard_from_settings() -> Guard:
         )
     except ConfigurationError as error:
         raise DjangoConfigurationError(f"settings.{SETTING}: {error}") from error
+    return guard, tuple(urlconfs)
 
 
 # --------------------------------------------------------------------------
@@ -517,17 +534,32 @@ class DjangoRouteTable:
     resolves to no view (404, a missing trailing slash) reaches no view.
     """
 
-    __slots__ = ("_count", "_patterns", "_routes", "by_rule", "rules")
+    __slots__ = (
+        "_count",
+        "_other_counts",
+        "_others",
+        "_patterns",
+        "_routes",
+        "by_rule",
+        "rules",
+    )
 
-    def __init__(self, urlconf: str | None = None) -> None:
+    def __init__(self, urlconf: str | None = None, *, others: Iterable[str] = ()) -> None:
         resolver = get_resolver(urlconf)
         self._patterns = resolver.url_patterns
         self._count = len(self._patterns)
+        self._others = tuple(
+            (name, get_resolver(name).url_patterns) for name in dict.fromkeys(others)
+        )
+        self._other_counts = tuple(len(patterns) for _, patterns in self._others)
         # view callable -> (the methods named in its declarations, method or
         # None (every other method) -> route)
         self._routes: dict[object, tuple[frozenset[str], dict[str | None, Route]]] = {}
         declared: list[tuple[Route, tuple[Requirement, ...]]] = []
-        for pattern, callback in _walk(resolver.url_patterns, "/"):
+        every = [(pattern, callback) for pattern, callback in _walk(resolver.url_patterns, "/")]
+        for _, patterns in self._others:
+            every.extend(_walk(patterns, "/"))
+        for pattern, callback in every:
             if callback in self._routes:
                 continue
             found = requirements_of(callback)
@@ -576,7 +608,13 @@ class DjangoRouteTable:
         (the same list, no pattern added; a new resolver over it, after
         ``clear_url_caches()``, is the same URLconf)."""
         patterns = get_resolver().url_patterns
-        return patterns is self._patterns and len(patterns) == self._count
+        if patterns is not self._patterns or len(patterns) != self._count:
+            return False
+        for (name, known), count in zip(self._others, self._other_counts, strict=True):
+            patterns = get_resolver(name).url_patterns
+            if patterns is not known or len(patterns) != count:
+                return False
+        return True
 
     def resolve(self, request: object, method: str, path: str) -> Route | None:
         """The view with declared rules Django dispatches ``path`` to, if any."""
@@ -622,14 +660,16 @@ class PeerMiddleware:
             # Django adapts process_view to the handler's mode; an async one
             # under ASGI spares a thread hop per request.
             self.process_view = self._process_view_async  # type: ignore[method-assign,assignment]
-        self.guard = _guard_from_settings()
+        self.guard, urlconfs = _from_settings()
         try:
-            self.routes = DjangoRouteTable()
+            self.routes = DjangoRouteTable(others=urlconfs)
             self.guard.use_routes(self.routes)
         except DjangoConfigurationError:
             raise
         except ConfigurationError as error:
             raise DjangoConfigurationError(f"rules declared on views: {error}") from error
+        except ImportError as error:
+            raise DjangoConfigurationError(f'{SETTING}["URLCONFS"]: {error}') from error
         self._environ_keys = tuple((name, _environ_key(name)) for name in self.guard.header_names)
         self._wanted = {name.encode("latin-1"): name for name in self.guard.header_names}
 
