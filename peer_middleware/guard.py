@@ -29,7 +29,7 @@ import hashlib
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import replace
-from time import perf_counter
+from time import perf_counter_ns
 
 from ._once import WARNINGS
 from .conditions import RequestFacts, check_value
@@ -234,7 +234,7 @@ class Guard:
         self._watch = watch or None
         self._refusal_hinted = False
         self._observers: tuple[Observer, ...] = ()
-        self._notify: Callable[[Verdict, float | None], None] | None = None
+        self._notify: Callable[[Verdict, int | None], None] | None = None
         for observer in observers:
             self.observe(observer)
         #: Everything the guard remembers between requests (see :mod:`peer_middleware.memory`).
@@ -328,13 +328,13 @@ class Guard:
         self.memory = Memory(self.memory.limits)
 
     def observe(self, observer: Observer) -> None:
-        """Tell ``observer`` of every decision from now on (its ``observe(verdict, seconds)``).
+        """Tell ``observer`` of every decision from now on (its ``observe(verdict, nanoseconds)``).
 
         An observer with a ``bind(guard)`` method is given the guard first
         (metrics read its memory that way).
         """
         if not isinstance(observer, Observer):
-            raise ConfigurationError(f"{observer!r} has no observe(verdict, seconds) method")
+            raise ConfigurationError(f"{observer!r} has no observe(verdict, nanoseconds) method")
         bind = getattr(observer, "bind", None)
         if callable(bind):
             bind(self)
@@ -380,7 +380,7 @@ class Guard:
         ``variant``) is part of what the memory keys a verdict on. ``port``
         is the port the app was reached on, needed only when :attr:`reads_port`.
         """
-        started = perf_counter() if self._notify is not None else 0.0
+        started = perf_counter_ns() if self._notify is not None else 0
         router = self._router
         normalised = path
         matched: str | None = None
@@ -583,7 +583,7 @@ class Guard:
             routes.put(key, route)
         return None if route is _NO_ROUTE else route
 
-    def _logged(self, verdict: Verdict, method: str, path: str, started: float = 0.0) -> Verdict:
+    def _logged(self, verdict: Verdict, method: str, path: str, started: int = 0) -> Verdict:
         """``verdict``, once its decision is logged and observed and, when
         refused, its response built.
 
@@ -594,7 +594,7 @@ class Guard:
         notify = self._notify
         if notify is not None:
             try:
-                notify(verdict, perf_counter() - started if started else None)
+                notify(verdict, perf_counter_ns() - started if started else None)
             except Exception:
                 self._observer_failed(self._observers[0])
         if decision.quiet:
@@ -607,10 +607,10 @@ class Guard:
             verdict.response = self._response(verdict, method)
         return verdict
 
-    def _observed(self, verdict: Verdict, seconds: float | None) -> None:
+    def _observed(self, verdict: Verdict, nanoseconds: int | None) -> None:
         for observer in self._observers:
             try:
-                observer.observe(verdict, seconds)
+                observer.observe(verdict, nanoseconds)
             except Exception:
                 self._observer_failed(observer)
 
