@@ -44,13 +44,13 @@ beyond it, new label sets are counted under ``rule="(overflow)"``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ._reload import Outcome, reloader_of
 from .errors import ConfigurationError
 from .guard import Guard
-from .observe import DEFAULT_BUCKETS, Tally
+from .observe import Tally
 
 if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
@@ -64,8 +64,8 @@ class PrometheusMetrics(Tally):
     ``registry`` is where the collector registers (default
     ``prometheus_client.REGISTRY``); with ``register=False`` it registers
     nowhere (``registry.register(metrics)`` yourself). ``namespace`` prefixes
-    every metric; ``buckets`` are the decision-time histogram's bounds in
-    seconds; ``max_series`` bounds the label sets of each metric.
+    every metric; ``max_series`` bounds the label sets of each metric. The
+    decision-time histogram's buckets are :data:`~peer_middleware.observe.BUCKETS`.
     """
 
     def __init__(
@@ -74,7 +74,6 @@ class PrometheusMetrics(Tally):
         registry: CollectorRegistry | None = None,
         register: bool = True,
         namespace: str = "peer_middleware",
-        buckets: Sequence[float] = DEFAULT_BUCKETS,
         max_series: int = 10_000,
     ) -> None:
         try:
@@ -86,7 +85,7 @@ class PrometheusMetrics(Tally):
             ) from error
         if not namespace.replace("_", "").isalnum():
             raise ConfigurationError(f"namespace {namespace!r} must be letters, digits and _")
-        super().__init__(buckets=buckets, max_series=max_series)
+        super().__init__(max_series=max_series)
         self.namespace = namespace
         self._guards: list[Guard] = []
         self._trust: dict[str, object] = {}

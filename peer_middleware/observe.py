@@ -3,7 +3,7 @@
 The guard hands every verdict it makes to its observers, once, after it is
 logged (``Guard(observers=[...])`` or :meth:`Guard.observe
 <peer_middleware.guard.Guard.observe>`). An observer is any object with an
-``observe(verdict, seconds)`` method: :class:`peer_middleware.metrics.PrometheusMetrics`
+``observe(verdict, nanoseconds)`` method: :class:`peer_middleware.metrics.PrometheusMetrics`
 and :class:`peer_middleware.otel.OpenTelemetryMetrics` are two. With no
 observer the guard does no extra work at all; an observer that raises is
 logged once and never changes a decision.
@@ -24,9 +24,9 @@ import json
 import logging
 import re
 import threading
-from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import count
 from typing import Any, Protocol, runtime_checkable
 
 from ._once import Once, safe_host
@@ -38,7 +38,7 @@ from .responses import ProblemResponse, Refusal, Responder, default_responder, r
 from .rules import Decision
 
 __all__ = [
-    "DEFAULT_BUCKETS",
+    "BUCKETS",
     "Counts",
     "JsonFormatter",
     "Observed",
@@ -76,13 +76,13 @@ class Observed(Protocol):
 class Observer(Protocol):
     """Called by the guard once per decision.
 
-    ``seconds`` is how long the guard took to decide (``None`` for a request
+    ``nanoseconds`` is how long the guard took to decide (``None`` for a request
     an adapter or a route refused outside :meth:`Guard.check
     <peer_middleware.guard.Guard.check>`). It runs on the request's thread or
     event loop: keep it to a few counter increments.
     """
 
-    def observe(self, verdict: Observed, seconds: float | None) -> None: ...
+    def observe(self, verdict: Observed, nanoseconds: int | None) -> None: ...
 
 
 def refusal_class(error: RequestRefused) -> str:
@@ -175,21 +175,12 @@ def rule_header(
     return responder_with_rule
 
 
-#: Decision-time buckets, in seconds: from a remembered verdict (about a
-#: microsecond) to a first verification (tens to hundreds of microseconds).
-DEFAULT_BUCKETS: tuple[float, ...] = (
-    1e-6,
-    2.5e-6,
-    5e-6,
-    1e-5,
-    2.5e-5,
-    5e-5,
-    1e-4,
-    2.5e-4,
-    5e-4,
-    1e-3,
-    1e-2,
-)
+#: The decision-time histogram's upper bounds, in seconds: powers of two
+#: nanoseconds from 256 ns (a remembered verdict takes about a microsecond)
+#: to 16.8 ms (a first verification takes tens to hundreds of microseconds).
+#: Powers of two let a duration find its bucket with one ``int.bit_length()``.
+BUCKETS: tuple[float, ...] = tuple(2 ** (k + 8) / 1e9 for k in range(17))
+_SLOTS = 64  # bit lengths of any duration below 2**72 ns
 OVERFLOW = "(overflow)"
 
 
@@ -215,7 +206,9 @@ class Counts:
 class Tally:
     """An observer that counts decisions in memory, for exporters to read.
 
-    The request path only does dictionary arithmetic under one lock; an
+    The request path takes no lock and builds nothing but one key: each count
+    is an :func:`itertools.count`, whose ``next()`` is atomic under the GIL
+    (only the histogram's sum may miss an update when threads race). An
     exporter (Prometheus at scrape time, OpenTelemetry's observable
     instruments at collection) reads :meth:`counts`. Label values are the
     outcome, status, deciding rule, proof kind and reason class; ``max_series``
@@ -223,92 +216,130 @@ class Tally:
     counted under ``(overflow)``).
     """
 
-    def __init__(
-        self, *, buckets: Sequence[float] = DEFAULT_BUCKETS, max_series: int = 10_000
-    ) -> None:
-        bounds = tuple(float(b) for b in buckets)
-        if not bounds or list(bounds) != sorted(set(bounds)) or bounds[0] <= 0:
-            raise ConfigurationError("buckets must be positive and increasing")
+    def __init__(self, *, max_series: int = 10_000) -> None:
         if not isinstance(max_series, int) or max_series < 1:
             raise ConfigurationError("max_series must be a positive integer")
-        self.buckets = bounds
+        self.buckets = BUCKETS
         self.max_series = max_series
-        self._lock = threading.Lock()
-        self._decisions: dict[tuple[str, int, str, str], int] = {}
-        self._refusals: dict[str, int] = {}
-        self._auth_failures: dict[str, int] = {}
-        self._shadow: dict[tuple[str, str], int] = {}
-        self._audit: dict[str, int] = {}
-        self._bucket_counts = [0] * (len(bounds) + 1)
-        self._time_sum = 0.0
+        self._lock = threading.Lock()  # taken only to add a key
+        # (allowed, dry_run, status, rule, proof) -> count
+        self._decisions: dict[tuple[bool, bool, int, str | None, str], count[int]] = {}
+        self._refusals: dict[str, count[int]] = {}
+        self._auth_failures: dict[str, count[int]] = {}
+        self._shadow: dict[tuple[str, str], count[int]] = {}
+        self._audit: dict[str, count[int]] = {}
+        # Slot i counts durations of d nanoseconds with (d >> 8).bit_length() == i,
+        # that is below BUCKETS[i] (slot 0: below 256 ns).
+        self._bucket_counts = tuple(count() for _ in range(_SLOTS))
+        self._nanoseconds = 0
+        self._last: tuple[object, count[int], bool] = (None, count(), True)
 
-    def observe(self, verdict: Observed, seconds: float | None) -> None:
-        decision = verdict.decision
-        peer = verdict.peer
-        if decision.dry_run:
-            kind, status = "dry_run", decision.status
-        elif decision.allowed:
-            kind, status = "allowed", 200
+    def observe(self, verdict: Observed, nanoseconds: int | None) -> None:
+        last = self._last
+        if last[0] is verdict:
+            # A remembered verdict served again (the guard's memory hands out
+            # the same object): its counter is known.
+            counter: count[int] = last[1]
+            quiet = last[2]
         else:
-            kind, status = "refused", decision.status
-        key = (
-            kind,
-            status,
-            decision.rule or "(none)",
-            peer.proof.value if peer is not None else "none",
-        )
-        decisions = self._decisions
-        with self._lock:
-            count = decisions.get(key)
-            if count is None:
-                if len(decisions) >= self.max_series:
-                    key = (key[0], key[1], OVERFLOW, key[3])
-                count = decisions.get(key, 0)
-            decisions[key] = count + 1
-            if seconds is not None:
-                self._bucket_counts[bisect_left(self.buckets, seconds)] += 1
-                self._time_sum += seconds
-        if not decision.quiet:
+            decision = verdict.decision
+            peer = verdict.peer
+            key = (
+                decision.allowed,
+                decision.dry_run,
+                decision.status,
+                decision.rule,
+                # The enum's value, read without the enum machinery (this is hot).
+                peer.proof._value_ if peer is not None else "none",
+            )
+            found = self._decisions.get(key)
+            counter = found if found is not None else self._new(self._decisions, key)
+            quiet = decision.quiet
+            # One assignment: threads see a matching triple.
+            self._last = (verdict, counter, quiet)
+        next(counter)
+        if nanoseconds is not None:
+            next(self._bucket_counts[(nanoseconds >> 8).bit_length()])
+            self._nanoseconds += nanoseconds
+        if not quiet:
             self._news(verdict)
+
+    def _new(self, table: dict[Any, count[int]], key: Any) -> count[int]:
+        """The counter of a key seen for the first time (or the overflow one)."""
+        with self._lock:
+            counter = table.get(key)
+            if counter is not None:
+                return counter
+            if len(table) >= self.max_series:
+                if isinstance(key, str):
+                    key = OVERFLOW
+                elif table is self._decisions:
+                    key = (*key[:3], OVERFLOW, key[4])
+                else:
+                    key = (OVERFLOW, *key[1:])
+                counter = table.get(key)
+                if counter is not None:
+                    return counter
+            counter = table[key] = count()
+            return counter
+
+    def _bump(self, table: dict[Any, count[int]], key: Any) -> None:
+        counter = table.get(key)
+        if counter is None:
+            counter = self._new(table, key)
+        next(counter)
 
     def _news(self, verdict: Observed) -> None:
         """Everything but a plain allow: refusals, shadow and audit results."""
         decision = verdict.decision
-        limit = self.max_series
-        with self._lock:
-            if not decision.allowed or decision.dry_run:
-                reason = reason_class(verdict)
-                _bump(self._refusals, reason, limit)
-                if verdict.failure is not None and decision.status == 401:
-                    _bump(self._auth_failures, reason, limit)
-            for entry in decision.shadow:
-                effect, _, name = entry.partition(":")
-                _bump(self._shadow, (name, effect), limit)
-            for name in decision.audit:
-                _bump(self._audit, name, limit)
+        if not decision.allowed or decision.dry_run:
+            reason = reason_class(verdict)
+            self._bump(self._refusals, reason)
+            if verdict.failure is not None and decision.status == 401:
+                self._bump(self._auth_failures, reason)
+        for entry in decision.shadow:
+            effect, _, name = entry.partition(":")
+            self._bump(self._shadow, (name, effect))
+        for name in decision.audit:
+            self._bump(self._audit, name)
 
     def counts(self) -> Counts:
-        """A consistent copy of every count."""
-        with self._lock:
-            return Counts(
-                dict(self._decisions),
-                dict(self._refusals),
-                dict(self._auth_failures),
-                dict(self._shadow),
-                dict(self._audit),
-                self.buckets,
-                list(self._bucket_counts),
-                self._time_sum,
-            )
+        """A copy of every count (each read at once; together, within a few requests)."""
+        decisions: dict[tuple[str, int, str, str], int] = {}
+        for (allowed, dry_run, status, rule, proof), counter in list(self._decisions.items()):
+            if dry_run:
+                kind = "dry_run"
+            elif allowed:
+                kind, status = "allowed", 200
+            else:
+                kind = "refused"
+            key = (kind, status, rule or "(none)", proof)
+            decisions[key] = decisions.get(key, 0) + _read(counter)
+        return Counts(
+            decisions,
+            _values(self._refusals),
+            _values(self._auth_failures),
+            _values(self._shadow),
+            _values(self._audit),
+            self.buckets,
+            _histogram([_read(counter) for counter in self._bucket_counts]),
+            self._nanoseconds / 1e9,
+        )
 
 
-def _bump(counts: dict[Any, int], key: Any, limit: int) -> None:
-    count = counts.get(key)
-    if count is None:
-        if len(counts) >= limit:
-            key = OVERFLOW if isinstance(key, str) else (OVERFLOW, *key[1:])
-        count = counts.get(key, 0)
-    counts[key] = count + 1
+def _read(counter: count[int]) -> int:
+    """How many times ``next`` was called on ``counter`` (``count(5)`` -> 5), without calling it."""
+    return int(repr(counter)[6:-1])
+
+
+def _histogram(slots: list[int]) -> list[int]:
+    """Counts per bucket of :data:`BUCKETS`, and the count above the last."""
+    size = len(BUCKETS)
+    return [*slots[:size], sum(slots[size:])]
+
+
+def _values(table: dict[Any, count[int]]) -> dict[Any, int]:
+    return {key: _read(counter) for key, counter in list(table.items())}
 
 
 logger = logging.getLogger("peer_middleware")

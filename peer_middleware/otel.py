@@ -30,12 +30,12 @@ there; it never is in metrics.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .errors import ConfigurationError
 from .guard import Guard
-from .observe import DEFAULT_BUCKETS, Observed, Tally, outcome, reason_class
+from .observe import Observed, Tally, outcome, reason_class
 
 __all__ = ["DecisionSpans", "OpenTelemetryMetrics"]
 
@@ -63,11 +63,10 @@ class OpenTelemetryMetrics(Tally):
         *,
         meter_provider: Any = None,
         durations: bool = False,
-        buckets: Sequence[float] = DEFAULT_BUCKETS,
         max_series: int = 10_000,
     ) -> None:
         metrics, _ = _api()
-        super().__init__(buckets=buckets, max_series=max_series)
+        super().__init__(max_series=max_series)
         provider = meter_provider or metrics.get_meter_provider()
         meter = provider.get_meter("peer_middleware")
         self._guards: list[Guard] = []
@@ -146,11 +145,11 @@ class OpenTelemetryMetrics(Tally):
                 explicit_bucket_boundaries_advisory=list(self.buckets),
             )
 
-    def observe(self, verdict: Observed, seconds: float | None) -> None:
-        super().observe(verdict, seconds)
+    def observe(self, verdict: Observed, nanoseconds: int | None) -> None:
+        super().observe(verdict, nanoseconds)
         histogram = self._histogram
-        if histogram is not None and seconds is not None:
-            histogram.record(seconds)
+        if histogram is not None and nanoseconds is not None:
+            histogram.record(nanoseconds / 1e9)
 
     def bind(self, guard: Guard) -> None:
         """Report ``guard``'s memory (entries and bytes per part, hits) too.
@@ -173,7 +172,7 @@ class DecisionSpans:
         _, trace = _api()
         self._current: Callable[[], Any] = trace.get_current_span
 
-    def observe(self, verdict: Observed, seconds: float | None) -> None:
+    def observe(self, verdict: Observed, nanoseconds: int | None) -> None:
         span = self._current()
         if not span.is_recording():
             return

@@ -127,7 +127,7 @@ def test_no_observer_no_work_and_a_failing_observer_changes_nothing(
     class Broken:
         calls = 0
 
-        def observe(self, verdict: Observed, seconds: float | None) -> None:
+        def observe(self, verdict: Observed, nanoseconds: int | None) -> None:
             Broken.calls += 1
             raise RuntimeError("boom")
 
@@ -142,17 +142,17 @@ def test_no_observer_no_work_and_a_failing_observer_changes_nothing(
 
 
 def test_every_verdict_reaches_the_observer_once_with_its_time() -> None:
-    seen: list[tuple[Verdict, float | None]] = []
+    seen: list[tuple[Verdict, int | None]] = []
 
     class Recorder:
-        def observe(self, verdict: Observed, seconds: float | None) -> None:
+        def observe(self, verdict: Observed, nanoseconds: int | None) -> None:
             assert isinstance(verdict, Verdict)
-            seen.append((verdict, seconds))
+            seen.append((verdict, nanoseconds))
 
     guard = make_guard(Recorder())
     traffic(guard)
     assert len(seen) == 8
-    assert all(seconds is not None and 0 <= seconds < 1 for _, seconds in seen)
+    assert all(ns is not None and 0 <= ns < 10**9 for _, ns in seen)
     assert [v.failure for v, _ in seen if v.failure] == ["authentication_failed", "bad_request"]
     with pytest.raises(ValueError, match="observe"):
         guard.observe(object())  # type: ignore[arg-type]
