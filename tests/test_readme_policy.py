@@ -112,3 +112,32 @@ def test_istio_section(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
             assert not policy.decide("GET", "/x", None).allowed
     finally:
         namespace["files"].close()
+
+
+def test_consul_section(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    code = blocks(section("Consul intentions"), "python")
+    assert len(code) == 1
+    (tmp_path / "intentions").mkdir()
+    (tmp_path / "intentions" / "api.hcl").write_text(
+        textwrap.dedent(
+            """\
+            Kind = "service-intentions"
+            Name = "api"
+            Sources = [
+              {
+                Name   = "web"
+                Action = "allow"
+              }
+            ]
+            """
+        )
+    )
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, Any] = {}
+    exec(compile(code[0], "README.md", "exec"), namespace)  # noqa: S102
+    td = namespace["TD"]
+    web = peer_for(f"spiffe://{td}/ns/default/dc/dc1/svc/web")
+    assert namespace["web"](web)
+    assert namespace["policy"].decide("GET", "/x", web).allowed
+    api = peer_for(f"spiffe://{td}/ns/default/dc/dc1/svc/api")
+    assert not namespace["policy"].decide("GET", "/x", api).allowed
