@@ -35,10 +35,17 @@ from .errors import ConfigurationError
 from .matchers import AllOf, Matcher, Not
 from .peer import Peer
 from .policy import Policy
+from .policy_files import PolicyFiles
 from .rules import Action, Rule
 from .spiffe import configured_trust_domain
 
-__all__ = ["ConsulConfigError", "ConsulService", "consul_identity", "load_consul"]
+__all__ = [
+    "ConsulConfigError",
+    "ConsulPolicyFiles",
+    "ConsulService",
+    "consul_identity",
+    "load_consul",
+]
 
 
 class ConsulConfigError(ConfigurationError):
@@ -476,3 +483,35 @@ def load_consul(
     if not found:
         raise ConsulConfigError(f"no service-intentions entry for {service!r} in {paths!r}")
     return Policy(rules)
+
+
+class ConsulPolicyFiles(PolicyFiles):
+    """``service-intentions`` entries re-read when they change, swapped into a guard.
+
+    The arguments of :func:`load_consul`, and ``interval`` (seconds between
+    checks, ``None`` for none). ``bind(guard)`` gives the guard the policy
+    now; entries that fail to load keep the last good policy and log why.
+    """
+
+    def __init__(
+        self,
+        paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+        *,
+        service: str,
+        trust_domain: str,
+        namespace: str = "default",
+        partition: str = "default",
+        interval: float | None = 5.0,
+    ) -> None:
+        super().__init__(
+            paths,
+            lambda: load_consul(
+                paths,
+                service=service,
+                trust_domain=trust_domain,
+                namespace=namespace,
+                partition=partition,
+            ),
+            subject=f"Consul intentions {paths!r}",
+            interval=interval,
+        )

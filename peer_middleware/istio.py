@@ -32,11 +32,10 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ._reload import Reloader
 from .authenticators import JwtSvidAuthenticator
 from .conditions import Condition, Header, Host, Port, RemoteIp, SourceIp
 from .errors import ConfigurationError
@@ -55,10 +54,8 @@ from .matchers import (
 )
 from .peer import Peer
 from .policy import Policy
+from .policy_files import PolicyFiles
 from .rules import KNOWN_METHODS, Action, Rule
-
-if TYPE_CHECKING:
-    from .guard import Guard
 
 __all__ = [
     "IstioPolicyError",
@@ -780,25 +777,14 @@ def load_istio(
     )
 
 
-def _stamp(paths: list[Path]) -> tuple[tuple[str, int, int], ...]:
-    stamp = []
-    for path in paths:
-        try:
-            info = path.stat()
-            stamp.append((str(path), info.st_mtime_ns, info.st_size))
-        except OSError:
-            stamp.append((str(path), -1, -1))
-    return tuple(stamp)
-
-
-class IstioPolicyFiles:
+class IstioPolicyFiles(PolicyFiles):
     """Istio resources re-read when they change, swapped into a guard as a whole.
 
-    ``bind(guard)`` gives the guard the policy now (route rules kept) and
-    re-reads the files every ``interval`` seconds from a daemon thread. A new
-    set that fails to load, or reads a request attribute the running policy
-    does not (the adapters pass only what the running policy reads), keeps
-    the last good policy and logs why.
+    The arguments of :func:`load_istio`, and ``interval`` (seconds between
+    checks, ``None`` for none; see :class:`~peer_middleware.policy_files.PolicyFiles`).
+    ``bind(guard)`` gives the guard the policy now (its route rules kept);
+    a set of files that fails to load keeps the last good policy and logs
+    why. The adapters pass what a new policy reads from their next request on.
     """
 
     def __init__(
@@ -811,54 +797,15 @@ class IstioPolicyFiles:
         trusted_hops: int = 0,
         interval: float | None = 5.0,
     ) -> None:
-        self._paths = paths
-        self._load: Callable[[], Policy] = lambda: load_istio(
+        super().__init__(
             paths,
-            namespace=namespace,
-            labels=labels,
-            root_namespace=root_namespace,
-            trusted_hops=trusted_hops,
-        )
-        self.policy = self._load()
-        self._stamp = _stamp(_files(paths))
-        self._guard: Guard | None = None
-        self._reloader: Reloader[IstioPolicyFiles, Policy] = Reloader(
-            self,
-            _reread,
+            lambda: load_istio(
+                paths,
+                namespace=namespace,
+                labels=labels,
+                root_namespace=root_namespace,
+                trusted_hops=trusted_hops,
+            ),
             subject=f"Istio policies {paths!r}",
-            noun="policy",
-            logger=logger,
-            level=logging.ERROR,
             interval=interval,
-            start=False,
         )
-        self._reloader.put(self.policy)
-
-    def bind(self, guard: Guard) -> None:
-        """Use this policy in ``guard`` (before it serves) and keep it current."""
-        self._guard = guard
-        guard.replace_policy(self.policy)
-        if self._reloader.thread is not None:
-            self._reloader.start()
-
-    def reload(self) -> bool:
-        """Read the files now; True when a new policy is in use."""
-        from ._reload import Outcome
-
-        return self._reloader.attempt(force=True) is Outcome.CHANGED
-
-    def close(self) -> None:
-        self._reloader.close()
-
-
-def _reread(owner: IstioPolicyFiles, force: bool) -> Policy | None:
-    stamp = _stamp(_files(owner._paths))
-    if stamp == owner._stamp and not force:
-        return None
-    policy = owner._load()
-    guard = owner._guard
-    if guard is not None:
-        guard.replace_policy(policy)
-    owner._stamp = stamp
-    owner.policy = policy
-    return policy

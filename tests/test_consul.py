@@ -335,3 +335,34 @@ def test_a_directory_of_entries(tmp_path: Path) -> None:
     assert status(load_consul(folder, service="db", trust_domain=TD), "GET", "/", svc("api")) == 200
     api = load_consul(folder, service="api", trust_domain=TD)
     assert status(api, "GET", "/v2/x", svc("admin-dashboard")) == 200
+
+
+def test_reload_swaps_and_keeps_the_last_good(tmp_path: Path, caplog: Any) -> None:
+    import logging
+
+    from peer_middleware import Guard, XfccAuthenticator
+    from peer_middleware.consul import ConsulPolicyFiles
+    from peer_middleware.testing import xfcc_header
+
+    path = write(tmp_path, L4)
+    files = ConsulPolicyFiles(path, service="db", trust_domain=TD, interval=None)
+    guard = Guard(policy=Policy([]), authenticators=[XfccAuthenticator(trusted_proxies=["::1"])])
+    files.bind(guard)
+
+    def check(name: str) -> int:
+        headers = {
+            "x-forwarded-client-cert": xfcc_header(f"spiffe://{TD}/ns/default/dc/dc1/svc/{name}")
+        }
+        return guard.check("GET", "/x", "/x", ("::1", 1), headers).decision.enforced_status
+
+    assert [check("api"), check("api"), check("web")] == [200, 200, 403]
+    path.write_text(L4.replace('Action = "deny"', 'Action = "allow"').replace("    ", ""))
+    assert files.reload()
+    assert check("web") == 200
+    path.write_text('Kind = "service-intentions"\nName = "db"\nSources = [ { Name = "web" } ]\n')
+    with caplog.at_level(logging.ERROR, logger="peer_middleware"):
+        assert not files.reload()
+    assert "exactly one of Action and Permissions" in caplog.text
+    assert files.last_error is not None
+    assert check("web") == 200  # the last good policy
+    files.close()
