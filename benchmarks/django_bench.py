@@ -199,6 +199,30 @@ async def _run_asgi(handler: Any, n: int) -> int:
     return elapsed
 
 
+def _middleware_alone(usage: str, n: int, reps: int) -> float:
+    """Best µs per request of ``PeerMiddleware`` around a trivial ``get_response``,
+    on requests built beforehand (WSGI)."""
+    from django.core.handlers.wsgi import WSGIRequest
+    from django.http import HttpResponse
+
+    from peer_middleware.django import PeerMiddleware
+
+    response = HttpResponse("ok")
+    best = float("inf")
+    with _settings(_project(usage, False)):
+        middleware = PeerMiddleware(lambda request: response)
+        template = _environ()
+        for rep in range(reps + 1):
+            requests = [WSGIRequest(dict(template)) for _ in range(n)]
+            start = time.perf_counter_ns()
+            for request in requests:
+                if middleware(request) is not response:
+                    raise RuntimeError(f"Django middleware bench: {usage} refused")
+            if rep:
+                best = min(best, (time.perf_counter_ns() - start) / n / 1000)
+    return best
+
+
 def django_rows(n: int, reps: int) -> list[Row]:
     """Rows for section 9; one row saying so when Django is not installed."""
     try:
@@ -232,6 +256,25 @@ def django_rows(n: int, reps: int) -> list[Row]:
         finally:
             loop.close()
     rows: list[Row] = []
+    alone = {usage: _middleware_alone(usage, n, reps) for usage in USAGES[1:3]}
+    for usage, measured in alone.items():
+        rows.append(
+            (
+                "9 Django",
+                f"Django middleware alone · {usage} · XFCC",
+                "1",
+                f"{measured:.2f} µs",
+                "—",
+                f"{measured:.2f} µs",
+                "—",
+                f"≤ central + {TARGET_ADDED_US:g} µs" if usage == "route rule" else "",
+                (
+                    ("PASS" if measured - alone["central rule"] <= TARGET_ADDED_US else "**FAIL**")
+                    if usage == "route rule"
+                    else ""
+                ),
+            )
+        )
     for kind in ("WSGI", "ASGI"):
         bare, central = best[(kind, "bare")], best[(kind, "central rule")]
         for usage in USAGES[1:]:

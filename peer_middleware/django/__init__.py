@@ -88,6 +88,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.urls import URLPattern, URLResolver, get_resolver
 from django.urls.exceptions import Resolver404
@@ -522,6 +523,18 @@ def _http_response(problem: ProblemResponse) -> HttpResponse:
 # --------------------------------------------------------------------------
 
 
+#: Bumped whenever ``ROOT_URLCONF`` changes (``override_settings`` in tests).
+_ROOT_URLCONF_VERSION = [0]
+
+
+def _root_urlconf_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting == "ROOT_URLCONF":
+        _ROOT_URLCONF_VERSION[0] += 1
+
+
+setting_changed.connect(_root_urlconf_changed, dispatch_uid="peer_middleware.django")
+
+
 class DjangoRouteTable:
     """The views of a Django project, as its URL resolver dispatches requests to them.
 
@@ -540,11 +553,13 @@ class DjangoRouteTable:
         "_others",
         "_patterns",
         "_routes",
+        "_version",
         "by_rule",
         "rules",
     )
 
     def __init__(self, urlconf: str | None = None, *, others: Iterable[str] = ()) -> None:
+        self._version = _ROOT_URLCONF_VERSION[0]
         resolver = get_resolver(urlconf)
         self._patterns = resolver.url_patterns
         self._count = len(self._patterns)
@@ -604,15 +619,14 @@ class DjangoRouteTable:
         return getattr(request, "urlconf", None)
 
     def unchanged(self) -> bool:
-        """True while the root URLconf's patterns are those the table was built from
-        (the same list, no pattern added; a new resolver over it, after
-        ``clear_url_caches()``, is the same URLconf)."""
-        patterns = get_resolver().url_patterns
-        if patterns is not self._patterns or len(patterns) != self._count:
+        """True while no URL pattern was added to (or removed from) the URLconfs the
+        table was built from, and ``ROOT_URLCONF`` was not changed (Django sends
+        ``setting_changed`` when a test overrides it). Called for every request a
+        declared rule allowed, so it reads no setting."""
+        if self._version != _ROOT_URLCONF_VERSION[0] or len(self._patterns) != self._count:
             return False
-        for (name, known), count in zip(self._others, self._other_counts, strict=True):
-            patterns = get_resolver(name).url_patterns
-            if patterns is not known or len(patterns) != count:
+        for (_, patterns), count in zip(self._others, self._other_counts, strict=True):
+            if len(patterns) != count:
                 return False
         return True
 
