@@ -91,3 +91,14 @@ def test_litestar(
         response = client.get("/payments/7", headers=headers(principal))
     assert response.status_code == status
     assert (response.json() if status == 200 else response.content) == body
+
+
+def test_the_package_imports_quart_and_litestar_only_from_their_modules() -> None:
+    """``import peer_middleware`` works without the [quart] and [litestar] extras."""
+    import subprocess
+
+    code = (
+        "import sys, peer_middleware, peer_middleware.asgi, peer_middleware.routes\n"
+        "assert not {'quart', 'litestar', 'flask'} & set(sys.modules), sorted(sys.modules)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
