@@ -48,7 +48,7 @@ from litestar.handlers import BaseRouteHandler
 from litestar.utils import normalize_path
 
 from .asgi import DECISION_SCOPE_KEY, PEER_SCOPE_KEY, ASGIApp, PeerMiddleware
-from .errors import AuthenticationFailed, RequestRefused
+from .errors import AuthenticationFailed, ConfigurationError, RequestRefused
 from .guard import Guard, logger
 from .matchers import Matcher
 from .memory import MemoryLimits
@@ -241,6 +241,8 @@ def install(
     dispatches to; refusals raised by those guards get the middleware's fixed
     responses. Returns the middleware (its ``guard`` holds the policy).
     """
+    if isinstance(app.asgi_handler, PeerMiddleware):
+        raise ConfigurationError("peer_middleware is already installed on this app")
     guard = Guard(
         policy=policy,
         authenticators=authenticators,

@@ -17,6 +17,7 @@ from litestar.testing import TestClient  # noqa: E402
 
 from peer_middleware import (  # noqa: E402
     Anyone,
+    ConfigurationError,
     Namespace,
     PeerMiddleware,
     Policy,
@@ -207,12 +208,14 @@ def test_handlers_registered_after_install_refuse_route_rules(handler: Any) -> N
     assert call(app, "GET", "/healthz", None) == (200, {"caller": None})
 
 
-def test_install_returns_the_middleware() -> None:
+def test_install_returns_the_middleware_once() -> None:
     app = Litestar([healthz])
     middleware = install(app, policy=POLICY)
 
     assert isinstance(middleware, PeerMiddleware)
     assert app.asgi_handler is middleware
+    with pytest.raises(ConfigurationError, match="already installed"):
+        install(app, policy=POLICY)
 
 
 def test_guard_without_install_refuses() -> None:
