@@ -714,3 +714,17 @@ def test_urlconfs_a_middleware_before_it_chooses(
         pytest.raises(ImproperlyConfigured, match="URLCONFS"),
     ):
         PeerMiddleware(ok)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_shadow_mode_enforces_nothing_and_logs_what_it_would_refuse(
+    transport: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="peer_middleware")
+    ran, view = recorder()
+    policy = Policy([allow("healthz", Anyone(), paths="/healthz/")], mode="shadow")
+    with project([path("payments/<int:pk>/", require(SHOP)(view("read")))], config(policy)):
+        assert status(transport, "/payments/1/", ADMIN) == 200
+        assert status(transport, "/nowhere/", ADMIN) == 404
+    assert ran == ["read"]
+    assert "would refuse (dry-run): view requires" in caplog.text
