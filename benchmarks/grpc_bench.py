@@ -361,9 +361,31 @@ def _e2e_row(server: str, bare: float, wrapped: float, how: str = "direct mTLS")
     )
 
 
-if __name__ == "__main__":
+def main() -> None:
+    import argparse
+    import logging
+    import os
     import sys
 
-    quick = "--quick" in sys.argv
-    for row in grpc_rows(500 if quick else 2_000, 3 if quick else 10, 200 if quick else 1_000):
-        print(" | ".join(row))
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    parser = argparse.ArgumentParser(description="The gRPC rows of bench.py, alone.")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("-n", type=int, help="calls per in-process batch")
+    parser.add_argument("-r", type=int, help="batches (the best is kept)")
+    parser.add_argument("--calls", type=int, help="calls per end-to-end batch")
+    args = parser.parse_args()
+    logging.getLogger("peer_middleware").setLevel(logging.WARNING)
+    n = args.n or (500 if args.quick else 2_000)
+    reps = args.r or (3 if args.quick else 25)
+    calls = args.calls or (200 if args.quick else 500)
+    print(f"- Command: `python benchmarks/grpc_bench.py {' '.join(sys.argv[1:])}`".rstrip())
+    print(f"- load average at start {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print("| Section | Case | Rules | Measured | Baseline | Added | Ratio | Target | Result |")
+    print("|:--|:--|:--|--:|--:|--:|--:|--:|--:|")
+    for row in grpc_rows(n, reps, calls):
+        print("| " + " | ".join(row) + " |")
+    print(f"- load average at end {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()
