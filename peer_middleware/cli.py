@@ -24,6 +24,10 @@
 ``peer-middleware check --app MODULE:ATTRIBUTE [--strict]``
     Lint the policy against the app's routes; exits 1 on an error (or, with
     ``--strict``, a warning).
+
+Both take the policy from ``--istio PATH --namespace NS [--label K=V]`` or
+``--consul PATH --service NAME --consul-trust-domain TD`` instead, judged
+against the routes (and route rules) of ``--app`` when it is given too.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 __all__ = ["main"]
 
@@ -87,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "explain",
         help="explain the decision for one request, or --dump the effective policy",
     )
-    explain.add_argument("--app", required=True, help="module:attribute of the app or policy")
+    _policy_sources(explain)
     explain.add_argument("--as", dest="principal", default=None, help="the caller's SPIFFE ID")
     explain.add_argument(
         "--proof", default="mtls", help="how the caller proved it (default: %(default)s)"
@@ -103,13 +107,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     explain.add_argument("method", nargs="?")
     explain.add_argument("path", nargs="?")
     lint = commands.add_parser("check", help="lint the policy against the app's routes")
-    lint.add_argument("--app", required=True, help="module:attribute of the app or policy")
+    _policy_sources(lint)
     lint.add_argument("--strict", action="store_true", help="warnings fail too")
     args = parser.parse_args(argv)
     if args.command == "explain":
         return _explain(parser, args)
     if args.command == "check":
-        return _check(args.app, strict=args.strict)
+        return _check(parser, args)
     if args.command == "dev-certs":
         try:
             dev_certs(
@@ -137,12 +141,76 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2  # pragma: no cover
 
 
+def _policy_sources(command: argparse.ArgumentParser) -> None:
+    """The options naming where the policy (and the app's routes) come from."""
+    command.add_argument("--app", default=None, help="module:attribute of the app or policy")
+    command.add_argument(
+        "--istio", default=None, metavar="PATH", help="Istio resources (a file or a folder)"
+    )
+    command.add_argument("--namespace", default=None, help="the workload's namespace (--istio)")
+    command.add_argument(
+        "--label", action="append", default=[], metavar="KEY=VALUE", help="a workload label"
+    )
+    command.add_argument("--root-namespace", default="istio-system", help="Istio's root namespace")
+    command.add_argument("--trusted-hops", type=int, default=0, help="Istio's numTrustedProxies")
+    command.add_argument(
+        "--consul", default=None, metavar="PATH", help="Consul service-intentions entries"
+    )
+    command.add_argument("--service", default=None, help="the destination service (--consul)")
+    command.add_argument("--consul-trust-domain", default=None, help="<cluster id>.consul")
+
+
+def _target(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Any:
+    """The policy to inspect: the app's, or one read from Istio or Consul files
+    (with the app's routes and route rules when ``--app`` is given too)."""
+    from .inspection import Target, load_target, with_policy
+
+    target = load_target(args.app) if args.app else None
+    if args.istio and args.consul:
+        parser.error("give --istio or --consul, not both")
+    policy = None
+    if args.istio:
+        from .istio import load_istio
+
+        if not args.namespace:
+            parser.error("--istio needs --namespace")
+        labels = {}
+        for item in args.label:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                parser.error(f"--label {item!r} must be KEY=VALUE")
+            labels[key] = value
+        policy = load_istio(
+            args.istio,
+            namespace=args.namespace,
+            labels=labels,
+            root_namespace=args.root_namespace,
+            trusted_hops=args.trusted_hops,
+        )
+    elif args.consul:
+        from .consul import load_consul
+
+        if not args.service or not args.consul_trust_domain:
+            parser.error("--consul needs --service and --consul-trust-domain")
+        policy = load_consul(
+            args.consul,
+            service=args.service,
+            trust_domain=args.consul_trust_domain,
+            namespace=args.namespace or "default",
+        )
+    if policy is None:
+        if target is None:
+            parser.error("give --app, --istio or --consul")
+        return target
+    return Target(policy) if target is None else with_policy(target, policy)
+
+
 def _explain(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from .errors import ConfigurationError, InvalidSpiffeIdError
-    from .inspection import dump, explain, load_target, peer_for
+    from .inspection import dump, explain, peer_for
 
     try:
-        target = load_target(args.app)
+        target = _target(parser, args)
         if args.dump:
             print(dump(target.policy, as_json=args.json))
             return 0
@@ -177,12 +245,13 @@ def _explain(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     return 0
 
 
-def _check(app: str, *, strict: bool) -> int:
+def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from .errors import ConfigurationError
-    from .inspection import check, load_target
+    from .inspection import check
 
+    strict = args.strict
     try:
-        target = load_target(app)
+        target = _target(parser, args)
     except (ConfigurationError, ImportError, AttributeError) as exc:
         print(f"error: {exc}")
         return 1

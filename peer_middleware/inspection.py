@@ -34,7 +34,17 @@ from .rules import MANY0, Action, PathPattern, Rule, allow
 from .spiffe import SpiffeId
 from .wsgi import PeerWSGIMiddleware
 
-__all__ = ["AppRoute", "Finding", "Target", "check", "dump", "explain", "load_target"]
+__all__ = [
+    "AppRoute",
+    "Finding",
+    "Target",
+    "check",
+    "dump",
+    "explain",
+    "load_target",
+    "target_of",
+    "with_policy",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +118,13 @@ def target_of(obj: object) -> Target:
         f"{type(obj).__name__} is not a Policy, a Guard, a middleware of this package, "
         "or an app with it installed"
     )
+
+
+def with_policy(target: Target, policy: Policy) -> Target:
+    """``target`` with ``policy`` as its central rules (its route rules and routes kept)."""
+    routes = target.policy.routes
+    combined = policy.with_routes(routes) if routes else policy
+    return Target(combined, target.resolver, target.kind, target.routes)
 
 
 def _flask_routes(app: Any) -> list[AppRoute]:
@@ -332,12 +349,15 @@ def check(target: Target) -> list[Finding]:
     routes = target.routes
     if routes is not None:
         for rule in rules:
-            reached = [
-                route for route in routes if any(_overlaps(p, route.template) for p in rule.paths)
-            ]
+            reached = []
+            for pattern in rule.paths:
+                found = [route for route in routes if _overlaps(pattern, route.template)]
+                if not found:
+                    findings.append(
+                        Finding("error", rule.name, f"path {pattern.text} matches no route")
+                    )
+                reached.extend(r for r in found if r not in reached)
             if not reached:
-                paths = ", ".join(p.text for p in rule.paths)
-                findings.append(Finding("error", rule.name, f"paths {paths} match no route"))
                 continue
             if rule.methods is None or any(r.methods is None for r in reached):
                 continue

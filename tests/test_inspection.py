@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -143,7 +144,7 @@ def test_explain_follows_the_route_the_app_dispatches_to(app: Any) -> None:
 def test_check_reports_what_never_applies(app: Any) -> None:
     findings = [str(f) for f in check(target_of(app))]
     assert findings == [
-        "error: rule 'healthz': paths /heathz match no route",
+        "error: rule 'healthz': path /heathz matches no route",
         "error: rule 'ops': method DELETE: no route on its paths serves it",
         "warning: rule 'no-legacy': DENY built on a positive match: a caller it does not name "
         "is not denied; prefer DENY on a negation (everybody but ...)",
@@ -171,7 +172,7 @@ def test_check_shadowed_negations_and_nothing_allowed() -> None:
 def test_cli_check_and_explain(capsys: Any) -> None:
     assert main(["check", "--app", "test_inspection:APP"]) == 1
     out = capsys.readouterr().out
-    assert "paths /heathz match no route" in out
+    assert "path /heathz matches no route" in out
     assert out.endswith("2 error(s), 1 warning(s)\n")
     assert (
         main(["explain", "--app", "test_inspection:APP", "--as", CART, "GET", "/payments/1"]) == 0
@@ -206,3 +207,46 @@ def test_dump_table() -> None:
         "2  allow   ops        DELETE,GET  /payments/*   Namespace('ops', "
         "trust_domain='cluster.local') when Header('x-ticket', '*')",
     ]
+
+
+def test_cli_with_istio_and_consul_files(tmp_path: Path, capsys: Any) -> None:
+    istio = tmp_path / "istio.yaml"
+    istio.write_text(
+        "apiVersion: security.istio.io/v1\n"
+        "kind: AuthorizationPolicy\n"
+        "metadata: {name: payments, namespace: shop}\n"
+        "spec:\n"
+        "  rules:\n"
+        "  - from:\n"
+        "    - source: {principals: [cluster.local/ns/shop/sa/cart]}\n"
+        "    to:\n"
+        "    - operation: {methods: [GET], paths: [/heathz, '/payments/{*}']}\n"
+    )
+    app = ["--app", "test_inspection:APP"]
+    files = ["--istio", str(istio), "--namespace", "shop", "--label", "app=payments"]
+    assert main(["check", *app, *files]) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        "error: rule 'istio:shop/payments/rules[0]': path /heathz matches no route",
+        "1 error(s), 0 warning(s)",
+    ]
+    assert main(["explain", *files, "--as", CART, "GET", "/payments/7"]) == 0
+    assert "by istio:shop/payments/rules[0]" in capsys.readouterr().out
+    consul = tmp_path / "api.json"
+    consul.write_text(
+        json.dumps(
+            {
+                "Kind": "service-intentions",
+                "Name": "api",
+                "Sources": [{"Name": "web", "Action": "allow"}],
+            }
+        )
+    )
+    argv = ["--consul", str(consul), "--service", "api", "--consul-trust-domain", "c.consul"]
+    assert (
+        main(["explain", *argv, "--as", "spiffe://c.consul/ns/default/dc/d/svc/web", "GET", "/"])
+        == 0
+    )
+    assert "allowed (200)" in capsys.readouterr().out
+    assert main(["check", *argv]) == 0
+    with pytest.raises(SystemExit):
+        main(["check", "--istio", str(istio)])  # no --namespace
