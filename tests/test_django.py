@@ -30,6 +30,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse  # noqa: E402
 from django.test import Client  # noqa: E402
 from django.urls import include, path, register_converter  # noqa: E402
 from django.views import View  # noqa: E402
+from django.views.decorators.common import no_append_slash  # noqa: E402
 from rest_framework.response import Response as DrfResponse  # noqa: E402
 from rest_framework.views import APIView  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
@@ -195,15 +196,26 @@ def test_not_found_and_append_slash_redirects_are_judged_centrally(transport: st
     ]
     policy = Policy([allow("healthz", Anyone(), methods="GET", paths=["/healthz", "/healthz/"])])
     with project(patterns, config(policy)):
-        # CommonMiddleware would redirect to the slash: not for this caller.
+        # CommonMiddleware redirects to the slash the callers the target allows...
         answer = send(transport, "/payments/9")
+        assert (answer.status, answer.headers["location"]) == (301, "/payments/9/")
+        # ...and no one else: the redirect would reveal the view.
+        answer = send(transport, "/payments/9", ADMIN)
         assert (answer.status, answer.body) == (403, BODY_403)
+        assert send(transport, "/payments/9", None).status == 401
         assert status(transport, "/nowhere/") == 403
+        assert status(transport, "/nowhere") == 403
         # A path the central policy allows keeps Django's own redirect.
         answer = send(transport, "/healthz", None)
         assert answer.status == 301
         assert answer.headers["location"] == "/healthz/"
         assert ran == []
+    with project(patterns, config(policy), APPEND_SLASH=False):
+        assert status(transport, "/payments/9") == 403
+    no_slash = [path("payments/<str:payment_id>/", no_append_slash(require(SHOP)(view("read"))))]
+    with project(no_slash, config(policy)):
+        assert status(transport, "/payments/9") == 403
+    assert ran == []
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

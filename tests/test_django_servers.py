@@ -174,7 +174,7 @@ def test_declared_view_allows_its_caller(
         # The literal neighbour before the template: judged centrally.
         pytest.param("cart", "/payments/export/", 403, BODY_403, id="neighbour"),
         # No APPEND_SLASH redirect, and no 404 page, for a caller not allowed.
-        pytest.param("cart", "/payments/7", 403, BODY_403, id="no-redirect"),
+        pytest.param("ops", "/payments/7", 403, BODY_403, id="no-redirect"),
         pytest.param("cart", "/nowhere/", 403, BODY_403, id="not-found"),
         pytest.param("cart", "/payments%2F7/", 400, BODY_400, id="encoded-slash"),
     ],
@@ -191,6 +191,14 @@ def test_refusals_are_fixed(
     response = call(pki, port, client, target)
     assert (response.status_code, response.content) == (status, body)
     assert response.headers["content-type"] == "application/problem+json"
+
+
+def test_append_slash_redirects_a_caller_the_target_allows(
+    server: tuple[str, int, ManagedProcess], pki: Pki
+) -> None:
+    _, port, _ = server
+    response = call(pki, port, "cart", "/payments/7")
+    assert (response.status_code, response.headers["location"]) == (301, "/payments/7/")
 
 
 def test_health_check_open_to_anyone_and_path_normalised(

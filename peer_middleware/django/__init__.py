@@ -57,8 +57,10 @@ with their converters and ``include()`` prefixes) and applies the rules
 declared on the view found. A neighbour whose pattern would also match a
 path (``payments/export/`` before ``payments/<str:payment_id>/``,
 ``items/<str:name>/`` beside ``items/<int:item_id>/``) is judged by the
-central policy alone, and so is a request no view serves (404, or a path
-``APPEND_SLASH`` would redirect). Django dispatches on the path only: a rule
+central policy alone, and so is a request no view serves (404). A path
+``APPEND_SLASH`` would redirect is judged by the rules of the view it would
+be redirected to: the callers they allow get Django's redirect, others the
+refusal. Django dispatches on the path only: a rule
 declared on a view covers every method that view answers. Before the view
 runs, the middleware checks that Django dispatched to the view the decision
 was made for (refusing otherwise, for instance when a later middleware
@@ -544,7 +546,8 @@ class DjangoRouteTable:
     Django's own resolver (``get_resolver(request.urlconf)``, as Django's
     handler does) which view a path reaches: pattern order, converters,
     ``include()`` prefixes and regular expressions are Django's. A path that
-    resolves to no view (404, a missing trailing slash) reaches no view.
+    resolves to no view (404) reaches no view; one ``APPEND_SLASH`` would
+    redirect is judged by the rules of the view it would be redirected to.
     """
 
     __slots__ = (
@@ -631,12 +634,26 @@ class DjangoRouteTable:
         return True
 
     def resolve(self, request: object, method: str, path: str) -> Route | None:
-        """The view with declared rules Django dispatches ``path`` to, if any."""
+        """The view with declared rules Django dispatches ``path`` to, if any.
+
+        A path without its trailing slash that only resolves with it (Django's
+        ``APPEND_SLASH``, as ``CommonMiddleware`` tests it) is judged by the
+        rules of the view it would be redirected to: a caller they allow gets
+        Django's redirect, any other caller the refusal.
+        """
         resolver = get_resolver(getattr(request, "urlconf", None))
+        path_info = route_path(path, getattr(request, _ROOT, ""))
         try:
-            match = resolver.resolve(route_path(path, getattr(request, _ROOT, "")))
+            match = resolver.resolve(path_info)
         except Resolver404:
-            return None
+            if not settings.APPEND_SLASH or path_info.endswith("/"):
+                return None
+            try:
+                match = resolver.resolve(path_info + "/")
+            except Resolver404:
+                return None
+            if not getattr(match.func, "should_append_slash", True):
+                return None
         return self.route_of(match.func, method)
 
 
