@@ -63,7 +63,7 @@ from .errors import AccessDenied, AuthenticationFailed, RequestRefused
 from .guard import Guard, route_path
 from .matchers import Matcher
 from .memory import MemoryLimits
-from .observe import Observer
+from .observe import Observer, warn_unmatched_rules
 from .peer import Peer
 from .policy import Policy
 from .request import Authenticator
@@ -496,6 +496,24 @@ def route_table(app: FastAPI) -> StarletteRouteTable:
     return StarletteRouteTable(app.router.routes, redirect_slashes=app.router.redirect_slashes)
 
 
+def route_templates(routes: Iterable[Any], prefix: str = "") -> list[str]:
+    """The path templates of ``routes``, mounts included (a mount without
+    routes of its own, or a host, as everything under its prefix)."""
+    templates: list[str] = []
+    for route in routes:
+        if isinstance(route, Mount):
+            inner = route.routes
+            if inner:
+                templates += route_templates(inner, prefix + route.path)
+            else:
+                templates.append(prefix + route.path + "/{rest:path}")
+        elif isinstance(route, Host):
+            templates.append(prefix + "/{rest:path}")
+        elif isinstance(getattr(route, "path", None), str):
+            templates.append(prefix + route.path)
+    return templates
+
+
 def collect_route_rules(app: FastAPI) -> list[Rule]:
     """The rules declared with :func:`require` on ``app``'s routes, in route order."""
     return [rule for rules in route_table(app).rules.values() for rule in rules]
@@ -613,6 +631,7 @@ def install(
     def routes() -> StarletteRouteTable:
         table = route_table(app)
         table.enforce()
+        warn_unmatched_rules(guard.policy.rules, route_templates(app.router.routes), "the app")
         return table
 
     app.add_middleware(PeerMiddleware, guard=guard, routes=routes)

@@ -54,7 +54,7 @@ from .errors import AuthenticationFailed, ConfigurationError, RequestRefused
 from .guard import Guard
 from .matchers import Matcher
 from .memory import MemoryLimits
-from .observe import Observer
+from .observe import Observer, warn_unmatched_rules
 from .peer import Peer
 from .policy import Policy
 from .request import Authenticator
@@ -220,9 +220,13 @@ class PeerAuth:
             raise ConfigurationError("PeerAuth is already installed on this app")
         FlaskRouteTable(app)  # a misplaced @require on a view registered so far raises now
         guard, self._unused = self._unused or self._new_guard(), None
-        middleware = PeerWSGIMiddleware(
-            app.wsgi_app, guard=guard, routes=lambda: FlaskRouteTable(app)
-        )
+
+        def routes() -> FlaskRouteTable:
+            paths = [rule.rule for rule in app.url_map.iter_rules()]
+            warn_unmatched_rules(guard.policy.rules, paths, f"the Flask app {app.name!r}")
+            return FlaskRouteTable(app)
+
+        middleware = PeerWSGIMiddleware(app.wsgi_app, guard=guard, routes=routes)
         app.wsgi_app = middleware  # type: ignore[method-assign]
         app.extensions[EXTENSION_KEY] = self
         _apps.add(app)

@@ -24,7 +24,7 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import count
 from typing import Any, Protocol, runtime_checkable
@@ -35,7 +35,7 @@ from .peer import Peer
 from .proxies import TrustedProxies
 from .request import Authenticator, RequestView
 from .responses import ProblemResponse, Refusal, Responder, default_responder, respond
-from .rules import Decision
+from .rules import MANY0, MANY1, MANY1N, ONE, Decision, PathPattern, Rule
 
 __all__ = [
     "BUCKETS",
@@ -49,6 +49,8 @@ __all__ = [
     "reason_class",
     "refusal_class",
     "rule_header",
+    "unmatched_rules",
+    "warn_unmatched_rules",
 ]
 
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
@@ -440,3 +442,75 @@ class ProxyWatch:
                 count,
                 name,
             )
+
+
+def unmatched_rules(rules: Iterable[Rule], routes: Iterable[str]) -> list[Rule]:
+    """The rules none of whose path patterns can match a path of any of ``routes``.
+
+    ``routes`` are the app's route templates (``/payments/{payment_id}``,
+    ``/items/<int:item_id>``; a mount as ``/prefix/{rest:path}``). A rule for
+    every path (``/**``) always matches. Converters are not compared (``<int:id>``
+    is one segment): the check finds rules that name paths the app does not
+    serve at all, such as a typo or a prefix the app was moved from.
+    """
+    compiled = []
+    for template in routes:
+        try:
+            compiled.append(PathPattern.compile(template).segments)
+        except ConfigurationError:
+            compiled.append((MANY0,))  # a template of a syntax not known here: anything
+    return [
+        rule
+        for rule in rules
+        if not any(_overlap(p.segments, route) for p in rule.paths for route in compiled)
+    ]
+
+
+def warn_unmatched_rules(rules: Iterable[Rule], routes: Iterable[str], app: str) -> list[Rule]:
+    """Log one WARNING naming the central rules that match no route of ``app``."""
+    unmatched = unmatched_rules(rules, routes)
+    if unmatched:
+        logger.warning(
+            "%d rule(s) of the policy match no route of %s at start-up: %s. A path pattern "
+            "with a typo, or one for routes that moved, protects nothing; check the paths.",
+            len(unmatched),
+            app,
+            "; ".join(f"{r.name!r} ({', '.join(p.text for p in r.paths)})" for r in unmatched),
+        )
+    return unmatched
+
+
+_MANY = (MANY0, MANY1, MANY1N)
+
+
+def _overlap(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
+    """True when some path matches both segment patterns (multi-segment wildcards
+    taken as "zero or more segments", converters ignored)."""
+    seen: dict[tuple[int, int], bool] = {}
+
+    def step(i: int, j: int) -> bool:
+        key = (i, j)
+        if key in seen:
+            return seen[key]
+        seen[key] = False
+        if i == len(a) and j == len(b):
+            result = True
+        elif i < len(a) and a[i] in _MANY:
+            result = step(i + 1, j) or (j < len(b) and step(i, j + 1))
+        elif j < len(b) and b[j] in _MANY:
+            result = step(i, j + 1) or (i < len(a) and step(i + 1, j))
+        elif i == len(a) or j == len(b):
+            result = False
+        else:
+            x, y = a[i], b[j]
+            if x is ONE:
+                same = y is ONE or y != ""
+            elif y is ONE:
+                same = x != ""
+            else:
+                same = x == y
+            result = same and step(i + 1, j + 1)
+        seen[key] = result
+        return result
+
+    return step(0, 0)

@@ -176,3 +176,83 @@ def test_the_rule_header_is_opt_in() -> None:
         refused.response.body
         == plain.check("GET", "/orders/1", "/orders/1", ("127.0.0.1", 1), {}).response.body
     )  # type: ignore[union-attr]
+
+
+CENTRAL = Policy(
+    [
+        allow("healthz", Anyone(), methods="GET", paths="/healthz"),
+        allow("orders", Principal(CART), paths="/orders/*"),
+        allow("typo", Principal(CART), paths="/ordres/**"),
+        allow("everything", Principal(CART), methods="OPTIONS"),
+    ]
+)
+
+
+def test_fastapi_rules_that_match_no_route_are_warned_once(
+    warnings: Callable[[], list[str]],
+) -> None:
+    from fastapi import FastAPI
+    from starlette.testclient import TestClient
+
+    from peer_middleware.fastapi import install
+
+    app = FastAPI()
+
+    @app.get("/orders/{order_id}")
+    async def order(order_id: str) -> dict[str, str]:
+        return {"id": order_id}
+
+    @app.get("/healthz")
+    async def healthz() -> str:
+        return "ok"
+
+    install(app, policy=CENTRAL, authenticators=[XfccAuthenticator(trusted_proxies=["::1"])])
+    with TestClient(app) as client:
+        for _ in range(3):
+            assert client.get("/healthz").status_code == 200
+    (message,) = [m for m in warnings() if "match no route" in m]
+    assert "1 rule(s) of the policy match no route of the app" in message
+    assert "'typo' (/ordres/**)" in message
+
+
+def test_flask_rules_that_match_no_route_are_warned_once(
+    warnings: Callable[[], list[str]],
+) -> None:
+    from flask import Flask
+
+    from peer_middleware.flask import PeerAuth
+
+    app = Flask("shop")
+
+    @app.get("/orders/<int:order_id>")
+    def order(order_id: int) -> str:
+        return str(order_id)
+
+    @app.get("/healthz")
+    def healthz() -> str:
+        return "ok"
+
+    PeerAuth(app, policy=CENTRAL, authenticators=[XfccAuthenticator(trusted_proxies=["::1"])])
+    client = app.test_client()
+    for _ in range(3):
+        assert client.get("/healthz").status_code == 200
+    (message,) = [m for m in warnings() if "match no route" in m]
+    assert "of the Flask app 'shop'" in message
+    assert "'typo' (/ordres/**)" in message
+    assert "'orders'" not in message
+
+
+def test_unmatched_rules_compare_templates_segment_by_segment() -> None:
+    from peer_middleware.observe import unmatched_rules
+
+    rules = [
+        allow("prefix", Anyone(), paths="/payments/**"),
+        allow("typo", Anyone(), paths="/paymnets/*"),
+        allow("one", Anyone(), paths="/items/*"),
+        allow("all", Anyone()),
+        allow("absent", Anyone(), paths="/healthz"),
+        allow("static", Anyone(), paths="/static/css/site.css"),
+        allow("slash", Anyone(), paths="/items/"),
+    ]
+    routes = ["/payments/{payment_id}", "/items/<int:item_id>", "/static/<path:filename>"]
+    assert [r.name for r in unmatched_rules(rules, routes)] == ["typo", "absent", "slash"]
