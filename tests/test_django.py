@@ -31,6 +31,7 @@ from django.test import Client  # noqa: E402
 from django.urls import include, path, register_converter  # noqa: E402
 from django.views import View  # noqa: E402
 from django.views.decorators.common import no_append_slash  # noqa: E402
+from rest_framework.permissions import IsAuthenticated  # noqa: E402
 from rest_framework.response import Response as DrfResponse  # noqa: E402
 from rest_framework.views import APIView  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
@@ -52,7 +53,11 @@ from peer_middleware.django import (  # noqa: E402
     get_peer,
     require,
 )
-from peer_middleware.django.rest_framework import peer_permission  # noqa: E402
+from peer_middleware.django.rest_framework import (  # noqa: E402
+    PeerAuthentication,
+    PeerUser,
+    peer_permission,
+)
 
 TD = "cluster.local"
 SHOP_CALLER = "spiffe://cluster.local/ns/shop/sa/cart"
@@ -510,6 +515,26 @@ def test_rest_framework_permission(transport: str, debug: bool) -> None:
         answer = send(transport, "/api/payments/4/", None)
         assert (answer.status, answer.body) == (401, BODY_401)
         assert send(transport, "/api/payments/4/open/", None).status == 200
+
+
+class WhoAmI(APIView):
+    authentication_classes = (PeerAuthentication,)
+    permission_classes = (IsAuthenticated,)
+
+    def get(self, request: Any) -> DrfResponse:
+        assert isinstance(request.user, PeerUser)
+        return DrfResponse({"user": str(request.user), "proof": request.auth.proof.value})
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_rest_framework_authentication_sets_user_and_auth(transport: str) -> None:
+    policy = Policy([allow("whoami", Anyone(), paths="/whoami/")])
+    with project([path("whoami/", WhoAmI.as_view())], config(policy)):
+        answer = send(transport, "/whoami/")
+        assert answer.status == 200
+        assert answer.body == b'{"user":"%s","proof":"proxy-asserted"}' % SHOP_CALLER.encode()
+        # Anonymous: DRF's own IsAuthenticated refuses (the middleware allowed it).
+        assert send(transport, "/whoami/", None).status in (401, 403)
 
 
 # --------------------------------------------------------------------------

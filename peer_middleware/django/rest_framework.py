@@ -24,19 +24,22 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from rest_framework.authentication import BaseAuthentication
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
 from peer_middleware.django import (
     PERMISSION_REQUIREMENT,
     DjangoConfigurationError,
+    get_peer,
     requirement_error,
 )
 from peer_middleware.errors import ConfigurationError
 from peer_middleware.matchers import Matcher
+from peer_middleware.peer import Peer
 from peer_middleware.routes import Requirement
 
-__all__ = ["PeerPermission", "peer_permission"]
+__all__ = ["PeerAuthentication", "PeerPermission", "PeerUser", "peer_permission"]
 
 
 class PeerPermission(BasePermission):
@@ -65,3 +68,42 @@ def peer_permission(who: Matcher, *, name: str | None = None) -> type[PeerPermis
         (PeerPermission,),
         {"requirement": requirement, PERMISSION_REQUIREMENT: requirement},
     )
+
+
+class PeerUser:
+    """The calling service as DRF's ``request.user`` (see :class:`PeerAuthentication`).
+
+    Authenticated, never staff nor superuser, with no permissions of Django's
+    auth framework; ``username`` and ``str()`` are the SPIFFE ID, ``peer``
+    the :class:`~peer_middleware.Peer`.
+    """
+
+    is_authenticated = True
+    is_anonymous = False
+    is_active = True
+    is_staff = False
+    is_superuser = False
+
+    def __init__(self, peer: Peer) -> None:
+        self.peer = peer
+        self.username = peer.principal
+
+    def __str__(self) -> str:
+        return self.username
+
+    def has_perm(self, perm: str, obj: object = None) -> bool:
+        return False
+
+
+class PeerAuthentication(BaseAuthentication):
+    """DRF authentication from the peer the middleware proved.
+
+    ``request.user`` is a :class:`PeerUser`, ``request.auth`` the
+    :class:`~peer_middleware.Peer`; an anonymous request is left to the next
+    authentication class (DRF's anonymous user at the end). It verifies
+    nothing itself: the middleware did, before DRF ran.
+    """
+
+    def authenticate(self, request: Request) -> tuple[PeerUser, Peer] | None:
+        peer = get_peer(request._request)
+        return None if peer is None else (PeerUser(peer), peer)
