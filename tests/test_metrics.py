@@ -296,3 +296,87 @@ def test_decision_span_attributes() -> None:
         "peer_middleware.decision.reason_class": "no_identity",
     }
     provider.shutdown()
+
+
+def test_flask_serves_metrics_under_a_rule_of_its_own() -> None:
+    from flask import Flask
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    from peer_middleware.flask import PeerAuth
+
+    registry = CollectorRegistry()
+    metrics = PrometheusMetrics(registry=registry)
+    app = Flask("shop")
+
+    @app.get("/orders/<int:order_id>")
+    def order(order_id: int) -> str:
+        return str(order_id)
+
+    @app.get("/metrics")
+    def scrape() -> tuple[bytes, int, dict[str, str]]:
+        return generate_latest(registry), 200, {"Content-Type": CONTENT_TYPE_LATEST}
+
+    PeerAuth(
+        app,
+        policy=POLICY,
+        authenticators=[XfccAuthenticator(trusted_proxies=["127.0.0.1"])],
+        observers=[metrics],
+    )
+    client = app.test_client()
+    environ = {"REMOTE_ADDR": "127.0.0.1", "REMOTE_PORT": "50000"}
+    assert client.get("/orders/1", headers=xfcc(SHOP), environ_base=environ).status_code == 200
+    assert client.get("/orders/1", environ_base=environ).status_code == 401
+    text = client.get("/metrics", environ_base=environ).get_data(as_text=True)
+    assert 'outcome="allowed",proof="proxy-asserted",rule="shop",status="200"} 1.0' in text
+    assert 'peer_middleware_refusals_total{reason="no_identity"} 1.0' in text
+    assert 'peer_middleware_memory_entries{part="paths"}' in text
+
+
+def test_dry_run_shadow_and_audit_results() -> None:
+    registry = CollectorRegistry()
+    metrics = PrometheusMetrics(registry=registry)
+    policy = Policy(
+        [
+            allow("shop", Namespace("shop", trust_domain="cluster.local"), paths="/orders/**"),
+            audit("watch", Anyone(), paths="/orders/**"),
+        ],
+        mode="shadow",
+    )
+    guard = Guard(
+        policy=policy,
+        authenticators=[XfccAuthenticator(trusted_proxies=["127.0.0.1"])],
+        observers=[metrics],
+    )
+    assert guard.check("GET", "/orders/1", "/orders/1", PROXY, xfcc(OTHER)).allowed
+    found = samples(registry)
+    labels = (("outcome", "dry_run"), ("proof", "proxy-asserted"), ("rule", "(none)"))
+    assert found[("peer_middleware_decisions_total", (*labels, ("status", "403")))] == 1
+    assert found[("peer_middleware_refusals_total", (("reason", "no_matching_rule"),))] == 1
+    assert found[("peer_middleware_audit_matches_total", (("rule", "watch"),))] == 1
+
+
+def test_configuration_errors() -> None:
+    from peer_middleware.errors import ConfigurationError
+    from peer_middleware.observe import rule_header
+
+    with pytest.raises(ConfigurationError, match="namespace"):
+        PrometheusMetrics(register=False, namespace="no-dashes")
+    with pytest.raises(ConfigurationError, match="max_series"):
+        PrometheusMetrics(register=False, max_series=0)
+    with pytest.raises(ConfigurationError, match="bind needs a Guard"):
+        PrometheusMetrics(register=False).bind(object())  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="non-empty name"):
+        PrometheusMetrics(register=False).watch_trust("", object())
+    with pytest.raises(ConfigurationError, match="not a header name"):
+        rule_header(header="x rule")
+
+
+def test_key_sources_are_watched_too() -> None:
+    from peer_middleware import StaticJwks
+
+    registry = CollectorRegistry()
+    metrics = PrometheusMetrics(registry=registry)
+    metrics.watch_trust("static", StaticJwks({"keys": []}))
+    found = samples(registry)
+    # A static source has no refreshes to report, and no generation.
+    assert not [key for key in found if key[1] == (("source", "static"),)]
