@@ -10,6 +10,8 @@ import asyncio
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from peer_middleware import (
     Anyone,
@@ -21,7 +23,7 @@ from peer_middleware import (
     allow,
     deny,
 )
-from peer_middleware.conditions import Header, Host, Port, RemoteIp, SourceIp
+from peer_middleware.conditions import Header, Host, Port, RemoteIp, RequestFacts, SourceIp
 
 OPEN = [allow("open", Anyone())]
 
@@ -300,3 +302,52 @@ def test_describe_names_the_conditions() -> None:
     assert rule.describe() == (
         "allow 'a': * /** Anyone() when ~Host('a.example') when Header('x-env', 'prod')"
     )
+
+
+# --------------------------------------------------------------------------
+# Properties: conditions never raise on what a request carries, and negations
+# keep their promise in both kinds of rule.
+# --------------------------------------------------------------------------
+
+CONDITIONS = [
+    Host("api.example.com"),
+    Host("*.example.com", "a.example:8443"),
+    Port(8443),
+    Header("x-env", "prod", "st*", "*-eu"),
+    Header("x-debug"),
+    Header("x-debug", "*"),
+    SourceIp("10.0.0.0/8", "2001:db8::/32"),
+    RemoteIp("203.0.113.0/24", trusted_hops=1),
+    RemoteIp("203.0.113.0/24", trusted_hops=3),
+]
+TEXT = st.one_of(
+    st.none(),
+    st.text(max_size=40),
+    st.sampled_from(["api.example.com", "A.EXAMPLE:8443", "[::1]:80", "10.1.2.3", "2001:db8::5"]),
+)
+FACTS = st.builds(
+    RequestFacts,
+    TEXT,
+    st.one_of(st.none(), st.integers(-1, 70000)),
+    st.dictionaries(
+        st.sampled_from(["x-env", "x-debug", "x-forwarded-for"]),
+        st.one_of(st.text(max_size=40), st.sampled_from(["prod", " st1 , x", "203.0.113.7"])),
+    ),
+    TEXT,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(FACTS)
+def test_negations_keep_their_promise(facts: RequestFacts) -> None:
+    for condition in CONDITIONS:
+        negated = ~condition
+        held = condition.test(facts)
+        # In a DENY rule a negation is plain negation (a missing attribute matches).
+        assert negated.test(facts, deny=True) is (not condition.test(facts, deny=True))
+        # In an ALLOW rule it never matches a request lacking the attribute.
+        if negated.test(facts):
+            assert condition.present(facts)
+            assert not held
+        if held:
+            assert condition.present(facts)
