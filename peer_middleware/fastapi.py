@@ -337,7 +337,16 @@ class StarletteRouteTable:
     ``redirect_slashes`` is the router's own setting.
     """
 
-    __slots__ = ("_declared", "_lists", "_nodes", "_redirect_slashes", "reads_host", "rules")
+    __slots__ = (
+        "_counts",
+        "_declared",
+        "_lists",
+        "_nodes",
+        "_redirect_slashes",
+        "_watched",
+        "reads_host",
+        "rules",
+    )
 
     def __init__(self, routes: Sequence[Any], *, redirect_slashes: bool = True) -> None:
         declared: list[tuple[Route, list[Requirement]]] = []
@@ -346,6 +355,8 @@ class StarletteRouteTable:
         self._lists: list[tuple[Sequence[Any], int]] = []
         self._declared: list[Any] = []  # the matchers of routes with requirements
         self._nodes = self._build(routes, "", declared)
+        self._watched = tuple(routes for routes, _count in self._lists)
+        self._counts = tuple(count for _routes, count in self._lists)
         self.rules: dict[Route, tuple[Rule, ...]] = declared_rules(declared)
 
     def _watch(self, routes: Sequence[Any]) -> None:
@@ -396,7 +407,8 @@ class StarletteRouteTable:
 
     def unchanged(self) -> bool:
         """True while no route was added to or removed from the app since the table was built."""
-        return all(len(routes) == count for routes, count in self._lists)
+        # Asked on every request a route's rules allowed: compared in C, no generator.
+        return tuple(map(len, self._watched)) == self._counts
 
     def resolve(self, request: object, method: str, path: str) -> Route | None:
         """The route with declared rules that the router dispatches ``request`` to
