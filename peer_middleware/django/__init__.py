@@ -525,13 +525,15 @@ def _http_response(problem: ProblemResponse) -> HttpResponse:
 # --------------------------------------------------------------------------
 
 
-#: Bumped whenever ``ROOT_URLCONF`` changes (``override_settings`` in tests).
-_ROOT_URLCONF_VERSION = [0]
+_UNSET = object()
+#: The value ``ROOT_URLCONF`` was last set to by ``override_settings`` (tests), as
+#: Django's ``setting_changed`` reports it; unset while nothing overrode it.
+_ROOT_URLCONF: list[object] = [_UNSET]
 
 
-def _root_urlconf_changed(*, setting: str, **kwargs: Any) -> None:
+def _root_urlconf_changed(*, setting: str, value: object = None, **kwargs: Any) -> None:
     if setting == "ROOT_URLCONF":
-        _ROOT_URLCONF_VERSION[0] += 1
+        _ROOT_URLCONF[0] = value
 
 
 setting_changed.connect(_root_urlconf_changed, dispatch_uid="peer_middleware.django")
@@ -555,14 +557,14 @@ class DjangoRouteTable:
         "_other_counts",
         "_others",
         "_patterns",
+        "_root",
         "_routes",
-        "_version",
         "by_rule",
         "rules",
     )
 
     def __init__(self, urlconf: str | None = None, *, others: Iterable[str] = ()) -> None:
-        self._version = _ROOT_URLCONF_VERSION[0]
+        self._root = settings.ROOT_URLCONF if urlconf is None else urlconf
         resolver = get_resolver(urlconf)
         self._patterns = resolver.url_patterns
         self._count = len(self._patterns)
@@ -623,10 +625,13 @@ class DjangoRouteTable:
 
     def unchanged(self) -> bool:
         """True while no URL pattern was added to (or removed from) the URLconfs the
-        table was built from, and ``ROOT_URLCONF`` was not changed (Django sends
-        ``setting_changed`` when a test overrides it). Called for every request a
-        declared rule allowed, so it reads no setting."""
-        if self._version != _ROOT_URLCONF_VERSION[0] or len(self._patterns) != self._count:
+        table was built from, and ``ROOT_URLCONF`` is the one it was built from
+        (Django sends ``setting_changed`` when a test overrides it). Called for
+        every request a declared rule allowed, so it reads no setting."""
+        root = _ROOT_URLCONF[0]
+        if root is not _UNSET and root != self._root:
+            return False
+        if len(self._patterns) != self._count:
             return False
         for (_, patterns), count in zip(self._others, self._other_counts, strict=True):
             if len(patterns) != count:
