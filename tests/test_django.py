@@ -765,3 +765,22 @@ def test_shadow_mode_enforces_nothing_and_logs_what_it_would_refuse(
         assert status(transport, "/nowhere/", ADMIN) == 404
     assert ran == ["read"]
     assert "would refuse (dry-run): view requires" in caplog.text
+
+
+def test_a_handler_refuses_route_rules_while_root_urlconf_is_overridden() -> None:
+    from django.test import override_settings
+
+    ran, view = recorder()
+    read = require(SHOP)(view("read"))
+    with project([path("payments/<int:pk>/", read)], config()):
+        client = Client()
+
+        def get() -> int:
+            response = client.get("/payments/1/", headers=xfcc(SHOP_CALLER), **PROXY_ENV)
+            return int(response.status_code)
+
+        assert get() == 200
+        with override_settings(ROOT_URLCONF=urlconf([path("payments/<int:pk>/", read)], "b")):
+            assert get() == 403
+        assert get() == 200
+    assert ran == ["read", "read"]
