@@ -203,6 +203,28 @@ def test_every_page_with_code_is_found() -> None:
     assert any(page.startswith("docs/") for page in pages)
 
 
+@pytest.mark.parametrize(
+    "fragment", sorted(p.name for p in (ROOT / "peer_middleware/testing/proxy_configs").iterdir())
+)
+def test_readme_proxy_configs_hold_the_tested_lines(fragment: str) -> None:
+    """Each header-forwarding line the end-to-end proxies run is in the README's block.
+
+    The docs include these files; the README (read on GitHub and PyPI, where
+    nothing is included) must show the same lines, whitespace and comments aside.
+    """
+
+    def lines(text: str) -> list[str]:
+        uncommented = (re.sub(r"(^|\s)#.*", "", line) for line in text.splitlines())
+        return [" ".join(line.split()) for line in uncommented if line.strip()]
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = readme.index("\n### Behind a TLS-terminating proxy\n")
+    section = lines(readme[start : readme.index("\n### ", start + 1)])
+    text = (ROOT / "peer_middleware/testing/proxy_configs" / fragment).read_text(encoding="utf-8")
+    missing = [line for line in lines(text) if line not in section]
+    assert not missing, f"README's proxy configurations lack {missing} of {fragment}"
+
+
 def test_parser_sections_and_markers(tmp_path: Path) -> None:
     page = tmp_path / "page.md"
     page.write_text(

@@ -22,6 +22,7 @@ failing test. Nothing here is for production use.
 from __future__ import annotations
 
 import http.client
+import importlib.resources
 import json
 import os
 import shutil
@@ -47,9 +48,24 @@ __all__ = [
     "find_haproxy",
     "find_nginx",
     "find_traefik",
+    "forwarding_config",
 ]
 
 _LOOPBACK = "127.0.0.1"
+
+
+def forwarding_config(name: str, indent: int = 0) -> str:
+    """The lines of ``proxy_configs/<name>`` that set the certificate headers, indented.
+
+    These fragments (in ``peer_middleware/testing/proxy_configs/``) are the part of
+    each proxy's configuration that decides what the app receives; the launchers
+    below write them into their configurations, and the documentation includes
+    the same files, so what the docs show is what the end-to-end tests run.
+    """
+    fragment = importlib.resources.files(__package__) / "proxy_configs" / name
+    text = fragment.read_text(encoding="utf-8")
+    pad = " " * indent
+    return "".join(pad + line if line.strip() else line for line in text.splitlines(True))
 
 
 def _which(name: str, *extra_dirs: str) -> str | None:
@@ -239,11 +255,7 @@ http {{
         ssl_verify_depth 4;
         location / {{
             proxy_pass http://{_LOOPBACK}:{self.upstream_port};
-            # Unconditional: replaces a client's own copy; an empty value (no
-            # certificate) sends no header at all.
-            proxy_set_header X-SSL-Client-Cert $ssl_client_escaped_cert;
-            proxy_set_header X-SSL-Client-Verify $ssl_client_verify;
-        }}
+{forwarding_config("nginx.conf", 12)}        }}
     }}
 }}
 """
@@ -297,12 +309,7 @@ defaults
 
 frontend tls_in
     bind {_LOOPBACK}:{self.listen_port} ssl crt {combined} ca-file {ca} verify {verify}
-    # set-header replaces a client's copy; add-header would append after it.
-    http-request set-header X-SSL-Client-Cert %[ssl_c_der,base64]
-    http-request set-header X-SSL-Client-Chain %[ssl_c_chain_der,base64]
-    http-request set-header X-SSL-Client-Used %[ssl_c_used]
-    http-request set-header X-SSL-Client-Verify %[ssl_c_verify]
-    default_backend app
+{forwarding_config("haproxy.cfg", 4)}    default_backend app
 
 backend app
     server app {_LOOPBACK}:{self.upstream_port}
@@ -358,10 +365,7 @@ https://{_LOOPBACK}:{self.listen_port} {{
         }}
     }}
     reverse_proxy {_LOOPBACK}:{self.upstream_port} {{
-        # header_up replaces a client's copy. Without a client certificate
-        # Caddy still sends the header, with an empty or "<nil>" value.
-        header_up X-Client-Cert {{http.request.tls.client.certificate_der_base64}}
-    }}
+{forwarding_config("Caddyfile", 8)}    }}
 }}
 """
         conf = directory / "Caddyfile"
@@ -418,7 +422,7 @@ class TraefikProxy(ProxyProcess):
             else "VerifyClientCertIfGiven"
         )
         dynamic = directory / "dynamic.yml"
-        info = "\n        info:\n          sans: true" if self.info else ""
+        info = "        info:\n          sans: true\n" if self.info else ""
         static_text = f"""global:
   checkNewVersion: false
   sendAnonymousUsage: false
@@ -458,10 +462,7 @@ providers:
       rule: "Path(`/ping`)"
       service: ping@internal
   middlewares:
-    client-cert:
-      passTLSClientCert:
-        pem: true{info}
-  services:
+{forwarding_config("traefik-dynamic.yml", 4)}{info}  services:
     app:
       loadBalancer:
         servers:
@@ -617,16 +618,7 @@ SSLSessionCache "shmcb"
     SSLVerifyClient {verify}
     SSLVerifyDepth 4
     ProxyPass / http://{_LOOPBACK}:{self.upstream_port}/
-    # "set" replaces a client's copy ("add" would not). With no certificate
-    # mod_headers writes "(null)"; line breaks in the PEM become spaces. It asks
-    # mod_ssl directly: SSLOptions +ExportCertData (CGI variables) is not needed.
-    RequestHeader set X-SSL-Client-Cert "%{{SSL_CLIENT_CERT}}s"
-    RequestHeader set X-SSL-Client-Cert-Chain-0 "%{{SSL_CLIENT_CERT_CHAIN_0}}s"
-    RequestHeader set X-SSL-Client-Cert-Chain-1 "%{{SSL_CLIENT_CERT_CHAIN_1}}s"
-    RequestHeader set X-SSL-Client-Cert-Chain-2 "%{{SSL_CLIENT_CERT_CHAIN_2}}s"
-    RequestHeader set X-SSL-Client-Cert-Chain-3 "%{{SSL_CLIENT_CERT_CHAIN_3}}s"
-    RequestHeader set X-SSL-Client-Verify "%{{SSL_CLIENT_VERIFY}}s"
-</VirtualHost>
+{forwarding_config("apache.conf", 4)}</VirtualHost>
 """
         conf = directory / "apache.conf"
         conf.write_text(text, encoding="utf-8")
