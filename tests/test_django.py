@@ -217,6 +217,9 @@ def test_not_found_and_append_slash_redirects_are_judged_centrally(transport: st
         assert ran == []
     with project(patterns, config(policy), APPEND_SLASH=False):
         assert status(transport, "/payments/9") == 403
+    # Without CommonMiddleware nothing redirects: the path serves no view.
+    with project(patterns, config(policy), MIDDLEWARE=MIDDLEWARE[:1]):
+        assert status(transport, "/payments/9") == 403
     no_slash = [path("payments/<str:payment_id>/", no_append_slash(require(SHOP)(view("read"))))]
     with project(no_slash, config(policy)):
         assert status(transport, "/payments/9") == 403

@@ -2,7 +2,7 @@
 
 Three lines protect a project (``settings.py``)::
 
-    MIDDLEWARE = ["peer_middleware.django.PeerMiddleware", *MIDDLEWARE]
+    MIDDLEWARE.insert(0, "peer_middleware.django.PeerMiddleware")
     PEER_MIDDLEWARE = {
         "POLICY": Policy([allow("healthz", Anyone(), methods="GET", paths="/healthz/")]),
         "AUTHENTICATORS": [XfccAuthenticator(trusted_proxies=["127.0.0.1", "::1"])],
@@ -60,8 +60,9 @@ path (``payments/export/`` before ``payments/<str:payment_id>/``,
 central policy alone, and so is a request no view serves (404). A path
 ``APPEND_SLASH`` would redirect is judged by the rules of the view it would
 be redirected to: the callers they allow get Django's redirect, others the
-refusal. Django dispatches on the path only: a rule
-declared on a view covers every method that view answers. Before the view
+refusal. Django dispatches on the path only: a rule declared on a view
+covers every method that view answers, unless it names its methods
+(``require(..., methods="DELETE")``). Before the view
 runs, the middleware checks that Django dispatched to the view the decision
 was made for (refusing otherwise, for instance when a later middleware
 changes ``request.urlconf``), and the view checks its own rules again, so a
@@ -557,6 +558,7 @@ class DjangoRouteTable:
         "_other_counts",
         "_others",
         "_patterns",
+        "_redirects",
         "_root",
         "_routes",
         "by_rule",
@@ -565,6 +567,8 @@ class DjangoRouteTable:
 
     def __init__(self, urlconf: str | None = None, *, others: Iterable[str] = ()) -> None:
         self._root = settings.ROOT_URLCONF if urlconf is None else urlconf
+        # Only CommonMiddleware's redirect may take a path to its slashed twin.
+        self._redirects = _has_common_middleware()
         resolver = get_resolver(urlconf)
         self._patterns = resolver.url_patterns
         self._count = len(self._patterns)
@@ -642,16 +646,17 @@ class DjangoRouteTable:
         """The view with declared rules Django dispatches ``path`` to, if any.
 
         A path without its trailing slash that only resolves with it (Django's
-        ``APPEND_SLASH``, as ``CommonMiddleware`` tests it) is judged by the
-        rules of the view it would be redirected to: a caller they allow gets
-        Django's redirect, any other caller the refusal.
+        ``APPEND_SLASH``, as ``CommonMiddleware`` tests it, when it is in
+        ``MIDDLEWARE``) is judged by the rules of the view it would be
+        redirected to: a caller they allow gets Django's redirect, any other
+        caller the refusal.
         """
         resolver = get_resolver(getattr(request, "urlconf", None))
         path_info = route_path(path, getattr(request, _ROOT, ""))
         try:
             match = resolver.resolve(path_info)
         except Resolver404:
-            if not settings.APPEND_SLASH or path_info.endswith("/"):
+            if not (self._redirects and settings.APPEND_SLASH) or path_info.endswith("/"):
                 return None
             try:
                 match = resolver.resolve(path_info + "/")
@@ -660,6 +665,20 @@ class DjangoRouteTable:
             if not getattr(match.func, "should_append_slash", True):
                 return None
         return self.route_of(match.func, method)
+
+
+def _has_common_middleware() -> bool:
+    """True when ``settings.MIDDLEWARE`` has Django's ``CommonMiddleware`` (or a subclass)."""
+    from django.middleware.common import CommonMiddleware
+
+    for path in getattr(settings, "MIDDLEWARE", None) or ():
+        try:
+            found = import_string(path) if isinstance(path, str) else path
+        except ImportError:
+            continue
+        if isinstance(found, type) and issubclass(found, CommonMiddleware):
+            return True
+    return False
 
 
 def _walk(patterns: Iterable[object], prefix: str) -> Iterable[tuple[str, object]]:
