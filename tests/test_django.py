@@ -787,3 +787,20 @@ def test_a_handler_refuses_route_rules_while_root_urlconf_is_overridden() -> Non
             assert get() == 403
         assert get() == 200
     assert ran == ["read", "read"]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_csrf_exempt_stacks_with_require_in_either_order(transport: str) -> None:
+    from django.views.decorators.csrf import csrf_exempt
+
+    ran, view = recorder()
+    patterns = [
+        path("a/", csrf_exempt(require(SHOP)(view("a")))),
+        path("b/", require(SHOP)(csrf_exempt(view("b")))),
+    ]
+    middleware = [*MIDDLEWARE, "django.middleware.csrf.CsrfViewMiddleware"]
+    with project(patterns, config(), MIDDLEWARE=middleware):
+        for url in ("/a/", "/b/"):
+            assert status(transport, url, method="POST") == 200
+            assert status(transport, url, ADMIN, method="POST") == 403
+    assert ran == ["a", "b"]
