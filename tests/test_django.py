@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.django_setup import MIDDLEWARE, configure, project, urlconf
 
@@ -58,6 +60,8 @@ from peer_middleware.django.rest_framework import (  # noqa: E402
     PeerUser,
     peer_permission,
 )
+from peer_middleware.peer import Peer, Proof  # noqa: E402
+from peer_middleware.spiffe import SpiffeId  # noqa: E402
 
 TD = "cluster.local"
 SHOP_CALLER = "spiffe://cluster.local/ns/shop/sa/cart"
@@ -804,3 +808,82 @@ def test_csrf_exempt_stacks_with_require_in_either_order(transport: str) -> None
             assert status(transport, url, method="POST") == 200
             assert status(transport, url, ADMIN, method="POST") == 403
     assert ran == ["a", "b"]
+
+
+# --------------------------------------------------------------------------
+# Property: a view runs only for a caller its own declaration or a central
+# rule for its path allows (as tests/test_route_rules.py for the others).
+# --------------------------------------------------------------------------
+
+WHO = {"shop": SHOP, "admin": Principal(ADMIN)}
+TEMPLATES = st.lists(
+    st.sampled_from(["a", "export", "<str:x>", "<int:x>", "<path:x>"]), min_size=1, max_size=2
+).map(lambda parts: "/".join(p.replace(":x>", f":x{i}>") for i, p in enumerate(parts)))
+ROUTES = st.lists(
+    st.tuples(TEMPLATES, st.sampled_from([None, "GET", "POST"]), st.sampled_from([None, *WHO])),
+    min_size=1,
+    max_size=6,
+)
+CENTRAL_RULES = st.lists(
+    st.tuples(
+        st.sampled_from(["/a/**", "/*/export", "/a/*", "/**", "/export"]),
+        st.sampled_from(["GET", "POST"]),
+        st.sampled_from(list(WHO)),
+    ),
+    max_size=2,
+)
+REQUESTS = st.lists(
+    st.tuples(
+        st.lists(st.sampled_from(["a", "export", "7"]), min_size=1, max_size=3).map(
+            lambda s: "/" + "/".join(s)
+        ),
+        st.sampled_from(["GET", "POST"]),
+        st.sampled_from([None, SHOP_CALLER, ADMIN]),
+    ),
+    min_size=1,
+    max_size=10,
+)
+
+
+def _peer(principal: str | None) -> Peer | None:
+    if principal is None:
+        return None
+    return Peer(SpiffeId.parse(principal), Proof.PROXY_ASSERTED, "xfcc", proxy="127.0.0.1")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ROUTES, CENTRAL_RULES, REQUESTS)
+def test_property_view_runs_only_when_allowed(
+    routes: list[tuple[str, str | None, str | None]],
+    central_rules: list[tuple[str, str, str]],
+    requests: list[tuple[str, str, str | None]],
+) -> None:
+    central = Policy(
+        [
+            allow(f"c{i}", WHO[who], methods=m, paths=p)
+            for i, (p, m, who) in enumerate(central_rules)
+        ]
+    )
+    ran: list[int] = []
+    patterns = []
+    for index, (template, methods, who) in enumerate(routes):
+
+        def view(request: HttpRequest, _index: int = index, **_: Any) -> HttpResponse:
+            ran.append(_index)
+            return HttpResponse(str(_index))
+
+        if who:
+            view = require(WHO[who], methods=methods)(view)
+        patterns.append(path(template, view))
+    with project(patterns, config(central)):
+        client = Client()
+        for url, method, principal in requests:
+            ran.clear()
+            client.generic(method, url, headers=xfcc(principal), **PROXY_ENV)
+            peer = _peer(principal)
+            for index in ran:
+                _, methods, who = routes[index]
+                declared = who is not None and (methods is None or methods == method)
+                assert (declared and WHO[str(who)](peer)) or central.decide(
+                    method, url, peer
+                ).allowed, (routes[index], method, url, principal)
