@@ -111,7 +111,16 @@ def lint(session: nox.Session) -> None:
 def docs(session: nox.Session) -> None:
     """The documentation site (MkDocs, Material, mkdocstrings) into site/, warnings as errors."""
     session.install("-e", ".[docs]")
-    session.run("mkdocs", "build", "--strict", "--site-dir", str(ROOT / "site"), *session.posargs)
+    session.run(
+        "mkdocs",
+        "build",
+        "--strict",
+        "--site-dir",
+        str(ROOT / "site"),
+        *session.posargs,
+        # Material's banner about its successor, printed on every build.
+        env={"NO_MKDOCS_2_WARNING": "1"},
+    )
 
 
 @nox.session(python="3.11")
