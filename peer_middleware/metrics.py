@@ -26,7 +26,8 @@ Metrics (``peer_middleware_`` prefix):
 ``shadow_results_total``               counter: ``rule``, ``effect`` (what a shadow
                                        rule would have done)
 ``audit_matches_total``                counter: ``rule``
-``decision_seconds``                   histogram of the time to decide
+``decision_seconds``                   histogram of the time to decide (one
+                                       decision in eight is timed)
 ``memory_entries`` / ``memory_bytes``  gauges: ``part`` (paths, plans, routes,
                                        identities, verdicts)
 ``memory_hits_total``                  counter: requests answered by a remembered verdict

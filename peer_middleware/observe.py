@@ -78,9 +78,11 @@ class Observed(Protocol):
 class Observer(Protocol):
     """Called by the guard once per decision.
 
-    ``nanoseconds`` is how long the guard took to decide (``None`` for a request
+    ``nanoseconds`` is how long the guard took to decide, given for one
+    decision in :data:`~peer_middleware.guard.TIMED_ONE_IN` (reading the clock
+    costs more than counting); ``None`` for the others, and for a request
     an adapter or a route refused outside :meth:`Guard.check
-    <peer_middleware.guard.Guard.check>`). It runs on the request's thread or
+    <peer_middleware.guard.Guard.check>`. It runs on the request's thread or
     event loop: keep it to a few counter increments.
     """
 
