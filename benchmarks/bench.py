@@ -90,6 +90,7 @@ from starlette.routing import Route  # noqa: E402
 
 import peer_middleware  # noqa: E402
 from peer_middleware import (  # noqa: E402
+    Anyone,
     JwtSvidAuthenticator,
     Namespace,
     PeerMiddleware,
@@ -748,6 +749,19 @@ def build_cases() -> list[Case]:
             TARGET_ADDED_AT,
             False,
             with_metrics(starlette, "xfcc", TARGET_ADDED_AT),
+            DECIDING_RULE,
+        )
+    )
+    # The same repeat caller under a policy with request conditions.
+    cases.append(
+        Case(
+            "asgi",
+            "Starlette",
+            "xfcc",
+            "peer_middleware+conditions",
+            TARGET_ADDED_AT,
+            False,
+            with_conditions(starlette, "xfcc", TARGET_ADDED_AT),
             DECIDING_RULE,
         )
     )
@@ -1488,6 +1502,50 @@ def metrics_rows(cases: list[Case], n: int) -> list[Row]:
     ]
 
 
+TARGET_CONDITIONS_US = 1.0
+
+
+def with_conditions(app: ASGIApp, caller: str, rules: int) -> ASGIApp:
+    """``app`` behind the middleware, its policy with a DENY rule reading the host, the
+    port and a header: it never matches, so the same rule decides, and the memory keys
+    every verdict on those three as well."""
+    from peer_middleware.conditions import Header, Host, Port
+
+    conditions = [Host("admin.example"), Port(8080), Header("x-debug")]
+    extended = policy(rules).extended([deny("bench-conditions", Anyone(), when=conditions)])
+    return PeerMiddleware(app, policy=extended, authenticators=[pki().authenticator(caller)])
+
+
+def conditions_rows(cases: list[Case], n: int) -> list[Row]:
+    """A policy reading host, port and a header vs the same policy without, same caller."""
+    on = _find(cases, middleware="peer_middleware+conditions")
+    off = _find(
+        cases,
+        framework="Starlette",
+        caller="xfcc",
+        middleware="peer_middleware",
+        rules=TARGET_ADDED_AT,
+        fresh=False,
+    )
+    if on is None or off is None:
+        return []
+    on_us, off_us = on.best_us(n), off.best_us(n)
+    added = on_us - off_us
+    return [
+        (
+            "1 repeat caller",
+            "ASGI · Starlette · XFCC, a DENY rule on Host, Port and a header vs none",
+            f"{on.rules:,}",
+            f"{on_us:.2f} µs",
+            f"none {off_us:.2f} µs",
+            f"{added:+.2f} µs",
+            f"{on_us / off_us:.3f}{TIMES}",
+            f"≤ +{TARGET_CONDITIONS_US:g} µs",
+            _verdict(added <= TARGET_CONDITIONS_US),
+        )
+    ]
+
+
 def alternative_rows(cases: list[Case], n: int) -> list[Row]:
     rows: list[Row] = []
     alternatives = [
@@ -2001,7 +2059,12 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(measure_asgi([c for c in cases if c.kind == "asgi"], n, reps, args.no_gc))
         progress(f"timing {sum(c.kind == 'wsgi' for c in cases)} WSGI cases...")
         measure_wsgi([c for c in cases if c.kind == "wsgi"], n, reps, args.no_gc)
-        rows += inprocess_rows(cases, n) + metrics_rows(cases, n) + alternative_rows(cases, n)
+        rows += (
+            inprocess_rows(cases, n)
+            + metrics_rows(cases, n)
+            + conditions_rows(cases, n)
+            + alternative_rows(cases, n)
+        )
         # Later sections start from a process holding one policy, as an app does:
         # every object left alive here would be traversed by the garbage collector.
         del cases
