@@ -349,7 +349,7 @@ def check(target: Target) -> list[Finding]:
     routes = target.routes
     if routes is not None:
         for rule in rules:
-            reached = []
+            reached: list[AppRoute] = []
             for pattern in rule.paths:
                 found = [route for route in routes if _overlaps(pattern, route.template)]
                 if not found:
