@@ -311,3 +311,60 @@ async def test_websocket_refused_by_its_view_under_a_broad_policy() -> None:
             await connection.receive()  # pragma: no cover - refused before accepting
     assert refused.value.response.status_code == 403
     assert await refused.value.response.get_data() == BODY_403
+
+
+@pytest.mark.e2e
+def test_under_uvicorn_with_real_mtls(tmp_path: Any) -> None:
+    """Direct mTLS: uvicorn with the package's protocol class hands Quart's PeerAuth the chain."""
+    import ssl
+    from datetime import datetime, timedelta, timezone
+
+    from peer_middleware.authenticators import MtlsAuthenticator
+    from peer_middleware.bundles import StaticX509Bundle
+    from peer_middleware.testing.pki import TestCA
+    from peer_middleware.x509 import X509SvidVerifier
+
+    now = datetime.now(timezone.utc)
+    ca = TestCA.create(TD)
+    server_ca = TestCA.create("web.test", common_name="quart test server CA")
+    server_cert, server_key = server_ca.issue_server_cert().write(tmp_path, "server")
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(ca.pem)
+    server_ca_file = tmp_path / "server-ca.pem"
+    server_ca_file.write_bytes(server_ca.pem)
+    clients = {}
+    for name, principal in (("reader", READER), ("admin", ADMIN)):
+        svid = ca.issue_svid(principal, not_after=now + timedelta(days=1))
+        context = ssl.create_default_context(cafile=str(server_ca_file))
+        context.load_cert_chain(*svid.write(tmp_path, name))
+        clients[name] = context
+    verifier = X509SvidVerifier(StaticX509Bundle({TD: [ca.certificate]}))
+
+    app = Quart("mtls")
+    PeerAuth(app, policy=POLICY, authenticators=[MtlsAuthenticator(verifier)])
+
+    @app.get("/payments/<payment_id>")
+    @require(SHOP)
+    async def read(payment_id: str) -> dict[str, Any]:
+        return {"id": payment_id, "caller": current_peer.principal}
+
+    with UvicornThread(
+        app,
+        http="peer_middleware.servers.uvicorn:H11Protocol",
+        ssl_certfile=str(server_cert),
+        ssl_keyfile=str(server_key),
+        ssl_ca_certs=str(bundle),
+        ssl_cert_reqs=ssl.CERT_OPTIONAL,
+    ) as server:
+        url = f"https://127.0.0.1:{server.port}/payments/7"
+        with httpx.Client(verify=clients["reader"], timeout=10) as client:
+            allowed = client.get(url)
+        with httpx.Client(verify=clients["admin"], timeout=10) as client:
+            refused = client.get(url)
+        anonymous_context = ssl.create_default_context(cafile=str(server_ca_file))
+        with httpx.Client(verify=anonymous_context, timeout=10) as client:
+            anonymous = client.get(url)
+
+    assert (allowed.status_code, allowed.json()["caller"]) == (200, READER)
+    assert (refused.status_code, refused.content) == (403, BODY_403)
+    assert (anonymous.status_code, anonymous.content) == (401, BODY_401)
