@@ -277,6 +277,18 @@ class Guard:
         self._fact_only = frozenset(fact_headers - self._auth_header_names)
         self.header_names: frozenset[str] = self._auth_header_names | fact_headers
 
+    @staticmethod
+    def _source_key(client: tuple[str, int] | None, headers: dict[str, str]) -> object:
+        """What the source address a rule reads depends on: the client's host and
+        whether it is the connection's own (never its ephemeral port alone)."""
+        if client is None or len(client) != 2:
+            return client
+        forwarded_for = headers.get(FORWARDED_FOR)
+        forwarded = headers.get(FORWARDED)
+        if not could_be_rewritten(client[1], forwarded_for, forwarded):
+            return client[0]
+        return (client[0], rewrite_evidence(client, forwarded_for, forwarded) is None)
+
     def _facts(
         self, client: tuple[str, int] | None, headers: dict[str, str], port: int | None
     ) -> RequestFacts:
@@ -449,7 +461,7 @@ class Guard:
                 facts_key = (
                     (
                         port if self.reads_port else None,
-                        client if self._reads_source else None,
+                        self._source_key(client, headers) if self._reads_source else None,
                         *[headers.get(name) for name in self._fact_headers],
                     )
                     if self._reads_facts

@@ -351,3 +351,46 @@ def test_negations_keep_their_promise(facts: RequestFacts) -> None:
             assert not held
         if held:
             assert condition.present(facts)
+
+
+def test_a_source_condition_keys_the_memory_on_the_host_not_the_port() -> None:
+    from peer_middleware import Namespace, XfccAuthenticator
+    from peer_middleware.memory import MemoryLimits
+    from peer_middleware.testing import xfcc_header
+
+    def guard(memory: MemoryLimits | None) -> Guard:
+        return Guard(
+            policy=Policy(
+                [
+                    allow(
+                        "mesh",
+                        Namespace("shop", trust_domain="cluster.local"),
+                        when=SourceIp("127.0.0.0/8"),
+                    )
+                ]
+            ),
+            authenticators=[XfccAuthenticator(trusted_proxies=["127.0.0.1"])],
+            memory=memory,
+        )
+
+    remembering, forgetting = guard(None), guard(MemoryLimits.off())
+    xfcc = {"x-forwarded-client-cert": xfcc_header("spiffe://cluster.local/ns/shop/sa/cart")}
+    requests: list[tuple[tuple[str, int], dict[str, str], int]] = [
+        (("127.0.0.1", 1000), xfcc, 200),
+        (("127.0.0.1", 1000), xfcc, 200),
+        (("127.0.0.1", 1001), xfcc, 200),
+        (("127.0.0.1", 1002), xfcc, 200),
+        # A port no connection has, or an address taken from X-Forwarded-For:
+        # not the connection's own, so the source is unknown (and the proxy too).
+        (("127.0.0.1", 0), xfcc, 401),
+        (("127.0.0.1", 3000), {**xfcc, "x-forwarded-for": "127.0.0.1:3000"}, 401),
+        (("127.0.0.1", 3001), {**xfcc, "x-forwarded-for": "10.9.9.9"}, 200),
+        (("127.0.0.1", 3002), {**xfcc, "x-forwarded-for": "10.9.9.9"}, 200),
+    ]
+    for client, headers, expected in requests:
+        for subject in (remembering, forgetting):
+            verdict = subject.check("GET", "/x", "/x", client, dict(headers))
+            assert verdict.decision.enforced_status == expected, (client, headers)
+    # One verdict for the plain requests from any port (those with X-Forwarded-For
+    # are keyed by the whole address by the forwarded-credential authenticator).
+    assert len(remembering.memory.verdicts.young) == 1
