@@ -6,7 +6,8 @@ line ``--8<-- "README.md:fastapi"`` (the text between the README's
 or ``--8<-- "CHANGELOG.md"``, so the site and the README (whose examples the
 tests run) cannot drift. These root files are expanded here rather than by
 pymdownx.snippets because their links are relative to the repository root, as
-GitHub shows them: links into ``docs/`` become links to the site's pages, and
+GitHub shows them: links into ``docs/`` (and to the files that are pages, such as
+``benchmarks/RESULTS.md``) become links to the site's pages, and
 links to other files of the repository (which are not pages) become their
 path as code. A link to a file that does not exist is left alone, and an
 unknown section is an error, so ``mkdocs build --strict`` reports both.
@@ -21,6 +22,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 ROOT_FILES = ("README.md", "CHANGELOG.md")
+# Files of the repository that are pages of the site, under another name.
+PAGES_OF_FILES = {"benchmarks/RESULTS.md": "benchmarks.md", "CHANGELOG.md": "changelog.md"}
 _INCLUDE = re.compile(
     r'^--8<-- "(?P<file>' + "|".join(map(re.escape, ROOT_FILES)) + r')(?::(?P<section>[\w-]+))?"$',
     re.M,
@@ -34,8 +37,8 @@ def _relinker(page_uri: str) -> Any:
 
     def relink(match: re.Match[str]) -> str:
         text, target, anchor = match.group(1), match.group(2), match.group(3) or ""
-        if target.startswith("docs/"):
-            inside = target.removeprefix("docs/")
+        if target in PAGES_OF_FILES or target.startswith("docs/"):
+            inside = PAGES_OF_FILES.get(target) or target.removeprefix("docs/")
             relative = posixpath.join(*([".."] * depth), inside) if depth else inside
             return f"[{text}]({relative}{anchor})"
         if (ROOT / target).exists():
