@@ -225,6 +225,23 @@ def test_readme_proxy_configs_hold_the_tested_lines(fragment: str) -> None:
     assert not missing, f"README's proxy configurations lack {missing} of {fragment}"
 
 
+def test_included_files_and_readme_sections_exist() -> None:
+    """What the site's pages include exists (``nox -s docs`` fails otherwise, later)."""
+    include = re.compile(r'^\s*--8<-- "(?P<path>[^":]+)(?::(?P<section>[\w-]+))?"\s*$', re.M)
+    found = 0
+    for page in PAGES[1:]:
+        for match in include.finditer(page.read_text(encoding="utf-8")):
+            found += 1
+            target = ROOT / match.group("path")
+            assert target.is_file(), f"{page.name} includes {match.group('path')}"
+            if match.group("section"):
+                text = target.read_text(encoding="utf-8")
+                for side in ("start", "end"):
+                    marker = f"<!-- --8<-- [{side}:{match.group('section')}] -->"
+                    assert text.count(marker) == 1, f"{page.name}: {marker} in {target.name}"
+    assert found
+
+
 def test_parser_sections_and_markers(tmp_path: Path) -> None:
     page = tmp_path / "page.md"
     page.write_text(
