@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -250,3 +251,19 @@ def test_cli_with_istio_and_consul_files(tmp_path: Path, capsys: Any) -> None:
     assert main(["check", *argv]) == 0
     with pytest.raises(SystemExit):
         main(["check", "--istio", str(istio)])  # no --namespace
+
+
+def test_check_reports_a_policy_that_cannot_be_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    (tmp_path / "typo_app.py").write_text(
+        "from peer_middleware import Anyone, Policy, allow\n"
+        "policy = Policy([allow('pay', Anyone(), paths='/pay*')])\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        assert main(["check", "--app", "typo_app:policy"]) == 1
+    finally:
+        sys.modules.pop("typo_app", None)
+    out = capsys.readouterr().out
+    assert out.startswith("error: path pattern '/pay*': segment 'pay*' mixes wildcards")
