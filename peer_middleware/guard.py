@@ -143,6 +143,38 @@ _Identity = tuple[Peer | None, tuple[Callable[[], bool], ...], tuple[str, ...]]
 _NEVER_AGAIN: tuple[Callable[[], bool], ...] = (never_still_valid,)
 
 
+class _PolicyView:
+    """A policy and what the guard derives from it: the request attributes its
+    conditions read, the headers the adapters must pass."""
+
+    __slots__ = (
+        "fact_headers",
+        "fact_only",
+        "header_names",
+        "policy",
+        "reads_facts",
+        "reads_port",
+        "reads_source",
+    )
+
+    def __init__(self, policy: Policy, auth_header_names: frozenset[str]) -> None:
+        reads = policy.reads
+        self.policy = policy
+        self.reads_facts = bool(reads)
+        self.reads_port = "port" in reads
+        self.reads_source = "source" in reads
+        fact_headers = {name[7:] for name in reads if name.startswith("header:")}
+        if "host" in reads:
+            fact_headers.add("host")
+        if self.reads_source:
+            # Both headers a server may rewrite the client address from.
+            fact_headers |= {FORWARDED_FOR, FORWARDED}
+        self.fact_headers = tuple(sorted(fact_headers))
+        # Headers only the rules read: they key verdicts, not identities.
+        self.fact_only = frozenset(fact_headers - auth_header_names)
+        self.header_names = auth_header_names | fact_headers
+
+
 class Guard:
     """Authenticate and authorize requests; shared by every adapter.
 
@@ -158,14 +190,10 @@ class Guard:
 
     __slots__ = (
         "_auth_header_names",
-        "_fact_headers",
-        "_fact_only",
         "_forwarded",
         "_identities",
         "_notify",
         "_observers",
-        "_reads_facts",
-        "_reads_source",
         "_refusal_hinted",
         "_rewrite_warned",
         "_router",
@@ -173,6 +201,7 @@ class Guard:
         "_runs",
         "_secret_headers",
         "_timed",
+        "_view",
         "_watch",
         "authenticators",
         "header_names",
@@ -226,7 +255,7 @@ class Guard:
             names.append(FORWARDED_FOR)
             names.append(FORWARDED)
         self._auth_header_names = frozenset(names)
-        self._derive_from_policy()
+        self._use(policy)
         if responder is not None and not callable(responder):
             raise ConfigurationError("responder must be callable")
         self.responder: Responder = responder or default_responder
@@ -259,23 +288,17 @@ class Guard:
             for name in authenticator.header_names
         )
 
-    def _derive_from_policy(self, policy: Policy | None = None) -> None:
-        """What the policy's conditions read, from :attr:`Policy.reads`: the
-        adapters pass it, and the memory keys every verdict on it."""
-        reads = (policy or self.policy).reads
-        self._reads_facts = bool(reads)
+    def _use(self, policy: Policy) -> None:
+        """Decide with ``policy`` from now on, with what its conditions read
+        (:attr:`Policy.reads`): the adapters pass that, and the memory keys every
+        verdict on it. The policy and what is derived from it are one object,
+        replaced at once, so a request never mixes two policies."""
+        view = _PolicyView(policy, self._auth_header_names)
+        self._view = view
+        self.policy = policy
         #: True when a rule reads the port the app was reached on (adapters pass it then only).
-        self.reads_port = "port" in reads
-        self._reads_source = "source" in reads
-        fact_headers = {name[7:] for name in reads if name.startswith("header:")}
-        if "host" in reads:
-            fact_headers.add("host")
-        if self._reads_source:
-            # Both headers a server may rewrite the client address from.
-            fact_headers |= {FORWARDED_FOR, FORWARDED}
-        self._fact_headers = tuple(sorted(fact_headers))
-        self._fact_only = frozenset(fact_headers - self._auth_header_names)
-        self.header_names: frozenset[str] = self._auth_header_names | fact_headers
+        self.reads_port = view.reads_port
+        self.header_names: frozenset[str] = view.header_names
 
     @staticmethod
     def _source_key(client: tuple[str, int] | None, headers: dict[str, str]) -> object:
@@ -290,17 +313,21 @@ class Guard:
         return (client[0], rewrite_evidence(client, forwarded_for, forwarded) is None)
 
     def _facts(
-        self, client: tuple[str, int] | None, headers: dict[str, str], port: int | None
+        self,
+        view: _PolicyView,
+        client: tuple[str, int] | None,
+        headers: dict[str, str],
+        port: int | None,
     ) -> RequestFacts:
         """What the rules' conditions read from this request; 400 for a value
         holding a control character or obs-text."""
         values = {}
-        for name in self._fact_headers:
+        for name in view.fact_headers:
             value = headers.get(name)
             if value is not None:
                 values[name] = check_value(value, f"header {name!r}")
         source = None
-        if self._reads_source and client is not None and len(client) == 2:
+        if view.reads_source and client is not None and len(client) == 2:
             forwarded_for = headers.get(FORWARDED_FOR)
             forwarded = headers.get(FORWARDED)
             if could_be_rewritten(client[1], forwarded_for, forwarded):
@@ -321,9 +348,8 @@ class Guard:
         if self._router is not None:
             raise ConfigurationError("this guard already has its routes")
         policy = self.policy.with_routes(table.rules)
-        self.policy = policy
         self._router = table if policy.routes else None
-        self._derive_from_policy()
+        self._use(policy)
         self.memory.clear()
 
     def replace_policy(self, policy: Policy) -> None:
@@ -338,10 +364,7 @@ class Guard:
             raise ConfigurationError(f"policy must be a Policy, not {type(policy).__name__}")
         routes = self.policy.routes
         new = policy.with_routes(routes) if routes else policy
-        # What the new policy reads first, so that the adapters pass it before
-        # the policy that reads it decides.
-        self._derive_from_policy(new)
-        self.policy = new
+        self._use(new)
         # A new memory, not a cleared one: a request still deciding under the
         # old policy writes into the old memory, which nobody reads again.
         self.memory = Memory(self.memory.limits)
@@ -363,8 +386,7 @@ class Guard:
 
     def extend(self, rules: Iterable[Rule]) -> None:
         """Append central ``rules`` to the policy (once, before serving)."""
-        self.policy = self.policy.extended(rules)
-        self._derive_from_policy()
+        self._use(self.policy.extended(rules))
         self.memory.clear()
 
     def check(
@@ -407,6 +429,8 @@ class Guard:
         credentials: tuple[object, ...] | None = None
         request_key: tuple[object, ...] | None = None
         memory = self.memory
+        # The policy and what it reads, as one (a reload replaces both at once).
+        view = self._view
         try:
             # Inside the try: a route table that fails refuses, never raises.
             variant = router.variant(request) if router is not None else None
@@ -439,7 +463,7 @@ class Guard:
                         where = client[0]
                 secret = self._secret_headers
                 items: Iterable[tuple[str, str]] = headers.items()
-                fact_only = self._fact_only
+                fact_only = view.fact_only
                 if fact_only:
                     # Headers only the rules read are no credential: they key
                     # the verdict below, not the identity.
@@ -460,11 +484,11 @@ class Guard:
                 # What the rules' conditions read (Policy.reads), and nothing else.
                 facts_key = (
                     (
-                        port if self.reads_port else None,
-                        self._source_key(client, headers) if self._reads_source else None,
-                        *[headers.get(name) for name in self._fact_headers],
+                        port if view.reads_port else None,
+                        self._source_key(client, headers) if view.reads_source else None,
+                        *[headers.get(name) for name in view.fact_headers],
                     )
-                    if self._reads_facts
+                    if view.reads_facts
                     else None
                 )
                 # A request seen before, byte for byte, from a caller whose
@@ -528,8 +552,8 @@ class Guard:
                 ):
                     identities.put(credentials, known)
             peer, checks, notes = known
-            policy = self.policy
-            facts = self._facts(client, headers, port) if self._reads_facts else None
+            policy = view.policy
+            facts = self._facts(view, client, headers, port) if view.reads_facts else None
             decision = policy.decide(method, matched, peer, plans=memory.plans, facts=facts)
             if decision.rule is None and router is not None:
                 # No central rule decided: the rules declared on the route the
