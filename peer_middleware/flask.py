@@ -110,10 +110,12 @@ def _checked(
 ) -> Callable[..., Any]:
     @functools.wraps(inner)
     def checked(*args: Any, **kwargs: Any) -> Any:
-        if DECISION_ENVIRON_KEY not in request.environ:
+        environ = request.environ
+        if DECISION_ENVIRON_KEY not in environ:
             # The middleware is not in front of this app: refuse, never assume.
             raise AuthenticationFailed("peer_middleware is not installed in front of this view")
-        enforce(requirements, get_peer())
+        peer = environ.get(PEER_ENVIRON_KEY)
+        enforce(requirements, peer if isinstance(peer, Peer) else None)
         return inner(*args, **kwargs)
 
     return checked

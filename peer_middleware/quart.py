@@ -117,7 +117,8 @@ def _checked(
         if scope is None or DECISION_SCOPE_KEY not in scope:
             # The middleware is not in front of this app: refuse, never assume.
             raise AuthenticationFailed("peer_middleware is not installed in front of this view")
-        enforce(requirements, get_peer())
+        peer = scope.get(PEER_SCOPE_KEY)
+        enforce(requirements, peer if isinstance(peer, Peer) else None)
         return await current_app.ensure_async(inner)(*args, **kwargs)
 
     return checked

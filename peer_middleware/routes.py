@@ -209,7 +209,7 @@ class EndpointTable:
     reaches is left to the framework's own URL adapter (its subclass).
     """
 
-    __slots__ = ("_count", "_map", "_routes", "rules")
+    __slots__ = ("_count", "_map", "_routes", "_rule_list", "rules")
 
     def __init__(self, url_map: Any, views: Mapping[str, object], framework: str) -> None:
         self._map = url_map
@@ -231,10 +231,17 @@ class EndpointTable:
             declared.append((route, list(requirements)))
         self.rules: dict[Route, tuple[Rule, ...]] = declared_rules(declared, unnamed="")
         self._count = _rule_count(url_map)
+        # Werkzeug's Map keeps its rules in one list it appends to: its length
+        # is read on every request that rules declared on views may decide.
+        rule_list = getattr(url_map, "_rules", None)
+        self._rule_list: list[Any] | None = rule_list if isinstance(rule_list, list) else None
 
     def unchanged(self) -> bool:
         """True while no URL rule was added since the table was built."""
-        return _rule_count(self._map) == self._count
+        rule_list = self._rule_list
+        if rule_list is not None and self._map._rules is rule_list:
+            return len(rule_list) == self._count
+        return _rule_count(self._map) == self._count  # pragma: no cover - other Werkzeug
 
     def route_of(self, endpoint: str) -> Route | None:
         """The route of ``endpoint`` when rules are declared on its view."""
