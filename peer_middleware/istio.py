@@ -114,16 +114,50 @@ def _yaml_documents(text: str, where: str) -> list[Any]:
 # --------------------------------------------------------------------------
 
 
-class _Namespaces(Matcher):
-    """Istio's ``namespaces``: the peer's namespace, in any trust domain."""
+def _glob(
+    values: Iterable[str], what: str
+) -> tuple[frozenset[str], tuple[str, ...], tuple[str, ...], bool]:
+    """Istio's string match: exact values, ``prefix*``, ``*suffix``, ``*`` (any)."""
+    exact: set[str] = set()
+    prefixes: list[str] = []
+    suffixes: list[str] = []
+    anything = False
+    for value in values:
+        stars = value.count("*")
+        if value == "*":
+            anything = True
+        elif stars == 0:
+            exact.add(value)
+        elif stars == 1 and value.endswith("*"):
+            prefixes.append(value[:-1])
+        elif stars == 1 and value.startswith("*"):
+            suffixes.append(value[1:])
+        else:
+            raise ConfigurationError(f"{what} {value!r}: '*' only first, last or alone")
+    return frozenset(exact), tuple(prefixes), tuple(suffixes), anything
 
-    __slots__ = ("names",)
+
+class _Namespaces(Matcher):
+    """Istio's ``namespaces``: the peer's namespace, in any trust domain
+    (exact, ``prefix*``, ``*suffix`` or ``*``, as Istio)."""
+
+    __slots__ = ("_match", "names")
 
     def __init__(self, names: Iterable[str]) -> None:
         self.names = frozenset(names)
+        self._match = _glob(self.names, "namespace")
 
     def __call__(self, peer: Peer | None) -> bool:
-        return peer is not None and peer.spiffe_id.namespace in self.names
+        namespace = peer.spiffe_id.namespace if peer is not None else None
+        if namespace is None:
+            return False
+        exact, prefixes, suffixes, anything = self._match
+        return (
+            anything
+            or namespace in exact
+            or (bool(prefixes) and namespace.startswith(prefixes))
+            or (bool(suffixes) and namespace.endswith(suffixes))
+        )
 
     def describe(self) -> str:
         return f"IstioNamespaces({', '.join(repr(n) for n in sorted(self.names))})"
@@ -138,6 +172,11 @@ class _ClaimIn(Matcher):
     def __init__(self, path: tuple[str, ...], values: Iterable[str]) -> None:
         self.path = path
         self.values = frozenset(values)
+        for value in self.values:
+            if "*" in value:
+                raise ConfigurationError(
+                    f"claim value {value!r}: a '*' in a claim value is not evaluated here"
+                )
 
     def __call__(self, peer: Peer | None) -> bool:
         token = _token_peer(peer)
@@ -377,6 +416,9 @@ class _Compiler:
     def _when(self, res: _Resource, key: str, values: list[str], where: str) -> Matcher | Condition:
         header = _HEADER_KEY.fullmatch(key)
         if header is not None:
+            if "*" in values:
+                # Istio's "*" is a presence match: present, even empty.
+                return Header(header.group(1))
             return Header(header.group(1), *values)
         claims = _CLAIM_KEY.fullmatch(key)
         if claims is not None:

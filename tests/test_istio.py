@@ -502,3 +502,42 @@ def test_request_authentication_refusals(tmp_path: Path, extra: str, field: str)
         istio_authenticators(
             write(tmp_path, no_audience), namespace="foo", labels={"app": "httpbin"}
         )
+
+
+def test_namespace_globs_header_presence_and_claim_stars(tmp_path: Path) -> None:
+    policy = load(
+        tmp_path,
+        """\
+        apiVersion: security.istio.io/v1
+        kind: AuthorizationPolicy
+        metadata: {name: deny-debug, namespace: foo}
+        spec:
+          action: DENY
+          rules:
+          - from:
+            - source:
+                namespaces: ["team-*"]
+            when:
+            - key: request.headers[x-debug]
+              values: ["*"]
+        """,
+    )
+    team = peer_for("spiffe://cluster.local/ns/team-a/sa/x")
+    empty = RequestFacts(headers={"x-debug": ""})
+    assert status(policy, "GET", "/x", team, empty) == 403  # "*": present, even empty
+    assert status(policy, "GET", "/x", team) == 200
+    assert status(policy, "GET", "/x", peer_for(FOO), empty) == 200
+    with pytest.raises(IstioPolicyError, match=r"request\.auth\.claims\[groups\].*'\*'"):
+        load(
+            tmp_path,
+            """\
+            apiVersion: security.istio.io/v1
+            kind: AuthorizationPolicy
+            metadata: {name: claims, namespace: foo}
+            spec:
+              rules:
+              - when:
+                - key: request.auth.claims[groups]
+                  values: ["admin*"]
+            """,
+        )
