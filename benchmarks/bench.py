@@ -1472,8 +1472,60 @@ def with_metrics(app: ASGIApp, caller: str, rules: int) -> ASGIApp:
     )
 
 
-def metrics_rows(cases: list[Case], n: int) -> list[Row]:
-    """Prometheus metrics on vs off, same app, caller and policy."""
+def measure_guard_metrics(rounds: int, n: int = 1_000) -> tuple[float, float]:
+    """Best µs per ``Guard.check`` of a repeat caller, metrics off and on.
+
+    The two guards run in alternating batches of ``n`` calls, so the load of
+    a shared machine falls on both alike; only the best batch of each counts.
+    """
+    from prometheus_client import CollectorRegistry
+
+    from peer_middleware.guard import Guard
+    from peer_middleware.metrics import PrometheusMetrics
+
+    headers = pki().headers("xfcc")
+    client = ("127.0.0.1", 40000)
+    off = Guard(policy=policy(TARGET_ADDED_AT), authenticators=[pki().authenticator("xfcc")])
+    on = Guard(
+        policy=policy(TARGET_ADDED_AT),
+        authenticators=[pki().authenticator("xfcc")],
+        observers=[PrometheusMetrics(registry=CollectorRegistry())],
+    )
+    for guard in (off, on):
+        verdict = guard.check("GET", PATH, PATH, client, headers)
+        if verdict.decision.rule != DECIDING_RULE:
+            raise SanityError(f"metrics: decided by {verdict.decision.rule!r}")
+    best = {id(off): float("inf"), id(on): float("inf")}
+    for round_ in range(rounds):
+        for guard in (off, on) if round_ % 2 else (on, off):
+            check = guard.check
+            start = time.perf_counter_ns()
+            for _ in range(n):
+                check("GET", PATH, PATH, client, headers)
+            elapsed = (time.perf_counter_ns() - start) / n / 1000.0
+            best[id(guard)] = min(best[id(guard)], elapsed)
+    return best[id(off)], best[id(on)]
+
+
+def metrics_rows(cases: list[Case], n: int, rounds: int) -> list[Row]:
+    """Prometheus metrics on vs off: the guard alone (alternating batches), and a
+    whole request through Starlette (from the round-robin cases)."""
+    rows: list[Row] = []
+    off_us, on_us = measure_guard_metrics(rounds)
+    added = on_us - off_us
+    rows.append(
+        (
+            "1 repeat caller",
+            "Guard.check · XFCC, Prometheus metrics on vs off (alternating batches)",
+            f"{TARGET_ADDED_AT:,}",
+            f"{on_us:.2f} µs",
+            f"off {off_us:.2f} µs",
+            f"{added:+.2f} µs",
+            f"{on_us / off_us:.3f}{TIMES}",
+            f"≤ +{TARGET_METRICS_US:g} µs",
+            _verdict(added <= TARGET_METRICS_US),
+        )
+    )
     on = _find(cases, middleware="peer_middleware+metrics")
     off = _find(
         cases,
@@ -1483,23 +1535,22 @@ def metrics_rows(cases: list[Case], n: int) -> list[Row]:
         rules=TARGET_ADDED_AT,
         fresh=False,
     )
-    if on is None or off is None:
-        return []
-    on_us, off_us = on.best_us(n), off.best_us(n)
-    added = on_us - off_us
-    return [
-        (
-            "1 repeat caller",
-            "ASGI · Starlette · XFCC, Prometheus metrics on vs off",
-            f"{on.rules:,}",
-            f"{on_us:.2f} µs",
-            f"off {off_us:.2f} µs",
-            f"{added:+.2f} µs",
-            f"{on_us / off_us:.3f}{TIMES}",
-            f"≤ +{TARGET_METRICS_US:g} µs",
-            _verdict(added <= TARGET_METRICS_US),
+    if on is not None and off is not None:
+        on_us, off_us = on.best_us(n), off.best_us(n)
+        rows.append(
+            (
+                "1 repeat caller",
+                "ASGI · Starlette · XFCC, Prometheus metrics on vs off (whole request)",
+                f"{TARGET_ADDED_AT:,}",
+                f"{on_us:.2f} µs",
+                f"off {off_us:.2f} µs",
+                f"{on_us - off_us:+.2f} µs",
+                f"{on_us / off_us:.3f}{TIMES}",
+                "(no target: noisier)",
+                "",
+            )
         )
-    ]
+    return rows
 
 
 TARGET_CONDITIONS_US = 1.0
@@ -2091,7 +2142,7 @@ def main(argv: list[str] | None = None) -> int:
         measure_wsgi([c for c in cases if c.kind == "wsgi"], n, reps, args.no_gc)
         rows += (
             inprocess_rows(cases, n)
-            + metrics_rows(cases, n)
+            + metrics_rows(cases, n, 100 if args.quick else 400)
             + conditions_rows(cases, n)
             + alternative_rows(cases, n)
         )
