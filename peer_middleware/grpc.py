@@ -99,7 +99,13 @@ from grpc import aio
 
 from ._cache import BoundedCache
 from .certs import split_pem
-from .errors import AccessDenied, BadRequest, CertificateDecodingError, RequestRefused
+from .errors import (
+    AccessDenied,
+    BadRequest,
+    CertificateDecodingError,
+    ConfigurationError,
+    RequestRefused,
+)
 from .guard import Guard, Verdict, guard_from
 from .matchers import Matcher
 from .memory import MemoryLimits
@@ -313,14 +319,18 @@ class _Core:
         table = GrpcRouteTable(servicers)
         if table.rules:
             self.guard.use_routes(table)
-        # Only what the authenticators declared: a gRPC peer address is the
-        # socket's, never rewritten from X-Forwarded-For, so the guard is not
-        # shown those headers.
-        self.wanted = frozenset(
-            name
-            for authenticator in self.guard.authenticators
-            for name in authenticator.header_names
-        )
+        unanswerable = _unanswerable(self.guard)
+        if unanswerable:
+            raise ConfigurationError(
+                f"the policy has {unanswerable} conditions, which a gRPC call cannot be "
+                "judged on (the interceptor has neither the :authority nor the server's port)"
+            )
+        # The metadata keys the guard reads: the authenticators' and those the
+        # rules' conditions read (re-read when the policy is replaced).
+        self._policy = self.guard.policy
+        self._names = self.guard.header_names
+        self.wanted = _wanted(self._names)
+        self._unanswerable = ""
         self.reads_tls = self.guard.reads_tls
         self._warned_plaintext = False
         self._lock = threading.Lock()
@@ -363,6 +373,17 @@ class _Core:
                     raise BadRequest(f"malformed gRPC method name {shown[:200]!r}")
                 if len(self._methods) < _MAX_REMEMBERED:
                     self._methods.add(method)
+            if guard.policy is not self._policy or guard.header_names is not self._names:
+                # The guard's policy was replaced: it may read other keys.
+                self._policy = guard.policy
+                self._names = guard.header_names
+                self.wanted = _wanted(self._names)
+                self._unanswerable = _unanswerable(guard)
+            if self._unanswerable:
+                raise AccessDenied(
+                    f"the policy has {self._unanswerable} conditions, which a gRPC call "
+                    "cannot be judged on"
+                )
             headers = self._headers(context.invocation_metadata()) if self.wanted else {}
             client = self._client(context.peer())
             tls_chain = self._tls_chain(context) if self.reads_tls else None
@@ -429,6 +450,22 @@ class _Core:
         if (presented is None or remembered[1] is not None) and len(leaf[0]) <= _MAX_PEM:
             self._chains.put(remembered, result)
         return result
+
+
+def _wanted(names: frozenset[str]) -> frozenset[str]:
+    """The metadata keys to hand the guard: all it reads but ``host``.
+
+    A ``host`` metadata key is any value the client chose, sent beside the
+    call's real ``:authority`` (which grpcio does not expose): never the Host.
+    """
+    return names - {"host"}
+
+
+def _unanswerable(guard: Guard) -> str:
+    """The request attributes the guard's rules read that a gRPC call has not ("" for none)."""
+    reads = guard.policy.reads
+    missing = [name for name in ("host", "port") if name in reads]
+    return " and ".join(f"{name.capitalize()}" for name in missing)
 
 
 def _method_name(method: str) -> bool:
@@ -524,15 +561,13 @@ class _Base:
         return found
 
     def _wrap(self, handler: grpc.RpcMethodHandler[Any, Any], method: str) -> Any:
-        behavior: Any
-        if handler.unary_unary is not None:
-            behavior, kind = handler.unary_unary, "unary_unary"
-        elif handler.unary_stream is not None:
-            behavior, kind = handler.unary_stream, "unary_stream"
-        elif handler.stream_unary is not None:
-            behavior, kind = handler.stream_unary, "stream_unary"
-        else:
-            behavior, kind = handler.stream_stream, "stream_stream"
+        # The behaviour grpcio would run: the one the streaming flags name
+        # (never another field the handler also sets).
+        kind = (
+            f"{'stream' if handler.request_streaming else 'unary'}_"
+            f"{'stream' if handler.response_streaming else 'unary'}"
+        )
+        behavior: Any = getattr(handler, kind)
         key = _behavior_key(behavior)
         streams = kind.endswith("_stream")
         if inspect.isasyncgenfunction(behavior):
@@ -645,17 +680,28 @@ class AsyncPeerInterceptor(_Base, aio.ServerInterceptor):
 
     __slots__ = ()
 
-    async def intercept_service(
+    def intercept_service(
         self,
         continuation: Callable[
             [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
         ],
         handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        # A coroutine for grpc.aio.server, which awaits it. grpc.server does
+        # not check its interceptors' type and wants the handler itself (a
+        # coroutine there would end its serving thread): it gets it, checked
+        # as PeerInterceptor checks it.
+        method = handler_call_details.method
+        found: Any = continuation(handler_call_details)
+        if inspect.isawaitable(found):
+            return self._resolve(found, method)
+        return None if found is None else self._wrapped(found, method)
+
+    async def _resolve(
+        self, found: Awaitable[grpc.RpcMethodHandler[Any, Any] | None], method: str
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
+        handler = await found
         if handler is None:
             return None
-        wrapped: grpc.RpcMethodHandler[Any, Any] = self._wrapped(
-            handler, handler_call_details.method
-        )
+        wrapped: grpc.RpcMethodHandler[Any, Any] = self._wrapped(handler, method)
         return wrapped
