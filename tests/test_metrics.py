@@ -384,3 +384,29 @@ def test_key_sources_are_watched_too() -> None:
     found = samples(registry)
     # A static source has no refreshes to report, and no generation.
     assert not [key for key in found if key[1] == (("source", "static"),)]
+
+
+def test_key_set_gauges(tmp_path: Path) -> None:
+    import json
+
+    from peer_middleware import SpiffeJwtBundle
+    from peer_middleware.testing.tokens import TokenMinter
+
+    path = tmp_path / "example.org.json"
+    path.write_text(json.dumps(TokenMinter().spiffe_bundle()))
+    keys = SpiffeJwtBundle({"example.org": path}, poll_interval=3600)
+    try:
+        registry = CollectorRegistry()
+        metrics = PrometheusMetrics(registry=registry)
+        metrics.watch_trust("jwt", keys)
+        labels = (("source", "jwt"),)
+        found = samples(registry)
+        assert found[("peer_middleware_trust_material_generation", labels)] == 0
+        assert found[("peer_middleware_trust_material_last_refresh_ok", labels)] == 1
+        path.write_text("{broken")
+        assert not keys.refresh(timeout=10)
+        found = samples(registry)
+        assert found[("peer_middleware_trust_material_last_refresh_ok", labels)] == 0
+        assert found[("peer_middleware_trust_material_age_seconds", labels)] >= 0
+    finally:
+        keys.close()
