@@ -410,7 +410,14 @@ class _Core:
             if len(value) > MAX_METADATA_VALUE:
                 raise BadRequest(f"metadata {key!r} is longer than {MAX_METADATA_VALUE} characters")
             previous = headers.get(key)
-            headers[key] = value if previous is None else previous + "," + value
+            if previous is not None:
+                value = previous + "," + value
+                if len(value) > MAX_METADATA_VALUE:
+                    # Repeated keys, each short, are no way around the bound.
+                    raise BadRequest(
+                        f"metadata {key!r} repeated to more than {MAX_METADATA_VALUE} characters"
+                    )
+            headers[key] = value
         return headers
 
     def _tls_chain(self, context: Any) -> tuple[bytes | str, ...] | None:
@@ -550,7 +557,7 @@ class _Base:
         cache = self._cache
         try:
             found = cache.get((method, handler))
-        except TypeError:  # a handler of the application's own, not hashable
+        except Exception:  # a handler of the application's own, not hashable
             return self._wrap(handler, method)
         if found is None:
             found = self._wrap(handler, method)

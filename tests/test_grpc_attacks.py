@@ -27,12 +27,13 @@ from peer_middleware import (
 )
 from peer_middleware.conditions import Header, Host, Port, SourceIp
 from peer_middleware.errors import ConfigurationError
-from peer_middleware.grpc import AsyncPeerInterceptor, PeerInterceptor
+from peer_middleware.grpc import MAX_METADATA_VALUE, AsyncPeerInterceptor, PeerInterceptor
 from peer_middleware.testing import xfcc_header
 from tests.test_grpc import (
     ADMIN,
     CART,
     CHECKOUT,
+    INVALID_ARGUMENT,
     OK,
     PERMISSION_DENIED,
     SERVICE,
@@ -460,3 +461,103 @@ async def test_aio_tasks_never_see_another_calls_peer() -> None:
         await server.stop(None)
     assert len(seen) == 40
     assert all(peer == variable == sent for peer, variable, sent in seen)
+
+
+# --------------------------------------------------------------------------
+# Oversized metadata, sync streaming handlers on the asyncio server
+# --------------------------------------------------------------------------
+
+
+def test_repeated_metadata_is_bounded_as_a_whole(serve: Any) -> None:
+    # The attack: each value under MAX_METADATA_VALUE, the joined one far over
+    # it (the server allows 1 MiB of metadata); handed whole to the rules'
+    # header conditions and the authenticators.
+    interceptor = PeerInterceptor(
+        policy=Policy([allow("shop", Authenticated(), when=Header("x-tenant", "shop"))]),
+        authenticators=[XfccAuthenticator(trusted_proxies=["127.0.0.1"])],
+    )
+    with grpc.insecure_channel(serve(interceptor)) as channel:
+        piece = ("x-tenant", "s" * (MAX_METADATA_VALUE // 4))
+        assert call(channel, "Admin", metadata=_xfcc(CART, ("x-tenant", "shop"), piece))[0] is OK
+        status, details = call(channel, "Admin", metadata=_xfcc(CART, *[piece] * 6))
+    assert (status, details) == (INVALID_ARGUMENT, "invalid request")
+
+
+async def test_aio_server_sync_streaming_handlers_are_checked_first() -> None:
+    # Sync generator handlers on grpc.aio.server run in its thread pool
+    # (the check there goes through the sync context's abort).
+    started: list[str] = []
+
+    class SyncStreams:
+        @_require_principal(CHECKOUT)
+        def WhoStream(self, request: bytes, context: Any) -> Iterator[bytes]:
+            started.append("WhoStream")
+            for _ in range(2):
+                yield current_peer_principal(context)
+
+        @_require_principal(CHECKOUT)
+        def Chat(self, requests: Iterator[bytes], context: Any) -> Iterator[bytes]:
+            started.append("Chat")
+            for _ in requests:
+                yield current_peer_principal(context)
+
+    servicer = SyncStreams()
+    interceptor = AsyncPeerInterceptor(
+        policy=Policy([]),
+        authenticators=[XfccAuthenticator(trusted_proxies=["127.0.0.1"])],
+        servicers=[servicer],
+    )
+    server = aio.server(interceptors=[interceptor])
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                SERVICE,
+                {
+                    "WhoStream": grpc.unary_stream_rpc_method_handler(servicer.WhoStream),
+                    "Chat": grpc.stream_stream_rpc_method_handler(servicer.Chat),
+                },
+            ),
+        )
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+
+            async def run(caller: str, method: str) -> tuple[grpc.StatusCode, list[bytes]]:
+                path = f"/{SERVICE}/{method}"
+                if method == "Chat":
+                    stream = channel.stream_stream(path)(
+                        iter([b"a", b"b"]), metadata=_xfcc(caller), timeout=TIMEOUT
+                    )
+                else:
+                    stream = channel.unary_stream(path)(
+                        b"x", metadata=_xfcc(caller), timeout=TIMEOUT
+                    )
+                try:
+                    return OK, [item async for item in stream]
+                except grpc.RpcError as error:
+                    return error.code(), []
+
+            for method in ("WhoStream", "Chat"):
+                assert await run(CART, method) == (PERMISSION_DENIED, [])
+                assert started == []
+                assert await run(CHECKOUT, method) == (OK, [CHECKOUT.encode()] * 2)
+                started.clear()
+    finally:
+        await server.stop(None)
+
+
+def current_peer_principal(context: Any) -> bytes:
+    from peer_middleware.grpc import current_peer, current_peer_var
+
+    peer = current_peer(context)
+    assert peer is not None
+    assert current_peer_var.get() is peer
+    return peer.principal.encode()
+
+
+def _require_principal(principal: str) -> Any:
+    from peer_middleware.grpc import require
+
+    return require(Principal(principal))
