@@ -46,10 +46,19 @@ What the interceptor reads:
   require_client_auth=True)``; a call without TLS has no certificate (and the
   interceptor logs one warning when an authenticator reads certificates);
 * the **metadata** the authenticators name (``x-forwarded-client-cert``,
-  ``authorization``, ...). Binary (``-bin``) keys are never read; a value
-  that is not text or is longer than :data:`MAX_METADATA_VALUE` characters is
-  refused with ``INVALID_ARGUMENT``; repeated keys are joined with ``","``
-  (two ``authorization`` values are two tokens, refused);
+  ``authorization``, ...) and the rules' conditions read
+  (:class:`~peer_middleware.conditions.Header`, ``x-forwarded-for`` for
+  :class:`~peer_middleware.conditions.RemoteIp`), re-read when the policy is
+  replaced. Binary (``-bin``) keys are never read; a value that is not text
+  or is longer than :data:`MAX_METADATA_VALUE` characters (repeated keys
+  counted together) is refused with ``INVALID_ARGUMENT``; repeated keys are
+  joined with ``","`` (two ``authorization`` values are two tokens, refused).
+  A call has no Host (a ``host`` metadata key is the client's, not the
+  ``:authority``) and no server port: a policy with
+  :class:`~peer_middleware.conditions.Host` or
+  :class:`~peer_middleware.conditions.Port` conditions is a
+  :class:`~peer_middleware.errors.ConfigurationError` (after a reload, every
+  call is refused);
 * the **peer address**, from ``context.peer()``: ``ipv4:127.0.0.1:51234``,
   ``ipv6:[::1]:51234`` (also percent-encoded, ``ipv6:%5B::1%5D:51234``).
   Anything else (``unix:``, a string this module does not recognise) is an
