@@ -431,6 +431,8 @@ class ProxyWatch:
             if len(absent) >= 64:
                 return
             count = 0
+        elif count >= self.absent_after:
+            return  # warned (or had its chance): no more counting
         count += 1
         absent[host] = count
         if count == self.absent_after and self._once(("absent", host)):
