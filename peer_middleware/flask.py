@@ -142,7 +142,7 @@ class FlaskRouteTable(EndpointTable):
     __slots__ = ("_app", "reads_host")
 
     def __init__(self, app: Flask) -> None:
-        super().__init__(app.url_map, app.view_functions, "Flask")
+        super().__init__(app.url_map, app.view_functions, "Flask", app)
         self._app = app
         self.reads_host = bool(
             app.url_map.host_matching or app.subdomain_matching or app.config.get("SERVER_NAME")

@@ -209,10 +209,14 @@ class EndpointTable:
     reaches is left to the framework's own URL adapter (its subclass).
     """
 
-    __slots__ = ("_count", "_map", "_routes", "_rule_list", "rules")
+    __slots__ = ("_count", "_map", "_owner", "_routes", "_settled", "rules")
 
-    def __init__(self, url_map: Any, views: Mapping[str, object], framework: str) -> None:
+    def __init__(
+        self, url_map: Any, views: Mapping[str, object], framework: str, app: object = None
+    ) -> None:
         self._map = url_map
+        self._owner = app
+        self._settled = False
         self._routes: dict[str, Route] = {}
         declared: list[tuple[Route, list[Requirement]]] = []
         replacing = _replacing(views.values())
@@ -231,17 +235,21 @@ class EndpointTable:
             declared.append((route, list(requirements)))
         self.rules: dict[Route, tuple[Rule, ...]] = declared_rules(declared, unnamed="")
         self._count = _rule_count(url_map)
-        # Werkzeug's Map keeps its rules in one list it appends to: its length
-        # is read on every request that rules declared on views may decide.
-        rule_list = getattr(url_map, "_rules", None)
-        self._rule_list: list[Any] | None = rule_list if isinstance(rule_list, list) else None
 
     def unchanged(self) -> bool:
-        """True while no URL rule was added since the table was built."""
-        rule_list = self._rule_list
-        if rule_list is not None and self._map._rules is rule_list:
-            return len(rule_list) == self._count
-        return _rule_count(self._map) == self._count  # pragma: no cover - other Werkzeug
+        """True while no URL rule was added since the table was built.
+
+        Asked on every request that rules declared on views may decide. Once
+        ``app`` has handled its first request (Flask's ``_got_first_request``),
+        Flask refuses every setup method, so one last count settles it.
+        """
+        if self._settled:
+            return True
+        if _rule_count(self._map) != self._count:
+            return False
+        if getattr(self._owner, "_got_first_request", False) is True:
+            self._settled = True
+        return True
 
     def route_of(self, endpoint: str) -> Route | None:
         """The route of ``endpoint`` when rules are declared on its view."""
@@ -249,7 +257,8 @@ class EndpointTable:
 
 
 def _rule_count(url_map: Any) -> int:
-    rules = getattr(url_map, "_rules", None)
-    if isinstance(rules, list):
-        return len(rules)
+    # Werkzeug's Map keeps its rules by endpoint (its ``_rules`` builds a new list).
+    by_endpoint = getattr(url_map, "_rules_by_endpoint", None)
+    if isinstance(by_endpoint, dict):
+        return sum(map(len, by_endpoint.values()))
     return sum(1 for _ in url_map.iter_rules())  # pragma: no cover - other Werkzeug

@@ -223,3 +223,23 @@ def test_blueprint_routes_are_named_by_endpoint() -> None:
         "view shop.payments.read /shop/payments/<payment_id>",
         "view shop.whoami /shop/whoami",
     ]
+
+
+def test_url_map_is_counted_until_flask_refuses_new_routes() -> None:
+    """After its first request Flask refuses setup methods: the table stops counting rules."""
+    app = blueprints_app(factory=False)
+    table = FlaskRouteTable(app)
+    assert table.unchanged()
+    assert get(app, "/shop/whoami", READER)[0] == 200
+    assert table.unchanged()  # settled: Flask now refuses new routes
+
+    with pytest.raises(AssertionError, match="can no longer be called"):
+        app.add_url_rule("/late", "late", lambda: "late")
+
+
+def test_url_rules_added_before_serving_are_noticed() -> None:
+    app = blueprints_app(factory=False)
+    table = FlaskRouteTable(app)
+    app.add_url_rule("/late", "late", lambda: "late")
+
+    assert not table.unchanged()

@@ -368,3 +368,16 @@ def test_under_uvicorn_with_real_mtls(tmp_path: Any) -> None:
     assert (allowed.status_code, allowed.json()["caller"]) == (200, READER)
     assert (refused.status_code, refused.content) == (403, BODY_403)
     assert (anonymous.status_code, anonymous.content) == (401, BODY_401)
+
+
+async def test_views_added_after_the_first_request_make_declared_rules_refuse() -> None:
+    app = build()
+    assert await call(app, "GET", "/payments/7", READER) == (200, {"id": "7", "caller": READER})
+
+    @app.get("/late")
+    @require(Anyone())
+    async def late() -> str:  # pragma: no cover - refused
+        return "late"
+
+    assert await call(app, "GET", "/payments/7", READER) == (403, BODY_403)
+    assert await call(app, "GET", "/healthz", None) == (200, {"caller": None})
