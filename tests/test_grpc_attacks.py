@@ -561,3 +561,31 @@ def _require_principal(principal: str) -> Any:
     from peer_middleware.grpc import require
 
     return require(Principal(principal))
+
+
+# --------------------------------------------------------------------------
+# Peer addresses
+# --------------------------------------------------------------------------
+
+
+def test_dual_stack_listener_reports_ipv4_peers_as_ipv4() -> None:
+    # On a [::] listener an IPv4 client's socket address is IPv4-mapped IPv6;
+    # grpcio reports it as "ipv4:127.0.0.1:port", so trusted_proxies name
+    # the IPv4 address, and a proxy named by its IPv6 form only is not trusted.
+    def status(trusted: str) -> grpc.StatusCode:
+        interceptor = PeerInterceptor(
+            policy=Policy([allow("all", Authenticated())]),
+            authenticators=[XfccAuthenticator(trusted_proxies=[trusted])],
+        )
+        ports: list[int] = []
+        server = start_sync(
+            interceptor, Echo(), lambda s: ports.append(s.add_insecure_port("[::]:0"))
+        )
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{ports[0]}") as channel:
+                return call(channel, "Admin", metadata=_xfcc(CART))[0]
+        finally:
+            server.stop(None).wait(5)
+
+    assert status("127.0.0.1") is OK
+    assert status("::1") is not OK
