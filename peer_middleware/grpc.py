@@ -384,10 +384,13 @@ class _Core:
                     self._methods.add(method)
             if guard.policy is not self._policy or guard.header_names is not self._names:
                 # The guard's policy was replaced: it may read other keys.
-                self._policy = guard.policy
-                self._names = guard.header_names
-                self.wanted = _wanted(self._names)
+                # What the policy asks first, what it is compared with last:
+                # a thread seeing the old comparands works it out again.
+                policy, names = guard.policy, guard.header_names
                 self._unanswerable = _unanswerable(guard)
+                self.wanted = _wanted(names)
+                self._names = names
+                self._policy = policy
             if self._unanswerable:
                 raise AccessDenied(
                     f"the policy has {self._unanswerable} conditions, which a gRPC call "

