@@ -166,6 +166,11 @@ def _warn_without_tls(scope: Scope) -> bool:
     return True
 
 
+def _wanted(names: frozenset[str]) -> dict[bytes, str]:
+    """Each header name as an ASGI server sends it, to the name the guard reads."""
+    return {name.encode("latin-1"): name for name in names}
+
+
 class PeerMiddleware:
     """Authenticate the calling service and enforce ``policy`` on every request.
 
@@ -179,7 +184,7 @@ class PeerMiddleware:
     Configuration errors raise here.
     """
 
-    __slots__ = ("_names", "_tls_warned", "_wanted", "app", "guard")
+    __slots__ = ("_reading", "_tls_warned", "app", "guard")
 
     def __init__(
         self,
@@ -200,8 +205,8 @@ class PeerMiddleware:
             self.guard.extend(route_rules())
         if routes is not None:
             self.guard.use_routes(routes())
-        self._names = self.guard.header_names
-        self._wanted = {name.encode("latin-1"): name for name in self._names}
+        names = self.guard.header_names
+        self._reading = (names, _wanted(names))
         self._tls_warned = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -214,12 +219,13 @@ class PeerMiddleware:
             raise ValueError(f"peer_middleware does not support ASGI scope type {scope_type!r}")
         method = scope.get("method", "GET") if scope_type == "http" else "GET"
         headers: dict[str, str] = {}
-        wanted = self._wanted
         names = self.guard.header_names
-        if names is not self._names:
-            # The guard's policy was replaced: it may read other headers.
-            self._names = names
-            wanted = self._wanted = {name.encode("latin-1"): name for name in names}
+        reading = self._reading
+        if reading[0] is not names:
+            # The guard's policy was replaced: it may read other headers. The
+            # names and their lookup are one value, never paired across policies.
+            reading = self._reading = (names, _wanted(names))
+        wanted = reading[1]
         if wanted:
             # ASGI servers send header names in lower case (ASGI spec, HTTP
             # connection scope); a name in any other case is not matched, as
@@ -257,6 +263,7 @@ class PeerMiddleware:
             tls_chain,
             request=scope,
             port=_server_port(scope) if guard.reads_port else None,
+            read=reading[0],
         )
         if not verdict.decision.allowed:
             await self._refuse(scope_type, scope, send, verdict)

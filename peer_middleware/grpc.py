@@ -336,10 +336,14 @@ class _Core:
             )
         # The metadata keys the guard reads: the authenticators' and those the
         # rules' conditions read (re-read when the policy is replaced).
-        self._policy = self.guard.policy
-        self._names = self.guard.header_names
-        self.wanted = _wanted(self._names)
-        self._unanswerable = ""
+        # One value, replaced at once, so a thread never pairs one policy's
+        # names with another's lookup: (policy, names, lookup, unanswerable).
+        self._reading = (
+            self.guard.policy,
+            self.guard.header_names,
+            _wanted(self.guard.header_names),
+            "",
+        )
         self.reads_tls = self.guard.reads_tls
         self._warned_plaintext = False
         self._lock = threading.Lock()
@@ -382,21 +386,18 @@ class _Core:
                     raise BadRequest(f"malformed gRPC method name {shown[:200]!r}")
                 if len(self._methods) < _MAX_REMEMBERED:
                     self._methods.add(method)
-            if guard.policy is not self._policy or guard.header_names is not self._names:
+            reading = self._reading
+            policy, names = guard.policy, guard.header_names
+            if policy is not reading[0] or names is not reading[1]:
                 # The guard's policy was replaced: it may read other keys.
-                # What the policy asks first, what it is compared with last:
-                # a thread seeing the old comparands works it out again.
-                policy, names = guard.policy, guard.header_names
-                self._unanswerable = _unanswerable(guard)
-                self.wanted = _wanted(names)
-                self._names = names
-                self._policy = policy
-            if self._unanswerable:
+                reading = (policy, names, _wanted(names), _unanswerable(guard))
+                self._reading = reading
+            if reading[3]:
                 raise AccessDenied(
-                    f"the policy has {self._unanswerable} conditions, which a gRPC call "
-                    "cannot be judged on"
+                    f"the policy has {reading[3]} conditions, which a gRPC call cannot be judged on"
                 )
-            headers = self._headers(context.invocation_metadata()) if self.wanted else {}
+            wanted = reading[2]
+            headers = self._headers(context.invocation_metadata(), wanted) if wanted else {}
             client = self._client(context.peer())
             tls_chain = self._tls_chain(context) if self.reads_tls else None
         except RequestRefused as error:
@@ -406,10 +407,11 @@ class _Core:
             return guard.reject(
                 AccessDenied("internal error while reading the call"), METHOD, shown
             )
-        return guard.check(METHOD, method, method, client, headers, "", "", tls_chain, request=key)
+        return guard.check(
+            METHOD, method, method, client, headers, "", "", tls_chain, request=key, read=reading[1]
+        )
 
-    def _headers(self, metadata: object) -> dict[str, str]:
-        wanted = self.wanted
+    def _headers(self, metadata: object, wanted: frozenset[str]) -> dict[str, str]:
         headers: dict[str, str] = {}
         if not wanted or not metadata:
             return headers

@@ -402,6 +402,7 @@ class Guard:
         *,
         request: object = None,
         port: int | None = None,
+        read: frozenset[str] | None = None,
     ) -> Verdict:
         """Run the whole pipeline for one request.
 
@@ -420,6 +421,9 @@ class Guard:
         framework dispatches to; what else that route depends on (the table's
         ``variant``) is part of what the memory keys a verdict on. ``port``
         is the port the app was reached on, needed only when :attr:`reads_port`.
+        ``read`` is the :attr:`header_names` the adapter picked ``headers`` by:
+        when the policy was replaced in between with one that reads a header
+        outside it, the request is refused rather than judged without it.
         """
         started = perf_counter_ns() if self._notify is not None and next(self._timed) else 0
         router = self._router
@@ -432,6 +436,11 @@ class Guard:
         # The policy and what it reads, as one (a reload replaces both at once).
         view = self._view
         try:
+            if read is not None and read is not view.header_names and not view.header_names <= read:
+                raise AccessDenied(
+                    "the policy was replaced while the request was read: refused rather than"
+                    " judged without the headers the new policy reads"
+                )
             # Inside the try: a route table that fails refuses, never raises.
             variant = router.variant(request) if router is not None else None
             if self._identities:
@@ -445,10 +454,10 @@ class Guard:
                 elif not self._forwarded:
                     where = client[0]
                 else:
-                    port = client[1]
+                    client_port = client[1]
                     if (
-                        type(port) is int
-                        and 0 < port <= 65535
+                        type(client_port) is int
+                        and 0 < client_port <= 65535
                         and FORWARDED_FOR not in headers
                         and FORWARDED not in headers
                     ):
@@ -456,7 +465,7 @@ class Guard:
                         # port and no header the address could come from.
                         where = client[0]
                     elif could_be_rewritten(
-                        port, headers.get(FORWARDED_FOR), headers.get(FORWARDED)
+                        client_port, headers.get(FORWARDED_FOR), headers.get(FORWARDED)
                     ):
                         where = client
                     else:

@@ -56,6 +56,11 @@ DECISION_ENVIRON_KEY = DECISION_KEY
 _STATUS_LINES = {400: "400 Bad Request", 401: "401 Unauthorized", 403: "403 Forbidden"}
 
 
+def _environ_keys(names: frozenset[str]) -> tuple[tuple[str, str], ...]:
+    """Each header name with the environ key a WSGI server puts it under."""
+    return tuple((name, _environ_key(name)) for name in names)
+
+
 def _environ_key(header: str) -> str:
     return "HTTP_" + header.upper().replace("-", "_")
 
@@ -153,8 +158,8 @@ class PeerWSGIMiddleware:
         self._routes = routes
         self._finalised = route_rules is None and routes is None
         self._lock = threading.Lock()
-        self._names = self.guard.header_names
-        self._environ_keys = tuple((name, _environ_key(name)) for name in self._names)
+        names = self.guard.header_names
+        self._reading = (names, _environ_keys(names))
 
     def finalise(self) -> None:
         """Apply the route rules now (done before the first request)."""
@@ -173,11 +178,14 @@ class PeerWSGIMiddleware:
         guard = self.guard
         method = environ.get("REQUEST_METHOD", "GET")
         headers: dict[str, str] = {}
-        if guard.header_names is not self._names:
-            # The guard's policy was replaced (or routes added): it may read other headers.
-            self._names = guard.header_names
-            self._environ_keys = tuple((name, _environ_key(name)) for name in self._names)
-        for name, key in self._environ_keys:
+        names = guard.header_names
+        reading = self._reading
+        if reading[0] is not names:
+            # The guard's policy was replaced (or routes added): it may read
+            # other headers. The names and their keys are one value, so a
+            # thread never pairs one policy's names with another's keys.
+            reading = self._reading = (names, _environ_keys(names))
+        for name, key in reading[1]:
             value = environ.get(key)
             if value is not None:
                 headers[name] = value
@@ -215,6 +223,7 @@ class PeerWSGIMiddleware:
             tls_chain,
             request=environ,
             port=_server_port(environ) if guard.reads_port else None,
+            read=reading[0],
         )
         if not verdict.decision.allowed:
             return self._refuse(verdict, start_response)

@@ -887,3 +887,23 @@ def test_property_view_runs_only_when_allowed(
                 assert (declared and WHO[str(who)](peer)) or central.decide(
                     method, url, peer
                 ).allowed, (routes[index], method, url, principal)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_conditions_on_headers_and_the_port_are_read(transport: str) -> None:
+    from peer_middleware.conditions import Header, Port
+
+    ran, view = recorder()
+    patterns = [path("open/", view("open"))]
+    rules = [
+        deny("no-debug", Anyone(), when=[Header("x-forwarded-client-cert", "URI=" + ADMIN)]),
+        deny("not-on-80", Anyone(), when=[Port(80)]),
+        allow("open", Anyone(), paths="/open/"),
+    ]
+    with project(patterns, config(Policy(rules[:1] + rules[2:]))):
+        assert status(transport, "/open/", ADMIN) == 403
+        assert status(transport, "/open/") == 200
+    # Django's test clients say the app was reached on port 80.
+    with project(patterns, config(Policy(rules))):
+        assert status(transport, "/open/") == 403
+    assert ran == ["open"]

@@ -98,7 +98,9 @@ from django.urls.exceptions import Resolver404
 from django.utils.module_loading import import_string
 from django.views import View
 
+from peer_middleware.asgi import _server_port as _scope_server_port
 from peer_middleware.asgi import _tls_chain as _scope_tls_chain
+from peer_middleware.asgi import _wanted
 from peer_middleware.errors import (
     AccessDenied,
     AuthenticationFailed,
@@ -117,7 +119,8 @@ from peer_middleware.request import DECISION_KEY, PEER_KEY, Authenticator
 from peer_middleware.responses import ProblemResponse, Refusal, default_responder, respond
 from peer_middleware.routes import Requirement, declared_rules
 from peer_middleware.rules import Route, Rule
-from peer_middleware.wsgi import _environ_key, _text_to_wsgi, _wsgi_to_text
+from peer_middleware.wsgi import _environ_keys, _text_to_wsgi, _wsgi_to_text
+from peer_middleware.wsgi import _server_port as _environ_server_port
 from peer_middleware.wsgi import _tls_chain as _environ_tls_chain
 
 if TYPE_CHECKING:
@@ -725,8 +728,18 @@ class PeerMiddleware:
             raise DjangoConfigurationError(f"rules declared on views: {error}") from error
         except ImportError as error:
             raise DjangoConfigurationError(f'{SETTING}["URLCONFS"]: {error}') from error
-        self._environ_keys = tuple((name, _environ_key(name)) for name in self.guard.header_names)
-        self._wanted = {name.encode("latin-1"): name for name in self.guard.header_names}
+        names = self.guard.header_names
+        # The header names the guard reads, with their ASGI and environ keys:
+        # one value, replaced at once when the guard's policy is replaced.
+        self._reading = (names, _wanted(names), _environ_keys(names))
+
+    def _headers_read(self) -> tuple[frozenset[str], dict[bytes, str], tuple[tuple[str, str], ...]]:
+        """The names the guard reads now, with their keys (rebuilt after a policy reload)."""
+        names = self.guard.header_names
+        reading = self._reading
+        if reading[0] is not names:
+            reading = self._reading = (names, _wanted(names), _environ_keys(names))
+        return reading
 
     def __call__(self, request: HttpRequest) -> Any:
         if self.is_async:
@@ -771,7 +784,8 @@ class PeerMiddleware:
         guard = self.guard
         method = scope.get("method", "GET")
         headers: dict[str, str] = {}
-        wanted = self._wanted
+        reading = self._headers_read()
+        wanted = reading[1]
         if wanted:
             for name, value in scope.get("headers", ()):
                 key = wanted.get(name)
@@ -800,6 +814,8 @@ class PeerMiddleware:
             scope.get("query_string", b"").decode("latin-1") if guard.reads_query else "",
             _scope_tls_chain(scope) if guard.reads_tls else None,
             request=request,
+            port=_scope_server_port(scope) if guard.reads_port else None,
+            read=reading[0],
         )
         if verdict.allowed and verdict.path != path:
             assert verdict.route is not None
@@ -813,7 +829,8 @@ class PeerMiddleware:
         environ = request.META
         method = environ.get("REQUEST_METHOD", "GET")
         headers: dict[str, str] = {}
-        for name, key in self._environ_keys:
+        reading = self._headers_read()
+        for name, key in reading[2]:
             value = environ.get(key)
             if value is not None:
                 headers[name] = value
@@ -846,6 +863,8 @@ class PeerMiddleware:
             environ.get("QUERY_STRING", "") if guard.reads_query else "",
             _environ_tls_chain(environ) if guard.reads_tls else None,
             request=request,
+            port=_environ_server_port(environ) if guard.reads_port else None,
+            read=reading[0],
         )
         if verdict.allowed and verdict.path != path:
             old = request.path_info
