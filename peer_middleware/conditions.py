@@ -20,6 +20,15 @@ lacking the attribute ("not from 10/8" must not include "from an address we
 do not know"); in a DENY rule it does, so both fail closed (as the
 identity matchers of :mod:`peer_middleware.matchers`).
 
+**Unknown values fail closed.** In a DENY rule, a condition on an attribute
+the request has but that cannot be read matches, and so does its negation:
+an unknown peer or original-client address (``SourceIp``, ``RemoteIp``:
+none reported, one the server took from a forwarding header, too few
+``X-Forwarded-For`` hops, an entry that is not an address), an unknown
+server port, a ``Host`` that is not one ``host[:port]`` (sent twice, an
+empty or zero port, an empty label, userinfo). An ALLOW rule never matches
+them. A missing ``Host`` or header is no value, and matches neither.
+
 **Header values** are client-sent: a header condition only narrows who may
 call, it proves nothing. A header sent on several lines (or as a
 comma-separated list) is judged value by value, each trimmed of surrounding
@@ -56,6 +65,9 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")
 # Visible ASCII, space and tab: no control character, no obs-text.
 _CLEAN = re.compile(r"[\t\x20-\x7e]*")
 _HOST_PATTERN = re.compile(r"(\*\.)?[a-z0-9]([a-z0-9._-]*[a-z0-9])?|\*|\[[0-9a-f:.]+\]")
+# A request's host: dot-separated labels, or an IPv6 address in brackets.
+_LABEL = r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?"
+_REQUEST_HOST = re.compile(rf"{_LABEL}(\.{_LABEL})*|\[[0-9a-f:.]+\]")
 FORWARDED_FOR = "x-forwarded-for"
 
 
@@ -142,8 +154,8 @@ class NotCondition(Condition):
         return self.condition.present(facts)
 
     def test(self, facts: RequestFacts, deny: bool = False) -> bool:
-        if not deny and not self.condition.present(facts):
-            return False
+        if not self.condition.present(facts):
+            return deny
         return not self.condition.test(facts, deny)
 
     def describe(self) -> str:
@@ -262,6 +274,14 @@ def _split_host(value: str) -> tuple[str, int | None] | None:
     return host, port
 
 
+def _request_host(value: str) -> tuple[str, int | None] | None:
+    """(host, port) of a request's ``Host`` value; ``None`` when it is not one host[:port]."""
+    split = _split_host(value)
+    if split is None or _REQUEST_HOST.fullmatch(split[0]) is None:
+        return None
+    return split
+
+
 class Host(Condition):
     """The ``Host`` header (``:authority``): one of the given hosts.
 
@@ -298,14 +318,16 @@ class Host(Condition):
         return frozenset({"host"})
 
     def present(self, facts: RequestFacts) -> bool:
-        return facts.host is not None
+        return facts.host is not None and _request_host(facts.host) is not None
 
     def test(self, facts: RequestFacts, deny: bool = False) -> bool:
         if facts.host is None:
             return False
-        split = _split_host(facts.host)
+        split = _request_host(facts.host)
         if split is None:
-            return False
+            # Not one host[:port] (a repeated Host, an empty or zero port, an
+            # empty label, userinfo...): a DENY rule cannot tell it is not its host.
+            return deny
         if self._any:
             return True
         host, port = split
@@ -345,6 +367,8 @@ class Port(Condition):
         return facts.port is not None
 
     def test(self, facts: RequestFacts, deny: bool = False) -> bool:
+        if facts.port is None:
+            return deny  # unknown: a DENY rule cannot tell it is not its port
         return facts.port in self.ports
 
     def describe(self) -> str:
@@ -409,7 +433,9 @@ class SourceIp(Condition):
 
     def test(self, facts: RequestFacts, deny: bool = False) -> bool:
         address = _address(facts.source)
-        return address is not None and _in(address, self.networks)
+        if address is None:
+            return deny  # unknown: a DENY rule cannot tell it is not in its blocks
+        return _in(address, self.networks)
 
     def describe(self) -> str:
         return f"SourceIp({', '.join(repr(b) for b in self.blocks)})"
@@ -464,7 +490,9 @@ class RemoteIp(Condition):
 
     def test(self, facts: RequestFacts, deny: bool = False) -> bool:
         address = _address(self.remote(facts))
-        return address is not None and _in(address, self.networks)
+        if address is None:
+            return deny  # unknown: a DENY rule cannot tell it is not in its blocks
+        return _in(address, self.networks)
 
     def describe(self) -> str:
         blocks = ", ".join(repr(b) for b in self.blocks)

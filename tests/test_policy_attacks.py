@@ -1,0 +1,218 @@
+"""Attacks on request conditions and the Istio loader, through the real adapters.
+
+Each case is a policy and one request, sent as a raw ASGI scope to
+PeerMiddleware and as a raw WSGI environ to PeerWSGIMiddleware, each with
+its memory of verdicts on and off; the status must be the expected one in
+all four.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from peer_middleware import (
+    Anyone,
+    MemoryLimits,
+    PeerMiddleware,
+    PeerWSGIMiddleware,
+    Policy,
+    allow,
+    deny,
+)
+from peer_middleware.conditions import Host, Port, RemoteIp, SourceIp
+
+OPEN = [allow("open", Anyone())]
+Request = dict[str, Any]
+
+
+def deny_then_open(*when: Any) -> Policy:
+    return Policy([deny("cond", Anyone(), when=list(when)), *OPEN])
+
+
+def only(*when: Any) -> Policy:
+    return Policy([allow("cond", Anyone(), when=list(when))])
+
+
+def req(
+    hosts: tuple[str, ...] = (),
+    port: int | None = 8000,
+    headers: tuple[tuple[str, str], ...] = (),
+    client: tuple[str, int] | None = ("10.1.2.3", 40000),
+) -> Request:
+    return {"hosts": hosts, "port": port, "headers": headers, "client": client}
+
+
+def _memory(on: bool) -> MemoryLimits | None:
+    return None if on else MemoryLimits.off()
+
+
+def asgi_status(policy: Policy, request: Request, memory: bool) -> int:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    middleware = PeerMiddleware(app, policy=policy, memory=_memory(memory))
+    headers = [(b"host", h.encode("latin-1")) for h in request["hosts"]]
+    headers += [(n.encode(), v.encode("latin-1")) for n, v in request["headers"]]
+    port = request["port"]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/x",
+        "raw_path": b"/x",
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers,
+        "server": ("127.0.0.1", port) if port is not None else None,
+        "client": list(request["client"]) if request["client"] else None,
+    }
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    for _ in range(2):  # the second time, from the memory when it is on
+        sent.clear()
+        asyncio.run(middleware(scope, receive, send))
+    return int(sent[0]["status"])
+
+
+def wsgi_status(policy: Policy, request: Request, memory: bool) -> int:
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    middleware = PeerWSGIMiddleware(app, policy=policy, memory=_memory(memory))
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": "/x",
+        "SCRIPT_NAME": "",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "127.0.0.1",
+        "wsgi.url_scheme": "http",
+    }
+    if request["port"] is not None:
+        environ["SERVER_PORT"] = str(request["port"])
+    if request["client"]:
+        environ["REMOTE_ADDR"] = request["client"][0]
+        environ["REMOTE_PORT"] = str(request["client"][1])
+    if request["hosts"]:
+        # A WSGI server joins repeated lines with ", ".
+        environ["HTTP_HOST"] = ", ".join(request["hosts"])
+    for name, value in request["headers"]:
+        key = "HTTP_" + name.upper().replace("-", "_")
+        environ[key] = value if key not in environ else environ[key] + ", " + value
+    statuses: list[str] = []
+    for _ in range(2):
+        statuses.clear()
+        middleware(environ, lambda status, headers: statuses.append(status))
+    return int(statuses[0].split()[0])
+
+
+ADMIN = "admin.example.com"
+XFF = "x-forwarded-for"
+
+# (id, policy, request, status)
+CONDITION_CASES: list[tuple[str, Policy, Request, int]] = [
+    # A DENY on a Host must not be dodged by a Host it cannot parse.
+    ("deny-host-empty-port", deny_then_open(Host(ADMIN)), req((ADMIN + ":",)), 403),
+    ("deny-host-port-zero", deny_then_open(Host(ADMIN)), req((ADMIN + ":0",)), 403),
+    ("deny-host-two-dots", deny_then_open(Host(ADMIN)), req((ADMIN + "..",)), 403),
+    ("deny-host-userinfo", deny_then_open(Host(ADMIN)), req(("u@" + ADMIN,)), 403),
+    ("deny-host-repeated", deny_then_open(Host(ADMIN)), req(("x.example.com", ADMIN)), 403),
+    ("deny-host-repeated-2", deny_then_open(Host(ADMIN)), req((ADMIN, "x.example.com")), 403),
+    (
+        "deny-wildcard-host-colon",
+        deny_then_open(Host("*.example.com")),
+        req(("a.example.com:",)),
+        403,
+    ),
+    (
+        "deny-host-still-lets-others",
+        deny_then_open(Host(ADMIN)),
+        req(("api.example.com:8000",)),
+        200,
+    ),
+    ("deny-host-case-port-dot", deny_then_open(Host(ADMIN)), req(("ADMIN.example.com.:443",)), 403),
+    # ... nor an ALLOW of "any host but admin" admit one.
+    ("allow-not-host-unparsable", only(~Host(ADMIN)), req((ADMIN + ":",)), 401),
+    ("allow-not-host-repeated", only(~Host(ADMIN)), req(("x.example.com", ADMIN)), 401),
+    ("allow-not-host-ok", only(~Host(ADMIN)), req(("api.example.com",)), 200),
+    # A DENY on the peer's address: an address the server took from X-Forwarded-For
+    # (the client wrote its own host and port there) is unknown, and denied.
+    (
+        "deny-source-rewritten-by-own-xff",
+        deny_then_open(SourceIp("192.0.2.66")),
+        req(headers=((XFF, "192.0.2.66:40000"),), client=("192.0.2.66", 40000)),
+        403,
+    ),
+    (
+        "deny-source-port-zero",
+        deny_then_open(SourceIp("192.0.2.0/24")),
+        req(headers=((XFF, "198.51.100.1"),), client=("198.51.100.1", 0)),
+        403,
+    ),
+    ("deny-source-none", deny_then_open(SourceIp("192.0.2.0/24")), req(client=None), 403),
+    ("deny-source-other", deny_then_open(SourceIp("192.0.2.0/24")), req(), 200),
+    ("allow-source-none", only(SourceIp("192.0.2.0/24")), req(client=None), 401),
+    # A DENY on the original client: too few hops (the proxy bypassed) or an entry
+    # that is not an address is unknown, and denied.
+    (
+        "deny-remote-no-xff",
+        deny_then_open(RemoteIp("192.0.2.0/24", trusted_hops=1)),
+        req(client=("192.0.2.66", 40000)),
+        403,
+    ),
+    (
+        "deny-remote-entry-with-port",
+        deny_then_open(RemoteIp("192.0.2.0/24", trusted_hops=1)),
+        req(headers=((XFF, "192.0.2.66:1234"),)),
+        403,
+    ),
+    (
+        "deny-remote-garbage",
+        deny_then_open(RemoteIp("192.0.2.0/24", trusted_hops=1)),
+        req(headers=((XFF, "unknown"),)),
+        403,
+    ),
+    (
+        "deny-remote-other",
+        deny_then_open(RemoteIp("192.0.2.0/24", trusted_hops=1)),
+        req(headers=((XFF, "192.0.2.66, 198.51.100.1"),)),
+        200,
+    ),
+    (
+        "allow-not-remote-garbage",
+        only(~RemoteIp("192.0.2.0/24", trusted_hops=1)),
+        req(headers=((XFF, "unknown"),)),
+        401,
+    ),
+    # A DENY on the server's port: a server that does not report one is denied.
+    ("deny-port-unknown", deny_then_open(Port(8443)), req(port=None), 403),
+    ("deny-not-port-unknown", deny_then_open(~Port(8000)), req(port=None), 403),
+    ("deny-port-other", deny_then_open(Port(8443)), req(port=8000), 200),
+    ("allow-not-port-unknown", only(~Port(8443)), req(port=None), 401),
+]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("memory", [True, False], ids=["memory", "no-memory"])
+@pytest.mark.parametrize("adapter", [asgi_status, wsgi_status], ids=["asgi", "wsgi"])
+@pytest.mark.parametrize(
+    ("policy", "request_", "status"),
+    [c[1:] for c in CONDITION_CASES],
+    ids=[c[0] for c in CONDITION_CASES],
+)
+def test_condition_attack(
+    adapter: Any, memory: bool, policy: Policy, request_: Request, status: int
+) -> None:
+    assert adapter(policy, request_, memory) == status
