@@ -420,6 +420,19 @@ class PeerRequiredMixin(View):
             cls._peer_declared = _declare(required, names, None, where)
         cls._peer_for_method = _PerMethod(cls._peer_declared)
 
+    @classmethod
+    def as_view(cls, **initkwargs: Any) -> Callable[..., HttpResponseBase]:
+        """Django's ``as_view``, refusing ``peer_required``/``peer_rule_name`` arguments:
+        the declaration is the class's (read when the class is made), so one
+        given here would be ignored. Subclass the view to declare otherwise."""
+        for key in ("peer_required", "peer_rule_name"):
+            if key in initkwargs:
+                raise DjangoConfigurationError(
+                    f"{cls.__qualname__}.as_view({key}=...): declare {key} on a subclass; "
+                    "as_view() arguments cannot change what the class declares"
+                )
+        return super().as_view(**initkwargs)
+
     def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> Any:
         declared = type(self)._peer_declared
         if declared:

@@ -1,0 +1,61 @@
+"""Attacks on the framework integrations: a caller allowed one view reaching another.
+
+Each test is an attack that once succeeded, run through the framework's own
+test client (Django's, Flask's), as tests/test_django.py and
+tests/test_flask_views.py do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.django_setup import configure, project
+
+configure()
+
+from django.http import HttpRequest, HttpResponse  # noqa: E402
+from django.test import Client  # noqa: E402
+from django.urls import path  # noqa: E402
+from django.views import View  # noqa: E402
+
+from peer_middleware import Anyone, Policy, Principal, XfccAuthenticator, allow  # noqa: E402
+from peer_middleware.django import DjangoConfigurationError, PeerRequiredMixin  # noqa: E402
+
+READER = "spiffe://cluster.local/ns/shop/sa/reader"
+ADMIN = "spiffe://cluster.local/ns/ops/sa/admin"
+CENTRAL = Policy([allow("healthz", Anyone(), methods="GET", paths="/healthz")])
+PROXY_ENV = {"REMOTE_ADDR": "127.0.0.1", "REMOTE_PORT": "50000"}
+
+
+def django_config() -> dict[str, Any]:
+    return {"POLICY": CENTRAL, "AUTHENTICATORS": [XfccAuthenticator(trusted_proxies=["127.0.0.1"])]}
+
+
+def django_get(url: str, principal: str) -> int:
+    response = Client().get(
+        url, headers={"x-forwarded-client-cert": f"URI={principal}"}, **PROXY_ENV
+    )
+    return response.status_code
+
+
+class ReaderView(PeerRequiredMixin, View):
+    peer_required = Principal(READER)
+
+    def get(self, request: HttpRequest) -> HttpResponse:
+        return HttpResponse("secret")
+
+
+def test_django_as_view_cannot_override_peer_required() -> None:
+    """``as_view(peer_required=...)`` was accepted (the class has the attribute)
+    but ignored: the class's own declaration still applied, so the reader
+    reached the URL declared for the admin only. It is refused when built."""
+    with pytest.raises(DjangoConfigurationError):
+        ReaderView.as_view(peer_required=Principal(ADMIN))
+    with pytest.raises(DjangoConfigurationError):
+        ReaderView.as_view(peer_rule_name="admin-only")
+    patterns = [path("reader/", ReaderView.as_view())]
+    with project(patterns, django_config()):
+        assert django_get("/reader/", READER) == 200
+        assert django_get("/reader/", ADMIN) == 403
