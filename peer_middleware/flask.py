@@ -50,7 +50,7 @@ from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException, SecurityError
 from werkzeug.local import LocalProxy
 
-from .errors import AuthenticationFailed, ConfigurationError, RequestRefused
+from .errors import AccessDenied, AuthenticationFailed, ConfigurationError, RequestRefused
 from .guard import Guard
 from .matchers import Matcher
 from .memory import MemoryLimits
@@ -60,7 +60,7 @@ from .policy import Policy
 from .request import Authenticator
 from .responses import Responder
 from .routes import EndpointTable, Requirement, declare_on_view, enforce, refuse_registered
-from .rules import Route, Rule
+from .rules import Decision, Route, Rule
 from .wsgi import DECISION_ENVIRON_KEY, PEER_ENVIRON_KEY, PeerWSGIMiddleware, _text_to_wsgi
 
 __all__ = [
@@ -222,11 +222,33 @@ class PeerAuth:
             raise ConfigurationError("PeerAuth is already installed on this app")
         FlaskRouteTable(app)  # a misplaced @require on a view registered so far raises now
         guard, self._unused = self._unused or self._new_guard(), None
+        tables: list[FlaskRouteTable] = []
 
         def routes() -> FlaskRouteTable:
             paths = [rule.rule for rule in app.url_map.iter_rules()]
             warn_unmatched_rules(guard.policy.rules, paths, f"the Flask app {app.name!r}")
-            return FlaskRouteTable(app)
+            table = FlaskRouteTable(app)
+            tables[:] = [table]
+            return table
+
+        def check_dispatched() -> None:
+            # A rule declared on one view allowed the request: Flask must have
+            # dispatched to that view (not to another one, after a middleware
+            # between the guard and the router changed the method or host).
+            decision = request.environ.get(DECISION_ENVIRON_KEY)
+            if not isinstance(decision, Decision):
+                return  # the view's own check refuses a request the middleware did not see
+            rule = decision.rule
+            if rule is None or not decision.allowed or decision.dry_run:
+                return
+            url_rule = request.url_rule
+            if url_rule is None or not tables:
+                return  # no view runs (the routing error is raised), or none declares
+            if not tables[0].dispatched(rule, url_rule.endpoint):
+                raise AccessDenied(
+                    f"allowed by rule {rule!r} declared on another view than "
+                    f"{url_rule.endpoint!r}, which Flask dispatched to"
+                )
 
         middleware = PeerWSGIMiddleware(app.wsgi_app, guard=guard, routes=routes)
         app.wsgi_app = middleware  # type: ignore[method-assign]
@@ -234,6 +256,8 @@ class PeerAuth:
         _apps.add(app)
         self._middlewares[id(app)] = middleware
         app.before_request(_load_peer)
+        # First of the app's before_request functions: nothing else runs for a refused request.
+        app.before_request_funcs.setdefault(None, []).insert(0, check_dispatched)
 
         def handle_refusal(error: RequestRefused) -> Response:
             problem = guard.reject(error, request.method, request.path, get_peer()).response

@@ -209,7 +209,7 @@ class EndpointTable:
     reaches is left to the framework's own URL adapter (its subclass).
     """
 
-    __slots__ = ("_count", "_map", "_owner", "_routes", "_settled", "rules")
+    __slots__ = ("_by_rule", "_count", "_map", "_owner", "_routes", "_settled", "rules")
 
     def __init__(
         self, url_map: Any, views: Mapping[str, object], framework: str, app: object = None
@@ -234,6 +234,7 @@ class EndpointTable:
             self._routes[endpoint] = route
             declared.append((route, list(requirements)))
         self.rules: dict[Route, tuple[Rule, ...]] = declared_rules(declared, unnamed="")
+        self._by_rule = {rule.name: route for route, rules in self.rules.items() for rule in rules}
         self._count = _rule_count(url_map)
 
     def unchanged(self) -> bool:
@@ -254,6 +255,13 @@ class EndpointTable:
     def route_of(self, endpoint: str) -> Route | None:
         """The route of ``endpoint`` when rules are declared on its view."""
         return self._routes.get(endpoint)
+
+    def dispatched(self, rule: str, endpoint: str | None) -> bool:
+        """False when ``rule``, declared on a view, allowed a request that the
+        framework dispatched to ``endpoint``, another view (a middleware between
+        the guard and the router changed the method, host or path)."""
+        expected = self._by_rule.get(rule)
+        return expected is None or (endpoint is not None and self._routes.get(endpoint) is expected)
 
 
 def _rule_count(url_map: Any) -> int:

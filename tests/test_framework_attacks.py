@@ -59,3 +59,57 @@ def test_django_as_view_cannot_override_peer_required() -> None:
     with project(patterns, django_config()):
         assert django_get("/reader/", READER) == 200
         assert django_get("/reader/", ADMIN) == 403
+
+
+class MethodOverride:
+    """The classic WSGI method override: ``X-HTTP-Method-Override`` on a request."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        method = environ.get("HTTP_X_HTTP_METHOD_OVERRIDE", "").upper()
+        if method:
+            environ["REQUEST_METHOD"] = method
+        return self.app(environ, start_response)
+
+
+def flask_app(inner: Any = None) -> tuple[Any, list[str]]:
+    from flask import Flask
+
+    from peer_middleware.flask import PeerAuth, require
+
+    app = Flask("attacks")
+    ran: list[str] = []
+
+    @app.get("/items/<item_id>")
+    @require(Principal(READER))
+    def read_item(item_id: str) -> str:
+        ran.append("read")
+        return "item"
+
+    @app.delete("/items/<item_id>")
+    def delete_item(item_id: str) -> str:
+        ran.append("delete")
+        return "deleted"
+
+    if inner is not None:
+        app.wsgi_app = inner(app.wsgi_app)  # type: ignore[method-assign]
+    PeerAuth(app, policy=CENTRAL, authenticators=[XfccAuthenticator(trusted_proxies=["127.0.0.1"])])
+    return app, ran
+
+
+def test_flask_method_override_inside_cannot_reach_another_view() -> None:
+    """A method override between the middleware and Flask's router: the reader's
+    GET (allowed by the rule declared on read_item) became a DELETE and ran
+    delete_item, which declares nothing and the central policy refuses. The
+    view Flask dispatched to is checked against the one the decision was for."""
+    app, ran = flask_app(MethodOverride)
+    client = app.test_client()
+    headers = {"x-forwarded-client-cert": f"URI={READER}"}
+    assert client.get("/items/1", headers=headers, environ_base=PROXY_ENV).status_code == 200
+    headers["x-http-method-override"] = "DELETE"
+    response = client.get("/items/1", headers=headers, environ_base=PROXY_ENV)
+    assert response.status_code == 403
+    assert response.data == b'{"type":"about:blank","title":"Forbidden","status":403}'
+    assert ran == ["read"]
