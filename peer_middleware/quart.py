@@ -57,7 +57,7 @@ from werkzeug.exceptions import HTTPException, SecurityError
 from werkzeug.local import LocalProxy
 
 from .asgi import DECISION_SCOPE_KEY, PEER_SCOPE_KEY, ASGIApp, PeerMiddleware, Receive, Scope, Send
-from .errors import AuthenticationFailed, ConfigurationError, RequestRefused
+from .errors import AccessDenied, AuthenticationFailed, ConfigurationError, RequestRefused
 from .guard import Guard
 from .matchers import Matcher
 from .memory import MemoryLimits
@@ -66,7 +66,7 @@ from .policy import Policy
 from .request import Authenticator
 from .responses import Responder
 from .routes import EndpointTable, Requirement, declare_on_view, enforce, refuse_registered
-from .rules import Route
+from .rules import Decision, Route
 
 __all__ = ["PeerAuth", "QuartRouteTable", "current_peer", "get_peer", "require"]
 
@@ -188,17 +188,21 @@ class QuartRouteTable(EndpointTable):
 class _Middleware(PeerMiddleware):
     """:class:`PeerMiddleware` reading the app's views at start-up or before the first request."""
 
-    __slots__ = ("_table",)
+    __slots__ = ("_table", "table")
 
     def __init__(self, app: ASGIApp, *, guard: Guard, table: Callable[[], QuartRouteTable]) -> None:
         super().__init__(app, guard=guard)
         self._table: Callable[[], QuartRouteTable] | None = table
+        #: The table the guard uses, once read.
+        self.table: QuartRouteTable | None = None
 
     def finalise(self) -> None:
         table = self._table
         if table is not None:
             # Kept until it succeeds: a misplaced @require raises on every request.
-            self.guard.use_routes(table())
+            built = table()
+            self.guard.use_routes(built)
+            self.table = built
             self._table = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -258,6 +262,31 @@ class PeerAuth:
         app.before_serving(finalise)
         app.before_request(_load_peer)
         app.before_websocket(_load_peer)
+
+        async def check_dispatched() -> None:
+            # A rule declared on one view allowed the request: Quart must have
+            # dispatched to that view (not to another one, after a middleware
+            # between the guard and the router changed the method or host).
+            scope = _scope()
+            decision = scope.get(DECISION_SCOPE_KEY) if scope is not None else None
+            if not isinstance(decision, Decision):
+                return  # the view's own check refuses a request the middleware did not see
+            rule = decision.rule
+            if rule is None or not decision.allowed or decision.dry_run:
+                return
+            url_rule = (websocket if has_websocket_context() else request).url_rule
+            table = middleware.table
+            if url_rule is None or table is None:
+                return  # no view runs (the routing error is raised), or none declares
+            if not table.dispatched(rule, url_rule.endpoint):
+                raise AccessDenied(
+                    f"allowed by rule {rule!r} declared on another view than "
+                    f"{url_rule.endpoint!r}, which Quart dispatched to"
+                )
+
+        # First of the app's before functions: nothing else runs for a refused request.
+        app.before_request_funcs.setdefault(None, []).insert(0, check_dispatched)
+        app.before_websocket_funcs.setdefault(None, []).insert(0, check_dispatched)
         app.register_error_handler(RequestRefused, _refusal_handler(guard))
 
     def finalise(self, app: Quart) -> None:

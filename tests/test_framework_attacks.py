@@ -113,3 +113,52 @@ def test_flask_method_override_inside_cannot_reach_another_view() -> None:
     assert response.status_code == 403
     assert response.data == b'{"type":"about:blank","title":"Forbidden","status":403}'
     assert ran == ["read"]
+
+
+class AsgiMethodOverride:
+    """An ASGI method override: ``x-http-method-override`` on an HTTP request."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            for name, value in scope.get("headers", ()):
+                if name == b"x-http-method-override":
+                    scope = {**scope, "method": value.decode("latin-1").upper()}
+        await self.app(scope, receive, send)
+
+
+async def test_quart_method_override_inside_cannot_reach_another_view() -> None:
+    """As for Flask: Quart runs the view its router picks after the override,
+    which must be the view whose declared rule allowed the request."""
+    from quart import Quart
+
+    from peer_middleware.quart import PeerAuth, require
+
+    app = Quart("attacks")
+    ran: list[str] = []
+
+    @app.get("/items/<item_id>")
+    @require(Principal(READER))
+    async def read_item(item_id: str) -> str:
+        ran.append("read")
+        return "item"
+
+    @app.delete("/items/<item_id>")
+    async def delete_item(item_id: str) -> str:
+        ran.append("delete")
+        return "deleted"
+
+    app.asgi_app = AsgiMethodOverride(app.asgi_app)  # type: ignore[method-assign]
+    PeerAuth(app, policy=CENTRAL, authenticators=[XfccAuthenticator(trusted_proxies=["127.0.0.1"])])
+    client = app.test_client()
+    headers = {"x-forwarded-client-cert": f"URI={READER}"}
+    scope = {"client": ("127.0.0.1", 50000)}
+    response = await client.get("/items/1", headers=headers, scope_base=scope)
+    assert response.status_code == 200
+    headers["x-http-method-override"] = "DELETE"
+    response = await client.get("/items/1", headers=headers, scope_base=scope)
+    assert response.status_code == 403
+    assert await response.get_data() == b'{"type":"about:blank","title":"Forbidden","status":403}'
+    assert ran == ["read"]
