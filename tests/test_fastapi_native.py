@@ -373,3 +373,22 @@ def test_readme_fastapi_section(
     if path == "/openapi.json":
         operation = response.json()["paths"]["/payments/{payment_id}"]["get"]
         assert operation["security"] == [{"mutualTLS": [SHOP.describe()]}]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "principal", "status"),
+    [
+        ("POST", "/v2/items/3", READER, 405),
+        ("POST", "/v2/items/3", ADMIN, 403),
+        ("GET", "/v2/items/3/", READER, 307),
+        ("GET", "/v2/items/3/", ADMIN, 403),
+        ("POST", "/ws", READER, 403),  # a websocket route never answers HTTP
+    ],
+)
+def test_router_answers_through_an_included_router(
+    method: str, path: str, principal: str, status: int
+) -> None:
+    app = payments_app()
+    install(app, policy=CENTRAL, authenticators=[xfcc()])
+    with TestClient(app, client=PROXY, follow_redirects=False) as client:
+        assert client.request(method, path, headers=headers(principal)).status_code == status
