@@ -218,6 +218,8 @@ class _Resource:
             self.fail("kind", f"must be one of {', '.join(_KINDS)}")
         spec = doc.get("spec")
         if spec is None:
+            if "spec" in doc:
+                self.fail("spec", "has no value (a file cut short?)")
             spec = {}
         if not isinstance(spec, dict):
             self.fail("spec", "must be a mapping")
@@ -297,7 +299,7 @@ def _path(resource: _Resource, text: str, field: str) -> str:
             elif part == "{**}":
                 if index != len(parts) - 1:
                     resource.fail(field, f"path {text!r}: '{{**}}' must be the last operator")
-                out.append("<path:rest>")
+                out.append("{rest:path}")  # zero or more segments, as Envoy
             elif "{" in part or "*" in part:
                 resource.fail(field, f"path {text!r}: an operator must be a whole segment")
             else:
@@ -458,6 +460,20 @@ def _all(matchers: Sequence[Matcher]) -> Matcher:
     return AllOf(*matchers)
 
 
+def _given(res: _Resource, raw: Mapping[str, Any], key: str, field: str) -> Any:
+    """``raw[key]``, refusing a key written without a value (``from:`` and nothing
+    after it): Istio reads it as absent, matching anything, and it is what a file
+    cut short while it is written leaves."""
+    if key in raw and raw[key] is None:
+        res.fail(f"{field}.{key}" if field else key, "has no value (a file cut short?)")
+    value = raw.get(key)
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            if item is None:
+                res.fail(f"{field}.{key}[{index}]", "has no value (a file cut short?)")
+    return value
+
+
 def _authorization(res: _Resource, compiler: _Compiler) -> tuple[Action, list[Rule]]:
     spec = res.spec
     res._check_keys(spec, {"selector", "action", "rules"}, "spec")
@@ -468,38 +484,34 @@ def _authorization(res: _Resource, compiler: _Compiler) -> tuple[Action, list[Ru
     if action_name not in actions:
         res.fail("spec.action", f"{action_name!r} must be ALLOW, DENY or AUDIT")
     action = actions[action_name]
-    raw_rules = spec.get("rules") or []
+    raw_rules = _given(res, spec, "rules", "spec") or []
     if not isinstance(raw_rules, list):
         res.fail("spec.rules", "must be a list")
     rules: list[Rule] = []
     for index, raw in enumerate(raw_rules):
         field = f"spec.rules[{index}]"
-        if raw is None:
-            raw = {}
         res._check_keys(raw, {"from", "to", "when"}, field)
         sources: list[tuple[Matcher, list[Condition]]] = []
-        for j, item in enumerate(raw.get("from") or [None]):
+        for j, item in enumerate(_given(res, raw, "from", field) or [None]):
             if item is None:
                 sources.append((Anyone(), []))
                 continue
             res._check_keys(item, {"source"}, f"{field}.from[{j}]")
-            sources.append(
-                compiler.source(res, item.get("source") or {}, f"{field}.from[{j}].source")
-            )
+            source = _given(res, item, "source", f"{field}.from[{j}]")
+            sources.append(compiler.source(res, source or {}, f"{field}.from[{j}].source"))
         operations: list[tuple[frozenset[str] | None, list[str], list[Condition]]] = []
-        for k, item in enumerate(raw.get("to") or [None]):
+        for k, item in enumerate(_given(res, raw, "to", field) or [None]):
             if item is None:
                 operations.append((None, ["/**"], []))
                 continue
             res._check_keys(item, {"operation"}, f"{field}.to[{k}]")
+            operation = _given(res, item, "operation", f"{field}.to[{k}]")
             operations.append(
-                compiler.operation(
-                    res, item.get("operation") or {}, f"{field}.to[{k}].operation", action
-                )
+                compiler.operation(res, operation or {}, f"{field}.to[{k}].operation", action)
             )
         who_when: list[Matcher] = []
         cond_when: list[Condition] = []
-        for c, item in enumerate(raw.get("when") or []):
+        for c, item in enumerate(_given(res, raw, "when", field) or []):
             matchers, conds = compiler.condition(res, item, f"{field}.when[{c}]")
             who_when.extend(matchers)
             cond_when.extend(conds)
@@ -558,13 +570,15 @@ def _peer_authentication(resources: list[_Resource], root: str) -> list[Rule]:
         if selected and res.namespace == root:
             res.fail("spec.selector", "a selector in the root namespace is not evaluated here")
         level = 2 if selected else (0 if res.namespace == root else 1)
-        levels[level].append((res, _mode(res, spec.get("mtls"), "spec.mtls")))
-        by_port = spec.get("portLevelMtls") or {}
+        levels[level].append((res, _mode(res, _given(res, spec, "mtls", "spec"), "spec.mtls")))
+        by_port = _given(res, spec, "portLevelMtls", "spec") or {}
         if not isinstance(by_port, dict):
             res.fail("spec.portLevelMtls", "must be a mapping of port to mtls")
         if by_port and not selected:
             res.fail("spec.portLevelMtls", "needs a selector (as in Istio)")
         for raw, value in by_port.items():
+            if value is None:
+                res.fail(f"spec.portLevelMtls[{raw}]", "has no value (a file cut short?)")
             number = _port(res, str(raw), f"spec.portLevelMtls[{raw}]")
             mode = _mode(res, value, f"spec.portLevelMtls[{raw}]")
             if mode != "UNSET" and ports.get(number) != "STRICT":

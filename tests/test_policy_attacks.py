@@ -9,6 +9,9 @@ all four.
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +26,7 @@ from peer_middleware import (
     deny,
 )
 from peer_middleware.conditions import Host, Port, RemoteIp, SourceIp
+from peer_middleware.istio import IstioPolicyError, IstioPolicyFiles, load_istio
 
 OPEN = [allow("open", Anyone())]
 Request = dict[str, Any]
@@ -64,8 +68,8 @@ def asgi_status(policy: Policy, request: Request, memory: bool) -> int:
         "http_version": "1.1",
         "method": "GET",
         "scheme": "http",
-        "path": "/x",
-        "raw_path": b"/x",
+        "path": request.get("path", "/x"),
+        "raw_path": request.get("path", "/x").encode(),
         "root_path": "",
         "query_string": b"",
         "headers": headers,
@@ -94,7 +98,7 @@ def wsgi_status(policy: Policy, request: Request, memory: bool) -> int:
     middleware = PeerWSGIMiddleware(app, policy=policy, memory=_memory(memory))
     environ: dict[str, Any] = {
         "REQUEST_METHOD": "GET",
-        "PATH_INFO": "/x",
+        "PATH_INFO": request.get("path", "/x"),
         "SCRIPT_NAME": "",
         "QUERY_STRING": "",
         "SERVER_NAME": "127.0.0.1",
@@ -216,3 +220,106 @@ def test_condition_attack(
     adapter: Any, memory: bool, policy: Policy, request_: Request, status: int
 ) -> None:
     assert adapter(policy, request_, memory) == status
+
+
+# --------------------------------------------------------------------------
+# The Istio loader: never wider than Istio.
+# --------------------------------------------------------------------------
+
+HEAD = """apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: p, namespace: shop}
+"""
+
+ALLOW_ONE_CALLER = (
+    HEAD
+    + """spec:
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        principals: ["cluster.local/ns/shop/sa/checkout"]
+"""
+)
+
+
+def istio(text: str, tmp_path: Path) -> Policy:
+    path = tmp_path / "policy.yaml"
+    path.write_text(text)
+    return load_istio(path, namespace="shop")
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("adapter", [asgi_status, wsgi_status], ids=["asgi", "wsgi"])
+@pytest.mark.parametrize(
+    ("pattern", "path", "status"),
+    [
+        # Envoy's {**} matches zero or more segments: "/admin/" too.
+        ("/admin/{**}", "/admin/", 403),
+        ("/admin/{**}", "/admin/a/b", 403),
+        ("/admin/{**}", "/admin", 200),
+        ("/a/{*}/{**}", "/a/b/", 403),
+        ("/a/{*}/{**}", "/a/b", 200),
+    ],
+)
+def test_istio_deny_double_star_template(
+    adapter: Any, pattern: str, path: str, status: int, tmp_path: Path
+) -> None:
+    policy = istio(
+        HEAD
+        + f'spec:\n  action: DENY\n  rules:\n  - to:\n    - operation: {{paths: ["{pattern}"]}}\n',
+        tmp_path,
+    )
+    assert adapter(policy, {**req(), "path": path}, True) == status
+
+
+CUT_SHORT = [
+    # Each a file cut off while written: Istio would read the value-less key
+    # as absent (match anything); here it is a load error.
+    ("from", HEAD + "spec:\n  action: ALLOW\n  rules:\n  - from:\n"),
+    ("source", HEAD + "spec:\n  action: ALLOW\n  rules:\n  - from:\n    - source:\n"),
+    ("from-item", HEAD + "spec:\n  action: ALLOW\n  rules:\n  - from:\n    -\n"),
+    ("rule", HEAD + "spec:\n  action: ALLOW\n  rules:\n  -\n"),
+    ("to", HEAD + "spec:\n  action: ALLOW\n  rules:\n  - to:\n"),
+    ("operation", HEAD + "spec:\n  action: ALLOW\n  rules:\n  - to:\n    - operation:\n"),
+    ("when", HEAD + "spec:\n  action: ALLOW\n  rules:\n  - when:\n"),
+    ("deny-rules", HEAD + "spec:\n  action: DENY\n  rules:\n"),
+    (
+        "peer-authentication-mtls",
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n"
+        "metadata: {name: strict, namespace: shop}\nspec:\n  mtls:\n",
+    ),
+    (
+        "peer-authentication-spec",
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n"
+        "metadata: {name: strict, namespace: shop}\nspec:\n",
+    ),
+]
+
+
+@pytest.mark.parametrize("text", [c[1] for c in CUT_SHORT], ids=[c[0] for c in CUT_SHORT])
+def test_istio_value_less_keys_are_load_errors(text: str, tmp_path: Path) -> None:
+    with pytest.raises(IstioPolicyError, match="cut short"):
+        istio(text, tmp_path)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_istio_file_cut_short_keeps_the_last_good_policy(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(ALLOW_ONE_CALLER)
+    files = IstioPolicyFiles(path, namespace="shop", interval=None)
+    policy = files.policy
+    assert asgi_status(policy, req(), True) == 401
+    # The same file cut after "- from:": read as written, it would allow anyone.
+    cut = ALLOW_ONE_CALLER[: ALLOW_ONE_CALLER.index("- from:") + len("- from:\n")]
+    path.write_text(cut)
+    os.utime(path, ns=(1, 1))
+    with caplog.at_level(logging.ERROR, logger="peer_middleware"):
+        assert files.reload() is False
+    assert "cut short" in (files.last_error or "")
+    assert files.policy is policy
+    assert asgi_status(files.policy, req(), True) == 401
+    assert wsgi_status(files.policy, req(), True) == 401
+    files.close()
