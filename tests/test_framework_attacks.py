@@ -162,3 +162,35 @@ async def test_quart_method_override_inside_cannot_reach_another_view() -> None:
     assert response.status_code == 403
     assert await response.get_data() == b'{"type":"about:blank","title":"Forbidden","status":403}'
     assert ran == ["read"]
+
+
+def test_drf_action_permission_classes_are_the_declaration() -> None:
+    """A router action with its own ``permission_classes`` (DRF passes them to
+    ``as_view`` as initkwargs): the middleware read the viewset's class-level
+    permission instead, so the action's own caller was refused and the
+    class's caller passed the middleware (refused only by DRF). Both now
+    follow the permission DRF runs."""
+    from rest_framework import viewsets
+    from rest_framework.decorators import action
+    from rest_framework.response import Response
+    from rest_framework.routers import SimpleRouter
+
+    from peer_middleware.django.rest_framework import peer_permission
+
+    class Items(viewsets.ViewSet):
+        permission_classes = (peer_permission(Principal(READER)),)
+
+        def list(self, request: Any) -> Response:
+            return Response(["item"])
+
+        @action(detail=False, permission_classes=[peer_permission(Principal(ADMIN))])
+        def purge(self, request: Any) -> Response:
+            return Response("purged")
+
+    router = SimpleRouter()
+    router.register("items", Items, basename="items")
+    with project(router.urls, django_config()):
+        assert django_get("/items/", READER) == 200
+        assert django_get("/items/", ADMIN) == 403
+        assert django_get("/items/purge/", ADMIN) == 200
+        assert django_get("/items/purge/", READER) == 403

@@ -324,7 +324,15 @@ def requirements_of(view: object) -> tuple[Declared, ...]:
             continue
         seen.add(id(cls))
         found.extend(getattr(cls, "_peer_declared", None) or ())
-        for permission in getattr(cls, "permission_classes", None) or ():
+        # as_view(permission_classes=...) (a DRF router action's own) replaces the class's.
+        initkwargs = getattr(view, "initkwargs", None)
+        if not isinstance(initkwargs, Mapping) or "permission_classes" not in initkwargs:
+            initkwargs = getattr(view, "view_initkwargs", None)
+        if isinstance(initkwargs, Mapping) and "permission_classes" in initkwargs:
+            permissions = initkwargs["permission_classes"]
+        else:
+            permissions = getattr(cls, "permission_classes", None)
+        for permission in permissions or ():
             requirement = getattr(permission, PERMISSION_REQUIREMENT, None)
             if isinstance(requirement, Requirement):
                 found.append((None, requirement))
