@@ -136,7 +136,10 @@ class Condition:
 class NotCondition(Condition):
     """Holds when the request has the attribute and ``condition`` does not hold.
 
-    In a DENY rule it also holds for a request lacking the attribute.
+    In a DENY rule it also holds for a request lacking the attribute. A
+    condition whose answer depends on ``deny`` (it errs towards matching in a
+    DENY rule) is asked as in the other kind of rule, so its negation errs the
+    same way.
     """
 
     __slots__ = ("condition",)
@@ -156,7 +159,8 @@ class NotCondition(Condition):
     def test(self, facts: RequestFacts, deny: bool = False) -> bool:
         if not self.condition.present(facts):
             return deny
-        return not self.condition.test(facts, deny)
+        # The condition errs the other way: a DENY's negation must not miss.
+        return not self.condition.test(facts, not deny)
 
     def describe(self) -> str:
         return f"~{self.condition.describe()}"

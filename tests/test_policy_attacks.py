@@ -323,3 +323,41 @@ def test_istio_file_cut_short_keeps_the_last_good_policy(
     assert asgi_status(files.policy, req(), True) == 401
     assert wsgi_status(files.policy, req(), True) == 401
     files.close()
+
+
+def _header_policy(action: str, field: str, value: str, tmp_path: Path) -> Policy:
+    rules = f"  rules:\n  - when:\n    - key: request.headers[x-env]\n      {field}: [{value!r}]\n"
+    return istio(HEAD + f"spec:\n  action: {action}\n" + rules, tmp_path)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("adapter", [asgi_status, wsgi_status], ids=["asgi", "wsgi"])
+@pytest.mark.parametrize(
+    ("action", "field", "value", "lines", "status"),
+    [
+        # Envoy matches the whole value: "evil, prod" is not "prod".
+        ("ALLOW", "values", "prod", ("evil, prod",), 401),
+        ("ALLOW", "values", "prod", ("evil", "prod"), 401),
+        ("ALLOW", "values", "prod", ("prod",), 200),
+        # Two lines are one value "a,b" to Envoy.
+        ("DENY", "values", "a,b", ("a", "b"), 403),
+        ("DENY", "values", "a,b", ("a,b",), 403),
+        ("DENY", "values", "a,b", ("a",), 200),
+        # "prod" twice is "prod,prod" to Envoy: not "prod", so denied.
+        ("DENY", "notValues", "prod", ("prod", "prod"), 403),
+        ("DENY", "notValues", "prod", ("prod",), 200),
+        ("ALLOW", "notValues", "prod", ("prod",), 401),
+    ],
+)
+def test_istio_header_values_are_whole_values(
+    adapter: Any,
+    action: str,
+    field: str,
+    value: str,
+    lines: tuple[str, ...],
+    status: int,
+    tmp_path: Path,
+) -> None:
+    policy = _header_policy(action, field, value, tmp_path)
+    request = req(headers=tuple(("x-env", line) for line in lines))
+    assert adapter(policy, request, True) == status
