@@ -51,6 +51,7 @@ from .errors import BadRequest, ConfigurationError
 
 __all__ = [
     "Condition",
+    "EnvoyHeader",
     "Header",
     "Host",
     "NotCondition",
@@ -250,6 +251,33 @@ class Header(Condition):
     def describe(self) -> str:
         values = "".join(f", {p!r}" for p in self.patterns)
         return f"Header({self.name!r}{values})"
+
+
+class EnvoyHeader(Header):
+    """A header matched on its whole value, as Envoy (so Istio and Consul) match it.
+
+    Repeated lines are one value joined with ``","``; ``EnvoyHeader("x-env",
+    "prod")`` does not match ``x-env: evil, prod``, which :class:`Header`
+    (value by value) does. In an ALLOW rule the value as the server gives it
+    must match; in a DENY rule also the value with its lines re-joined as
+    Envoy joins them (a WSGI server joins them with ``", "``).
+    """
+
+    __slots__ = ()
+
+    def test(self, facts: RequestFacts, deny: bool = False) -> bool:
+        value = facts.headers.get(self.name)
+        if value is None:
+            return False
+        globs = self._globs
+        if globs is None:
+            return True
+        if globs.match(value):
+            return True
+        return deny and globs.match(",".join(item.strip(" \t") for item in value.split(",")))
+
+    def describe(self) -> str:
+        return "Envoy" + super().describe()
 
 
 def _split_host(value: str) -> tuple[str, int | None] | None:

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .conditions import Condition, Header
+from .conditions import Condition, EnvoyHeader, Header
 from .errors import ConfigurationError
 from .matchers import AllOf, Matcher, Not
 from .peer import Peer
@@ -331,7 +331,7 @@ def _http(
                 if "*" in value:
                     entry.fail(f"{where}.{test}", "a value with '*' is not evaluated here")
                 pattern = {"Exact": value, "Prefix": value + "*", "Suffix": "*" + value}[test]
-                condition = Header(name, pattern)
+                condition = EnvoyHeader(name, pattern)
         except ConfigurationError as exc:
             if isinstance(exc, ConsulConfigError):
                 raise

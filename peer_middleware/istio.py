@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from .authenticators import JwtSvidAuthenticator
-from .conditions import Condition, Header, Host, Port, RemoteIp, RequestFacts, SourceIp
+from .conditions import Condition, EnvoyHeader, Header, Host, Port, RemoteIp, SourceIp
 from .errors import ConfigurationError
 from .keys import JwksUrl, KeySource, StaticJwks
 from .matchers import (
@@ -192,33 +192,6 @@ class _ClaimIn(Matcher):
     def describe(self) -> str:
         values = ", ".join(repr(v) for v in sorted(self.values))
         return f"IstioClaim({'.'.join(self.path)!r}, {values})"
-
-
-class _WholeHeader(Header):
-    """Istio's ``request.headers[...]``: Envoy matches the header's whole value
-    (repeated lines joined with ``","``), never one item of a list, so
-    ``values: ["prod"]`` does not match ``x-env: evil, prod``.
-
-    In an ALLOW rule the value as the server gives it must match; in a DENY
-    rule also the value with its lines re-joined as Envoy joins them (a WSGI
-    server joins them with ``", "``).
-    """
-
-    __slots__ = ()
-
-    def test(self, facts: RequestFacts, deny: bool = False) -> bool:
-        value = facts.headers.get(self.name)
-        if value is None:
-            return False
-        globs = self._globs
-        if globs is None:
-            return True
-        if globs.match(value):
-            return True
-        return deny and globs.match(",".join(item.strip(" \t") for item in value.split(",")))
-
-    def describe(self) -> str:
-        return "Istio" + super().describe()
 
 
 # --------------------------------------------------------------------------
@@ -448,7 +421,7 @@ class _Compiler:
             if "*" in values:
                 # Istio's "*" is a presence match: present, even empty.
                 return Header(header.group(1))
-            return _WholeHeader(header.group(1), *values)
+            return EnvoyHeader(header.group(1), *values)
         claims = _CLAIM_KEY.fullmatch(key)
         if claims is not None:
             path = tuple(part for part in re.findall(r"\[([^\[\]]+)\]", claims.group(1)))

@@ -9,6 +9,7 @@ all four.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from pathlib import Path
@@ -22,10 +23,12 @@ from peer_middleware import (
     PeerMiddleware,
     PeerWSGIMiddleware,
     Policy,
+    XfccAuthenticator,
     allow,
     deny,
 )
 from peer_middleware.conditions import Host, Port, RemoteIp, SourceIp
+from peer_middleware.consul import load_consul
 from peer_middleware.istio import IstioPolicyError, IstioPolicyFiles, load_istio
 
 OPEN = [allow("open", Anyone())]
@@ -53,12 +56,13 @@ def _memory(on: bool) -> MemoryLimits | None:
     return None if on else MemoryLimits.off()
 
 
-def asgi_status(policy: Policy, request: Request, memory: bool) -> int:
+def asgi_status(policy: Policy, request: Request, memory: bool, authenticators: Any = None) -> int:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"ok"})
 
-    middleware = PeerMiddleware(app, policy=policy, memory=_memory(memory))
+    extra = {"authenticators": authenticators} if authenticators else {}
+    middleware = PeerMiddleware(app, policy=policy, memory=_memory(memory), **extra)
     headers = [(b"host", h.encode("latin-1")) for h in request["hosts"]]
     headers += [(n.encode(), v.encode("latin-1")) for n, v in request["headers"]]
     port = request["port"]
@@ -90,12 +94,13 @@ def asgi_status(policy: Policy, request: Request, memory: bool) -> int:
     return int(sent[0]["status"])
 
 
-def wsgi_status(policy: Policy, request: Request, memory: bool) -> int:
+def wsgi_status(policy: Policy, request: Request, memory: bool, authenticators: Any = None) -> int:
     def app(environ: Any, start_response: Any) -> list[bytes]:
         start_response("200 OK", [])
         return [b"ok"]
 
-    middleware = PeerWSGIMiddleware(app, policy=policy, memory=_memory(memory))
+    extra = {"authenticators": authenticators} if authenticators else {}
+    middleware = PeerWSGIMiddleware(app, policy=policy, memory=_memory(memory), **extra)
     environ: dict[str, Any] = {
         "REQUEST_METHOD": "GET",
         "PATH_INFO": request.get("path", "/x"),
@@ -361,3 +366,50 @@ def test_istio_header_values_are_whole_values(
     policy = _header_policy(action, field, value, tmp_path)
     request = req(headers=tuple(("x-env", line) for line in lines))
     assert adapter(policy, request, True) == status
+
+
+# --------------------------------------------------------------------------
+# The Consul loader: an L7 header is Envoy's whole value too.
+# --------------------------------------------------------------------------
+
+CONSUL_TD = "11111111-2222-3333-4444-555555555555.consul"
+WEB = f"spiffe://{CONSUL_TD}/ns/default/dc/dc1/svc/web"
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("adapter", [asgi_status, wsgi_status], ids=["asgi", "wsgi"])
+@pytest.mark.parametrize(
+    ("action", "lines", "status"),
+    [
+        ("allow", ("evil, prod",), 403),
+        ("allow", ("evil", "prod"), 403),
+        ("allow", ("prod",), 200),
+        ("deny", ("prod", "prod"), 200),  # "prod,prod" to Envoy: not "prod"
+        ("deny", ("prod",), 403),
+    ],
+)
+def test_consul_header_exact_is_the_whole_value(
+    adapter: Any, action: str, lines: tuple[str, ...], status: int, tmp_path: Path
+) -> None:
+    permissions: list[Any] = [
+        {"Action": action, "HTTP": {"Header": [{"Name": "x-env", "Exact": "prod"}]}}
+    ]
+    if action == "deny":
+        permissions.append({"Action": "allow"})
+    entry = {
+        "Kind": "service-intentions",
+        "Name": "api",
+        "Sources": [{"Name": "web", "Permissions": permissions}],
+    }
+    path = tmp_path / "api.json"
+    path.write_text(json.dumps(entry))
+    policy = load_consul(path, service="api", trust_domain=CONSUL_TD)
+    request = req(
+        headers=(
+            ("x-forwarded-client-cert", f"By=spiffe://{CONSUL_TD}/x;URI={WEB}"),
+            *(("x-env", line) for line in lines),
+        ),
+        client=("127.0.0.1", 50000),
+    )
+    auth = [XfccAuthenticator(trusted_proxies=["127.0.0.1"])]
+    assert adapter(policy, request, True, auth) == status
