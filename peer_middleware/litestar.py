@@ -47,8 +47,8 @@ from litestar.exceptions import HTTPException, WebSocketException
 from litestar.handlers import BaseRouteHandler
 from litestar.utils import normalize_path
 
-from .asgi import DECISION_SCOPE_KEY, PEER_SCOPE_KEY, ASGIApp, PeerMiddleware
-from .errors import AuthenticationFailed, ConfigurationError, RequestRefused
+from .asgi import DECISION_SCOPE_KEY, PEER_SCOPE_KEY, ASGIApp, PeerMiddleware, Receive, Scope, Send
+from .errors import AuthenticationFailed, BadRequest, ConfigurationError, RequestRefused
 from .guard import Guard, logger
 from .matchers import Matcher
 from .memory import MemoryLimits
@@ -56,7 +56,7 @@ from .peer import Peer
 from .policy import Policy
 from .request import Authenticator
 from .responses import Responder
-from .routes import Requirement, declared_rules, enforce
+from .routes import Requirement, declared_rules, enforce, outside_root
 from .rules import Route, Rule
 
 __all__ = [
@@ -207,6 +207,24 @@ def _handler_count(app: Litestar) -> tuple[int, int]:
     return len(app.routes), len(app.asgi_router.route_handler_index)
 
 
+class _Middleware(PeerMiddleware):
+    """:class:`PeerMiddleware` refusing a path Litestar would route under another
+    ``root_path`` split than the rules judged (:func:`~peer_middleware.routes.outside_root`)."""
+
+    __slots__ = ()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket") and outside_root(
+            scope.get("path", ""), scope.get("root_path", "")
+        ):
+            error = BadRequest("request path is not under the root path")
+            method = scope.get("method", "GET")
+            verdict = self.guard.reject(error, method, str(scope.get("path", ""))[:200])
+            await self._refuse(scope["type"], scope, send, verdict)
+            return
+        await super().__call__(scope, receive, send)
+
+
 def _exception_handler(guard: Guard) -> Any:
     def handle(request: Request[Any, Any, Any], error: Exception) -> Response[bytes]:
         assert isinstance(error, RequestRefused)  # registered for it only
@@ -252,7 +270,7 @@ def install(
     )
     table = LitestarRouteTable(app)
     inner = cast(ASGIApp, app.asgi_handler)
-    middleware = PeerMiddleware(inner, guard=guard, routes=lambda: table)
+    middleware = _Middleware(inner, guard=guard, routes=lambda: table)
     app.asgi_handler = middleware  # type: ignore[assignment]
     app.exception_handlers[RequestRefused] = _exception_handler(guard)
     return middleware

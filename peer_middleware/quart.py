@@ -57,7 +57,13 @@ from werkzeug.exceptions import HTTPException, SecurityError
 from werkzeug.local import LocalProxy
 
 from .asgi import DECISION_SCOPE_KEY, PEER_SCOPE_KEY, ASGIApp, PeerMiddleware, Receive, Scope, Send
-from .errors import AccessDenied, AuthenticationFailed, ConfigurationError, RequestRefused
+from .errors import (
+    AccessDenied,
+    AuthenticationFailed,
+    BadRequest,
+    ConfigurationError,
+    RequestRefused,
+)
 from .guard import Guard
 from .matchers import Matcher
 from .memory import MemoryLimits
@@ -65,7 +71,14 @@ from .peer import Peer
 from .policy import Policy
 from .request import Authenticator
 from .responses import Responder
-from .routes import EndpointTable, Requirement, declare_on_view, enforce, refuse_registered
+from .routes import (
+    EndpointTable,
+    Requirement,
+    declare_on_view,
+    enforce,
+    outside_root,
+    refuse_registered,
+)
 from .rules import Decision, Route
 
 __all__ = ["PeerAuth", "QuartRouteTable", "current_peer", "get_peer", "require"]
@@ -208,6 +221,15 @@ class _Middleware(PeerMiddleware):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._table is not None and scope["type"] != "lifespan":
             self.finalise()
+        if scope["type"] in ("http", "websocket") and outside_root(
+            scope.get("path", ""), scope.get("root_path", "")
+        ):
+            # Quart would route another path than the rules judged.
+            error = BadRequest("request path is not under the root path")
+            method = scope.get("method", "GET")
+            verdict = self.guard.reject(error, method, str(scope.get("path", ""))[:200])
+            await self._refuse(scope["type"], scope, send, verdict)
+            return
         await super().__call__(scope, receive, send)
 
 

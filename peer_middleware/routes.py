@@ -21,8 +21,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from .errors import AccessDenied, AuthenticationFailed, ConfigurationError
+from .errors import AccessDenied, AuthenticationFailed, BadRequest, ConfigurationError
 from .matchers import AllOf, Matcher
+from .paths import normalise_path
 from .rules import Route, Rule, allow
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "declared_rules",
     "enforce",
     "misplaced",
+    "outside_root",
     "refuse_registered",
     "view_requirements",
 ]
@@ -270,3 +272,21 @@ def _rule_count(url_map: Any) -> int:
     if isinstance(by_endpoint, dict):
         return sum(map(len, by_endpoint.values()))
     return sum(1 for _ in url_map.iter_rules())  # pragma: no cover - other Werkzeug
+
+
+def outside_root(path: str, root_path: str) -> bool:
+    """True when ``path``, normalised, is not under ``root_path`` at a segment boundary.
+
+    The rules see the path without its mount point as Starlette's
+    ``get_route_path`` makes it (:func:`peer_middleware.guard.route_path`);
+    Quart and Litestar strip ``root_path`` with ``str.split``, anywhere in the
+    path: for ``/apiadmin`` under ``/api`` they route ``/admin`` while the
+    rules saw ``/apiadmin``. Their integrations refuse such a request.
+    """
+    if not root_path:
+        return False
+    try:
+        path = normalise_path(path)
+    except BadRequest:
+        return False  # the guard refuses it
+    return not (path == root_path or path.startswith(root_path + "/"))

@@ -20,12 +20,13 @@ from django.test import Client  # noqa: E402
 from django.urls import path  # noqa: E402
 from django.views import View  # noqa: E402
 
-from peer_middleware import Anyone, Policy, Principal, XfccAuthenticator, allow  # noqa: E402
+from peer_middleware import Anyone, Policy, Principal, XfccAuthenticator, allow, deny  # noqa: E402
 from peer_middleware.django import DjangoConfigurationError, PeerRequiredMixin  # noqa: E402
 
 READER = "spiffe://cluster.local/ns/shop/sa/reader"
 ADMIN = "spiffe://cluster.local/ns/ops/sa/admin"
 CENTRAL = Policy([allow("healthz", Anyone(), methods="GET", paths="/healthz")])
+BODY_400 = b'{"type":"about:blank","title":"Bad Request","status":400}'
 PROXY_ENV = {"REMOTE_ADDR": "127.0.0.1", "REMOTE_PORT": "50000"}
 
 
@@ -194,3 +195,76 @@ def test_drf_action_permission_classes_are_the_declaration() -> None:
         assert django_get("/items/", ADMIN) == 403
         assert django_get("/items/purge/", ADMIN) == 200
         assert django_get("/items/purge/", READER) == 403
+
+
+# Central rules are written against the path without the mount point (root_path);
+# Quart and Litestar strip it with str.split, so "/apiadmin/x" under root_path
+# "/api" (hypercorn passes the client's path as it came) is routed as "/admin/x"
+# while the rules saw "/apiadmin/x", and a central deny on /admin/** was bypassed.
+GUARDED_ADMIN = Policy(
+    [deny("admin-only", ~Principal(ADMIN), paths="/admin/**"), allow("all", Anyone(), paths="/**")]
+)
+OUTSIDE_ROOT = ["/apiadmin/x", "/api/../apiadmin/x", "/zz/api/admin/x"]
+
+
+@pytest.mark.parametrize("url", OUTSIDE_ROOT)
+async def test_quart_path_outside_root_path_is_refused(url: str) -> None:
+    from quart import Quart
+
+    from peer_middleware.quart import PeerAuth
+
+    app = Quart("root-path")
+
+    @app.get("/admin/x")
+    async def admin_view() -> str:
+        return "admin"
+
+    PeerAuth(
+        app,
+        policy=GUARDED_ADMIN,
+        authenticators=[XfccAuthenticator(trusted_proxies=["127.0.0.1"])],
+    )
+    client = app.test_client()
+    scope = {"client": ("127.0.0.1", 50000), "root_path": "/api"}
+    headers = {"x-forwarded-client-cert": f"URI={READER}"}
+    response = await client.get("/api/admin/x", headers=headers, scope_base=scope)
+    assert response.status_code == 403
+    response = await client.get(url, headers=headers, scope_base=scope)
+    assert response.status_code == 400
+    assert await response.get_data() == BODY_400
+    headers = {"x-forwarded-client-cert": f"URI={ADMIN}"}
+    response = await client.get("/api/admin/x", headers=headers, scope_base=scope)
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize("url", OUTSIDE_ROOT)
+def test_litestar_path_outside_root_path_is_refused(url: str) -> None:
+    from litestar import Litestar, get
+    from litestar.testing import TestClient
+
+    from peer_middleware.litestar import install
+
+    @get("/admin/x")
+    async def admin_view() -> str:
+        return "admin"
+
+    app = Litestar([admin_view])
+    install(
+        app,
+        policy=GUARDED_ADMIN,
+        authenticators=[XfccAuthenticator(trusted_proxies=["127.0.0.1"])],
+    )
+
+    async def served(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            scope["client"] = ("127.0.0.1", 50000)
+            scope["root_path"] = "/api"
+        await app(scope, receive, send)
+
+    with TestClient(served) as client:
+        headers = {"x-forwarded-client-cert": f"URI={READER}"}
+        assert client.get("/api/admin/x", headers=headers).status_code == 403
+        response = client.get(url, headers=headers)
+        assert (response.status_code, response.content) == (400, BODY_400)
+        headers = {"x-forwarded-client-cert": f"URI={ADMIN}"}
+        assert client.get("/api/admin/x", headers=headers).status_code == 200
