@@ -46,7 +46,7 @@ import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, cast
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException, SecurityError
 from werkzeug.local import LocalProxy
 
@@ -75,6 +75,7 @@ __all__ = [
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXTENSION_KEY = "peer_middleware"
+GUARD_KEY = "peer_middleware.guard"
 
 
 def get_peer() -> Peer | None:
@@ -115,10 +116,24 @@ def _checked(
             # The middleware is not in front of this app: refuse, never assume.
             raise AuthenticationFailed("peer_middleware is not installed in front of this view")
         peer = environ.get(PEER_ENVIRON_KEY)
-        enforce(requirements, peer if isinstance(peer, Peer) else None)
+        try:
+            enforce(requirements, peer if isinstance(peer, Peer) else None)
+        except RequestRefused as error:
+            # Answered here: a blueprint's error handlers come before the app's.
+            return _refusal(error)
         return inner(*args, **kwargs)
 
     return checked
+
+
+def _refusal(error: RequestRefused) -> Response:
+    """The fixed response for ``error``, logged by the guard of the current app."""
+    guard = current_app.extensions.get(GUARD_KEY)
+    if not isinstance(guard, Guard):  # pragma: no cover - PeerAuth installs both
+        raise error
+    problem = guard.reject(error, request.method, request.path, get_peer()).response
+    assert problem is not None  # every refused verdict carries its response
+    return Response(problem.body, status=problem.status, headers=list(problem.headers))
 
 
 #: Apps with :class:`PeerAuth`, so that ``@require`` above ``@app.route`` raises at once.
@@ -231,28 +246,32 @@ class PeerAuth:
             tables[:] = [table]
             return table
 
-        def check_dispatched() -> None:
+        def check_dispatched() -> Response | None:
             # A rule declared on one view allowed the request: Flask must have
             # dispatched to that view (not to another one, after a middleware
             # between the guard and the router changed the method or host).
             decision = request.environ.get(DECISION_ENVIRON_KEY)
             if not isinstance(decision, Decision):
-                return  # the view's own check refuses a request the middleware did not see
+                return None  # the view's own check refuses a request the middleware did not see
             rule = decision.rule
             if rule is None or not decision.allowed or decision.dry_run:
-                return
+                return None
             url_rule = request.url_rule
             if url_rule is None or not tables:
-                return  # no view runs (the routing error is raised), or none declares
+                return None  # no view runs (the routing error is raised), or none declares
             if not tables[0].dispatched(rule, url_rule.endpoint):
-                raise AccessDenied(
-                    f"allowed by rule {rule!r} declared on another view than "
-                    f"{url_rule.endpoint!r}, which Flask dispatched to"
+                return _refusal(
+                    AccessDenied(
+                        f"allowed by rule {rule!r} declared on another view than "
+                        f"{url_rule.endpoint!r}, which Flask dispatched to"
+                    )
                 )
+            return None
 
         middleware = PeerWSGIMiddleware(app.wsgi_app, guard=guard, routes=routes)
         app.wsgi_app = middleware  # type: ignore[method-assign]
         app.extensions[EXTENSION_KEY] = self
+        app.extensions[GUARD_KEY] = guard
         _apps.add(app)
         self._middlewares[id(app)] = middleware
         app.before_request(_load_peer)

@@ -27,6 +27,7 @@ READER = "spiffe://cluster.local/ns/shop/sa/reader"
 ADMIN = "spiffe://cluster.local/ns/ops/sa/admin"
 CENTRAL = Policy([allow("healthz", Anyone(), methods="GET", paths="/healthz")])
 BODY_400 = b'{"type":"about:blank","title":"Bad Request","status":400}'
+BODY_403 = b'{"type":"about:blank","title":"Forbidden","status":403}'
 PROXY_ENV = {"REMOTE_ADDR": "127.0.0.1", "REMOTE_PORT": "50000"}
 
 
@@ -268,3 +269,38 @@ def test_litestar_path_outside_root_path_is_refused(url: str) -> None:
         assert (response.status_code, response.content) == (400, BODY_400)
         headers = {"x-forwarded-client-cert": f"URI={ADMIN}"}
         assert client.get("/api/admin/x", headers=headers).status_code == 200
+
+
+def test_flask_blueprint_error_handler_does_not_answer_a_refusal() -> None:
+    """Flask asks a blueprint's error handlers before the app's: a blueprint's
+    ``errorhandler(Exception)`` answered the refusal of its own declared view
+    (500 with the reason: the requirement and the caller's identity). The
+    refusal is the fixed response whatever handlers the blueprint has."""
+    from flask import Blueprint, Flask
+
+    from peer_middleware.flask import PeerAuth, require
+
+    app = Flask("blueprint-errors")
+    blueprint = Blueprint("bp", __name__)
+
+    @blueprint.get("/secret")
+    @require(Principal(ADMIN))
+    def secret() -> str:
+        return "secret"
+
+    @blueprint.errorhandler(Exception)
+    def oops(error: Exception) -> tuple[str, int]:
+        return f"oops: {error}", 500
+
+    app.register_blueprint(blueprint)
+    PeerAuth(
+        app,
+        policy=Policy([allow("all", Anyone(), paths="/**")]),
+        authenticators=[XfccAuthenticator(trusted_proxies=["127.0.0.1"])],
+    )
+    client = app.test_client()
+    headers = {"x-forwarded-client-cert": f"URI={READER}"}
+    response = client.get("/secret", headers=headers, environ_base=PROXY_ENV)
+    assert (response.status_code, response.data) == (403, BODY_403)
+    headers = {"x-forwarded-client-cert": f"URI={ADMIN}"}
+    assert client.get("/secret", headers=headers, environ_base=PROXY_ENV).data == b"secret"
