@@ -28,6 +28,7 @@ responder's fixed response and never reach the app.
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -118,7 +119,15 @@ def _tls_chain(environ: WSGIEnvironment) -> tuple[bytes | str, ...] | None:
 
 
 def _server_port(environ: WSGIEnvironment) -> int | None:
-    """The port the server was reached on (``SERVER_PORT``), when known."""
+    """The port the server was reached on (``SERVER_PORT``), when known.
+
+    Unknown on a unix socket of gunicorn's, whose ``SERVER_PORT`` is the port
+    of the request's ``Host`` header: the client's choice.
+    """
+    sock: Any = environ.get("gunicorn.socket")
+    unix = getattr(socket, "AF_UNIX", None)
+    if unix is not None and getattr(sock, "family", None) == unix:
+        return None
     port = environ.get("SERVER_PORT")
     if isinstance(port, str) and port.isdigit() and len(port) <= 5:
         return int(port)

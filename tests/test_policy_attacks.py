@@ -12,6 +12,9 @@ import asyncio
 import json
 import logging
 import os
+import socket
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,7 @@ from peer_middleware import (
 from peer_middleware.conditions import Host, Port, RemoteIp, SourceIp
 from peer_middleware.consul import load_consul
 from peer_middleware.istio import IstioPolicyError, IstioPolicyFiles, load_istio
+from peer_middleware.testing.processes import ManagedProcess
 
 OPEN = [allow("open", Anyone())]
 Request = dict[str, Any]
@@ -413,3 +417,52 @@ def test_consul_header_exact_is_the_whole_value(
     )
     auth = [XfccAuthenticator(trusted_proxies=["127.0.0.1"])]
     assert adapter(policy, request, True, auth) == status
+
+
+# --------------------------------------------------------------------------
+# The server's port: gunicorn on a unix socket takes SERVER_PORT from Host.
+# --------------------------------------------------------------------------
+
+GUNICORN_APP = """
+from peer_middleware import Anyone, PeerWSGIMiddleware, Policy, allow
+from peer_middleware.conditions import Port
+
+
+def inner(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+
+
+app = PeerWSGIMiddleware(inner, policy=Policy([allow("tls-port", Anyone(), when=Port(8443))]))
+"""
+
+
+def _unix_get(path: Path, host: str) -> int:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(5)
+        conn.connect(str(path))
+        conn.sendall(f"GET /x HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+    return int(data.split(b" ", 2)[1])
+
+
+def test_gunicorn_unix_socket_port_is_unknown(tmp_path: Path) -> None:
+    (tmp_path / "port_attack_app.py").write_text(GUNICORN_APP)
+    sock = tmp_path / "app.sock"
+    args = [sys.executable, "-m", "gunicorn", "--bind", f"unix:{sock}", "--workers", "1"]
+    args += ["--chdir", str(tmp_path), "port_attack_app:app"]
+    with ManagedProcess(args, log_dir=tmp_path, name="gunicorn"):
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                status = _unix_get(sock, "api.example.com:8443")
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        # SERVER_PORT is the Host header's port here: a client's choice, not known.
+        assert status == 401
+        assert _unix_get(sock, "api.example.com") == 401
