@@ -86,6 +86,7 @@ __all__ = ["PeerAuth", "QuartRouteTable", "current_peer", "get_peer", "require"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXTENSION_KEY = "peer_middleware"
+GUARD_KEY = "peer_middleware.guard"
 
 #: Apps with :class:`PeerAuth`, so that ``@require`` above ``@app.route`` raises at once.
 _apps: weakref.WeakSet[Quart] = weakref.WeakSet()
@@ -131,7 +132,11 @@ def _checked(
             # The middleware is not in front of this app: refuse, never assume.
             raise AuthenticationFailed("peer_middleware is not installed in front of this view")
         peer = scope.get(PEER_SCOPE_KEY)
-        enforce(requirements, peer if isinstance(peer, Peer) else None)
+        try:
+            enforce(requirements, peer if isinstance(peer, Peer) else None)
+        except RequestRefused as error:
+            # Answered here: a blueprint's error handlers come before the app's.
+            return await _refusal(error)
         return await current_app.ensure_async(inner)(*args, **kwargs)
 
     return checked
@@ -275,6 +280,7 @@ class PeerAuth:
         middleware = _Middleware(inner, guard=guard, table=lambda: QuartRouteTable(app))
         app.asgi_app = middleware  # type: ignore[method-assign,assignment]
         app.extensions[EXTENSION_KEY] = self
+        app.extensions[GUARD_KEY] = guard
         _apps.add(app)
         self._middlewares[id(app)] = middleware
 
@@ -285,26 +291,29 @@ class PeerAuth:
         app.before_request(_load_peer)
         app.before_websocket(_load_peer)
 
-        async def check_dispatched() -> None:
+        async def check_dispatched() -> Response | None:
             # A rule declared on one view allowed the request: Quart must have
             # dispatched to that view (not to another one, after a middleware
             # between the guard and the router changed the method or host).
             scope = _scope()
             decision = scope.get(DECISION_SCOPE_KEY) if scope is not None else None
             if not isinstance(decision, Decision):
-                return  # the view's own check refuses a request the middleware did not see
+                return None  # the view's own check refuses a request the middleware did not see
             rule = decision.rule
             if rule is None or not decision.allowed or decision.dry_run:
-                return
+                return None
             url_rule = (websocket if has_websocket_context() else request).url_rule
             table = middleware.table
             if url_rule is None or table is None:
-                return  # no view runs (the routing error is raised), or none declares
+                return None  # no view runs (the routing error is raised), or none declares
             if not table.dispatched(rule, url_rule.endpoint):
-                raise AccessDenied(
-                    f"allowed by rule {rule!r} declared on another view than "
-                    f"{url_rule.endpoint!r}, which Quart dispatched to"
+                return await _refusal(
+                    AccessDenied(
+                        f"allowed by rule {rule!r} declared on another view than "
+                        f"{url_rule.endpoint!r}, which Quart dispatched to"
+                    )
                 )
+            return None
 
         # First of the app's before functions: nothing else runs for a refused request.
         app.before_request_funcs.setdefault(None, []).insert(0, check_dispatched)
@@ -318,6 +327,14 @@ class PeerAuth:
     def require(self, who: Matcher, *, name: str | None = None) -> Callable[[F], F]:
         """Same as the module-level :func:`require`."""
         return require(who, name=name)
+
+
+async def _refusal(error: RequestRefused) -> Response:
+    """The fixed response for ``error``, logged by the guard of the current app."""
+    guard = current_app.extensions.get(GUARD_KEY)
+    if not isinstance(guard, Guard):  # pragma: no cover - PeerAuth installs both
+        raise error
+    return await _refusal_handler(guard)(error)
 
 
 def _refusal_handler(guard: Guard) -> Callable[[RequestRefused], Awaitable[Response]]:

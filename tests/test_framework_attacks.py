@@ -304,3 +304,37 @@ def test_flask_blueprint_error_handler_does_not_answer_a_refusal() -> None:
     assert (response.status_code, response.data) == (403, BODY_403)
     headers = {"x-forwarded-client-cert": f"URI={ADMIN}"}
     assert client.get("/secret", headers=headers, environ_base=PROXY_ENV).data == b"secret"
+
+
+async def test_quart_blueprint_error_handler_does_not_answer_a_refusal() -> None:
+    """As for Flask: a Quart blueprint's ``errorhandler(Exception)`` comes first."""
+    from quart import Blueprint, Quart
+
+    from peer_middleware.quart import PeerAuth, require
+
+    app = Quart("blueprint-errors")
+    blueprint = Blueprint("bp", __name__)
+
+    @blueprint.get("/secret")
+    @require(Principal(ADMIN))
+    async def secret() -> str:
+        return "secret"
+
+    @blueprint.errorhandler(Exception)
+    async def oops(error: Exception) -> tuple[str, int]:
+        return f"oops: {error}", 500
+
+    app.register_blueprint(blueprint)
+    PeerAuth(
+        app,
+        policy=Policy([allow("all", Anyone(), paths="/**")]),
+        authenticators=[XfccAuthenticator(trusted_proxies=["127.0.0.1"])],
+    )
+    client = app.test_client()
+    scope = {"client": ("127.0.0.1", 50000)}
+    headers = {"x-forwarded-client-cert": f"URI={READER}"}
+    response = await client.get("/secret", headers=headers, scope_base=scope)
+    assert (response.status_code, await response.get_data()) == (403, BODY_403)
+    headers = {"x-forwarded-client-cert": f"URI={ADMIN}"}
+    response = await client.get("/secret", headers=headers, scope_base=scope)
+    assert await response.get_data() == b"secret"
