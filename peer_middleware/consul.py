@@ -191,7 +191,10 @@ def _entries(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -
                 sorted(
                     p
                     for p in path.iterdir()
-                    if p.suffix in (".hcl", ".json") and p.is_file() and not p.name.startswith(".")
+                    # Any case: a DENY.JSON is not skipped.
+                    if p.suffix.lower() in (".hcl", ".json")
+                    and p.is_file()
+                    and not p.name.startswith(".")
                 )
             )
         else:
@@ -203,7 +206,7 @@ def _entries(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -
         except (OSError, UnicodeDecodeError) as exc:
             raise ConsulConfigError(f"{path}: cannot be read: {exc}") from exc
         try:
-            if path.suffix == ".json":
+            if path.suffix.lower() == ".json":
                 document = json.loads(text, object_pairs_hook=_no_duplicate_keys_json)
             else:
                 try:

@@ -4,7 +4,7 @@
 
     policy = load_istio("/etc/istio-policies", namespace="shop", labels={"app": "payments"})
 
-reads YAML files (a file, or every ``*.yaml``/``*.yml`` file of a directory,
+reads YAML files (a file, or every ``*.yaml``/``*.yml``/``*.json`` file of a directory, in any case,
 as a ConfigMap is mounted; each may hold several documents), keeps the
 resources that apply to this workload (its ``namespace``, or the mesh-wide
 ``root_namespace``; a ``selector`` whose ``matchLabels`` are all in
@@ -620,7 +620,10 @@ def _files(paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]]) -> 
                 sorted(
                     p
                     for p in path.iterdir()
-                    if p.suffix in (".yaml", ".yml") and not p.name.startswith(".") and p.is_file()
+                    # Any case (DENY.YAML is not skipped); JSON is YAML too.
+                    if p.suffix.lower() in (".yaml", ".yml", ".json")
+                    and not p.name.startswith(".")
+                    and p.is_file()
                 )
             )
         else:

@@ -466,3 +466,49 @@ def test_gunicorn_unix_socket_port_is_unknown(tmp_path: Path) -> None:
         # SERVER_PORT is the Host header's port here: a client's choice, not known.
         assert status == 401
         assert _unix_get(sock, "api.example.com") == 401
+
+
+# --------------------------------------------------------------------------
+# A directory of files: none skipped for the case of its suffix.
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("name", ["deny.YAML", "deny.Yml", "deny.json"])
+def test_istio_directory_reads_every_policy_file(name: str, tmp_path: Path) -> None:
+    text = HEAD + 'spec:\n  action: DENY\n  rules:\n  - to:\n    - operation: {paths: ["/admin"]}\n'
+    if name.endswith(".json"):
+        text = json.dumps(
+            {
+                "apiVersion": "security.istio.io/v1",
+                "kind": "AuthorizationPolicy",
+                "metadata": {"name": "p", "namespace": "shop"},
+                "spec": {
+                    "action": "DENY",
+                    "rules": [{"to": [{"operation": {"paths": ["/admin"]}}]}],
+                },
+            }
+        )
+    (tmp_path / name).write_text(text)
+    policy = load_istio(tmp_path, namespace="shop")
+    assert asgi_status(policy, {**req(), "path": "/admin"}, True) == 403
+    assert wsgi_status(policy, {**req(), "path": "/admin"}, True) == 403
+    assert asgi_status(policy, {**req(), "path": "/other"}, True) == 200
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_consul_directory_reads_an_upper_case_json_file(tmp_path: Path) -> None:
+    entry = {
+        "Kind": "service-intentions",
+        "Name": "api",
+        "Sources": [{"Name": "web", "Action": "deny"}, {"Name": "*", "Action": "allow"}],
+    }
+    (tmp_path / "api.JSON").write_text(json.dumps(entry))
+    policy = load_consul(tmp_path, service="api", trust_domain=CONSUL_TD)
+    request = req(
+        headers=(("x-forwarded-client-cert", f"By=spiffe://{CONSUL_TD}/x;URI={WEB}"),),
+        client=("127.0.0.1", 50000),
+    )
+    auth = [XfccAuthenticator(trusted_proxies=["127.0.0.1"])]
+    assert asgi_status(policy, request, True, auth) == 403
+    assert wsgi_status(policy, request, True, auth) == 403
