@@ -338,3 +338,25 @@ async def test_quart_blueprint_error_handler_does_not_answer_a_refusal() -> None
     headers = {"x-forwarded-client-cert": f"URI={ADMIN}"}
     response = await client.get("/secret", headers=headers, scope_base=scope)
     assert await response.get_data() == b"secret"
+
+
+def test_flask_rule_added_to_the_url_map_after_the_first_request() -> None:
+    """A URL rule added straight to the URL map once Flask serves (no setup
+    method refuses that) shadows a declared view for a path whose route and
+    verdict the guard remembers: the view Flask now dispatches to is refused."""
+    from werkzeug.routing import Rule
+
+    app, ran = flask_app()
+    client = app.test_client()
+    headers = {"x-forwarded-client-cert": f"URI={READER}"}
+    assert client.get("/items/export", headers=headers, environ_base=PROXY_ENV).data == b"item"
+
+    def export() -> str:
+        ran.append("export")
+        return "export"
+
+    app.view_functions["export"] = export
+    app.url_map.add(Rule("/items/export", endpoint="export", methods=["GET"]))
+    response = client.get("/items/export", headers=headers, environ_base=PROXY_ENV)
+    assert (response.status_code, response.data) == (403, BODY_403)
+    assert ran == ["read"]
