@@ -349,7 +349,8 @@ def test_flask_rule_added_to_the_url_map_after_the_first_request() -> None:
     app, ran = flask_app()
     client = app.test_client()
     headers = {"x-forwarded-client-cert": f"URI={READER}"}
-    assert client.get("/items/export", headers=headers, environ_base=PROXY_ENV).data == b"item"
+    for _ in range(2):  # the second request settles the table (Flask refuses setup methods)
+        assert client.get("/items/export", headers=headers, environ_base=PROXY_ENV).data == b"item"
 
     def export() -> str:
         ran.append("export")
@@ -359,4 +360,4 @@ def test_flask_rule_added_to_the_url_map_after_the_first_request() -> None:
     app.url_map.add(Rule("/items/export", endpoint="export", methods=["GET"]))
     response = client.get("/items/export", headers=headers, environ_base=PROXY_ENV)
     assert (response.status_code, response.data) == (403, BODY_403)
-    assert ran == ["read"]
+    assert ran == ["read", "read"]
