@@ -52,6 +52,7 @@ from .errors import BadRequest, ConfigurationError
 __all__ = [
     "Condition",
     "EnvoyHeader",
+    "EnvoyHost",
     "Header",
     "Host",
     "NotCondition",
@@ -372,6 +373,42 @@ class Host(Condition):
 
     def describe(self) -> str:
         return f"Host({', '.join(repr(h) for h in self.hosts)})"
+
+
+class EnvoyHost(Host):
+    """The ``Host`` header matched as Istio's ``hosts`` (Envoy's matcher).
+
+    Istio compares ``:authority`` case-insensitively to the host, a port
+    allowed after an exact host only, never a trailing dot; ``*.example.com``
+    is a suffix of the whole value (no port after it). In an ALLOW rule it
+    matches only what Istio would; in a DENY rule it is :class:`Host` (which
+    also ignores a trailing dot and a port).
+    """
+
+    __slots__ = ()
+
+    def test(self, facts: RequestFacts, deny: bool = False) -> bool:
+        if deny or facts.host is None:
+            return super().test(facts, deny)
+        split = _request_host(facts.host)
+        if split is None:
+            return False
+        if self._any:
+            return True
+        host, port = split
+        raw = facts.host.strip(" \t").lower()
+        name = raw[: raw.rfind(":")] if port is not None else raw
+        if name.endswith("."):
+            return False
+        if (host, None) in self._exact or (port is not None and (host, port) in self._exact):
+            return True
+        return any(
+            raw.endswith(suffix if want is None else f"{suffix}:{want}")
+            for suffix, want in self._suffixes
+        )
+
+    def describe(self) -> str:
+        return "Envoy" + super().describe()
 
 
 class Port(Condition):

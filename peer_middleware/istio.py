@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from .authenticators import JwtSvidAuthenticator
-from .conditions import Condition, EnvoyHeader, Header, Host, Port, RemoteIp, SourceIp
+from .conditions import Condition, EnvoyHeader, EnvoyHost, Header, Port, RemoteIp, SourceIp
 from .errors import ConfigurationError
 from .keys import JwksUrl, KeySource, StaticJwks
 from .matchers import (
@@ -374,9 +374,9 @@ class _Compiler:
                 elif key == "notPaths":
                     res.fail(where, "cannot be evaluated here; write a DENY rule with 'paths'")
                 elif key == "hosts":
-                    when.append(Host(*values))
+                    when.append(EnvoyHost(*values))
                 elif key == "notHosts":
-                    when.append(~Host(*values))
+                    when.append(~EnvoyHost(*values))
                 else:
                     ports = [_port(res, v, where) for v in values]
                     when.append(Port(*ports) if key == "ports" else ~Port(*ports))

@@ -512,3 +512,33 @@ def test_consul_directory_reads_an_upper_case_json_file(tmp_path: Path) -> None:
     auth = [XfccAuthenticator(trusted_proxies=["127.0.0.1"])]
     assert asgi_status(policy, request, True, auth) == 403
     assert wsgi_status(policy, request, True, auth) == 403
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("adapter", [asgi_status, wsgi_status], ids=["asgi", "wsgi"])
+@pytest.mark.parametrize(
+    ("action", "hosts", "host", "status"),
+    [
+        # Istio: an exact host with any port, case-insensitive, never a trailing dot...
+        ("ALLOW", "api.example.com", "API.example.com:8080", 200),
+        ("ALLOW", "api.example.com", "api.example.com.", 401),
+        ("ALLOW", "api.example.com", "api.example.com.:8080", 401),
+        # ... and *.example.com a suffix of the whole value: no port after it.
+        ("ALLOW", "*.example.com", "a.example.com", 200),
+        ("ALLOW", "*.example.com", "a.example.com:8080", 401),
+        ("ALLOW", "*.example.com:8080", "a.example.com:8080", 200),
+        # A DENY stays as wide as Host(): port and trailing dot ignored.
+        ("DENY", "*.example.com", "a.example.com.:8080", 403),
+        ("DENY", "api.example.com", "api.example.com.", 403),
+    ],
+)
+def test_istio_hosts_as_envoy_matches_them(
+    adapter: Any, action: str, hosts: str, host: str, status: int, tmp_path: Path
+) -> None:
+    policy = istio(
+        HEAD
+        + f"spec:\n  action: {action}\n  rules:\n  - to:\n"
+        + f'    - operation: {{hosts: ["{hosts}"]}}\n',
+        tmp_path,
+    )
+    assert adapter(policy, req((host,)), True) == status
