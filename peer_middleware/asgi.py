@@ -101,7 +101,8 @@ class PeerCredentials:
 
     def __init__(self, peer: Peer | None) -> None:
         self.peer = peer
-        self.scopes: list[str] = ["authenticated"] if peer is not None else []
+        # A tuple: one object serves every request of a remembered verdict.
+        self.scopes: tuple[str, ...] = ("authenticated",) if peer is not None else ()
 
     @property
     def proof(self) -> Proof | None:
@@ -242,12 +243,12 @@ class PeerMiddleware:
         root_path = scope.get("root_path", "")
         # The address a server integration recorded from the socket, when there
         # is one: scope["client"] may have been rewritten from a request header.
-        client = connection_client(scope)
-        if client is not None:
+        client = connection_client(scope) if scope.get("extensions") else scope.get("client")
+        if client is not None and type(client) is not tuple:
             # [host, port] per the ASGI spec; anything else is an unknown peer.
             client = tuple(client)
-            if len(client) != 2:
-                client = None
+        if client is not None and len(client) != 2:
+            client = None
         guard = self.guard
         tls_chain = _tls_chain(scope) if guard.reads_tls else None
         if tls_chain is None and guard.reads_tls and not self._tls_warned:
@@ -275,8 +276,11 @@ class PeerMiddleware:
         scope[PEER_SCOPE_KEY] = peer
         scope[DECISION_SCOPE_KEY] = verdict.decision
         if "user" not in scope:
-            scope["user"] = PeerUser(peer)
-            scope["auth"] = PeerCredentials(peer)
+            adapted = verdict.adapted
+            if adapted is None:
+                # Made once per verdict; a remembered verdict brings them again.
+                adapted = verdict.adapted = (PeerUser(peer), PeerCredentials(peer))
+            scope["user"], scope["auth"] = adapted  # type: ignore[misc]
         await self.app(scope, receive, send)
 
     @staticmethod

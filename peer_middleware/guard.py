@@ -73,9 +73,13 @@ class Verdict:
     refused request gets on the wire (``None`` when allowed): the adapters
     only serialise it. ``failure`` is the :func:`~peer_middleware.observe.refusal_class`
     of the error that refused the request before the policy decided.
+    ``adapted`` is free for the adapter that serves the verdict to keep what
+    it derives from it (ASGI: ``scope["user"]`` and ``scope["auth"]``); a
+    remembered verdict is served again with it. It must be immutable.
     """
 
     __slots__ = (
+        "adapted",
         "decision",
         "failure",
         "notes",
@@ -103,6 +107,7 @@ class Verdict:
         self.www_authenticate = www_authenticate
         self.response: ProblemResponse | None = None
         self.failure: str | None = None
+        self.adapted: object = None
 
     @property
     def allowed(self) -> bool:
