@@ -474,14 +474,23 @@ def warn_unmatched_rules(rules: Iterable[Rule], routes: Iterable[str], app: str)
     """Log one WARNING naming the central rules that match no route of ``app``."""
     unmatched = unmatched_rules(rules, routes)
     if unmatched:
+        named = "; ".join(
+            f"{r.name!r} ({', '.join(p.text for p in r.paths)})" for r in unmatched[:_NAMED]
+        )
+        if len(unmatched) > _NAMED:
+            named += f"; and {len(unmatched) - _NAMED} more (peer-middleware check lists them)"
         logger.warning(
             "%d rule(s) of the policy match no route of %s at start-up: %s. A path pattern "
             "with a typo, or one for routes that moved, protects nothing; check the paths.",
             len(unmatched),
             app,
-            "; ".join(f"{r.name!r} ({', '.join(p.text for p in r.paths)})" for r in unmatched),
+            named,
         )
     return unmatched
+
+
+#: How many unmatched rules the start-up warning names (the rest are counted).
+_NAMED = 10
 
 
 _MANY = (MANY0, MANY1, MANY1N)

@@ -256,3 +256,18 @@ def test_unmatched_rules_compare_templates_segment_by_segment() -> None:
     ]
     routes = ["/payments/{payment_id}", "/items/<int:item_id>", "/static/<path:filename>"]
     assert [r.name for r in unmatched_rules(rules, routes)] == ["typo", "absent", "slash"]
+
+
+def test_the_unmatched_rules_warning_names_ten_and_counts_the_rest(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from peer_middleware.observe import warn_unmatched_rules
+
+    rules = [allow(f"r{i}", Anyone(), paths=f"/gone{i}/**") for i in range(25)]
+    with caplog.at_level(logging.WARNING, logger="peer_middleware"):
+        assert len(warn_unmatched_rules(rules, ["/orders/{id}"], "the app")) == 25
+    (message,) = [r.getMessage() for r in caplog.records if "match no route" in r.getMessage()]
+    assert message.startswith("25 rule(s) of the policy match no route of the app")
+    assert "'r9' (/gone9/**)" in message
+    assert "'r10'" not in message
+    assert "and 15 more (peer-middleware check lists them)" in message
