@@ -167,6 +167,38 @@ def _warn_without_tls(scope: Scope) -> bool:
     return True
 
 
+def read_scope(
+    scope: Scope, wanted: dict[bytes, str]
+) -> tuple[dict[str, str], str | None, tuple[str, int] | None]:
+    """What the guard reads of an ASGI request: the headers ``wanted`` names
+    (raw lower-case name to the guard's name; repeated lines joined with
+    ","), the target as sent (``raw_path``) and the connection's peer.
+
+    ASGI servers send header names in lower case (ASGI spec, HTTP connection
+    scope); a name in any other case is not matched, as Starlette's own
+    Headers would not match it either. The peer a server integration recorded
+    from the socket (:data:`~peer_middleware.proxies.CONNECTION_EXTENSION`)
+    wins over ``scope["client"]``, which may have been rewritten from a
+    request header; anything but a ``[host, port]`` pair is an unknown peer.
+    """
+    headers: dict[str, str] = {}
+    if wanted:
+        for name, value in scope.get("headers", ()):
+            key = wanted.get(name)
+            if key is not None:
+                text = value.decode("latin-1")
+                previous = headers.get(key)
+                headers[key] = text if previous is None else previous + "," + text
+    raw = scope.get("raw_path")
+    raw_target = raw.decode("latin-1") if raw is not None else None
+    client = connection_client(scope) if scope.get("extensions") else scope.get("client")
+    if client is not None and type(client) is not tuple:
+        client = tuple(client)
+    if client is not None and len(client) != 2:
+        client = None
+    return headers, raw_target, client
+
+
 def _wanted(names: frozenset[str]) -> dict[bytes, str]:
     """Each header name as an ASGI server sends it, to the name the guard reads."""
     return {name.encode("latin-1"): name for name in names}
@@ -219,36 +251,15 @@ class PeerMiddleware:
             logger.error("refused an ASGI scope of unknown type %r", str(scope_type)[:64])
             raise ValueError(f"peer_middleware does not support ASGI scope type {scope_type!r}")
         method = scope.get("method", "GET") if scope_type == "http" else "GET"
-        headers: dict[str, str] = {}
         names = self.guard.header_names
         reading = self._reading
         if reading[0] is not names:
             # The guard's policy was replaced: it may read other headers. The
             # names and their lookup are one value, never paired across policies.
             reading = self._reading = (names, _wanted(names))
-        wanted = reading[1]
-        if wanted:
-            # ASGI servers send header names in lower case (ASGI spec, HTTP
-            # connection scope); a name in any other case is not matched, as
-            # Starlette's own Headers would not match it either.
-            for name, value in scope["headers"]:
-                key = wanted.get(name)
-                if key is not None:
-                    text = value.decode("latin-1")
-                    previous = headers.get(key)
-                    headers[key] = text if previous is None else previous + "," + text
+        headers, raw_target, client = read_scope(scope, reading[1])
         path: str = scope.get("path", "")
-        raw = scope.get("raw_path")
-        raw_target = raw.decode("latin-1") if raw is not None else None
         root_path = scope.get("root_path", "")
-        # The address a server integration recorded from the socket, when there
-        # is one: scope["client"] may have been rewritten from a request header.
-        client = connection_client(scope) if scope.get("extensions") else scope.get("client")
-        if client is not None and type(client) is not tuple:
-            # [host, port] per the ASGI spec; anything else is an unknown peer.
-            client = tuple(client)
-        if client is not None and len(client) != 2:
-            client = None
         guard = self.guard
         tls_chain = _tls_chain(scope) if guard.reads_tls else None
         if tls_chain is None and guard.reads_tls and not self._tls_warned:

@@ -57,6 +57,40 @@ DECISION_ENVIRON_KEY = DECISION_KEY
 _STATUS_LINES = {400: "400 Bad Request", 401: "401 Unauthorized", 403: "403 Forbidden"}
 
 
+def read_environ(
+    environ: WSGIEnvironment, keys: tuple[tuple[str, str], ...]
+) -> tuple[dict[str, str], str | None, tuple[str, int] | None]:
+    """What the guard reads of a WSGI request: the headers of ``keys`` (each
+    name with its environ key), the target as sent (without its query) when
+    the server gives it, and the connection's peer.
+
+    The peer is the one werkzeug's ProxyFix kept as the original when it
+    replaced ``REMOTE_ADDR`` from ``X-Forwarded-For``; its port is -1 when
+    the server gives none that is a number.
+    """
+    headers: dict[str, str] = {}
+    for name, key in keys:
+        value = environ.get(key)
+        if value is not None:
+            headers[name] = value
+    raw_uri = environ.get("REQUEST_URI") or environ.get("RAW_URI")
+    if raw_uri is not None:
+        raw_uri = raw_uri.partition("?")[0]
+    client = None
+    remote = environ.get("REMOTE_ADDR")
+    original = environ.get("werkzeug.proxy_fix.orig")
+    if original is not None:
+        # Werkzeug's ProxyFix replaced REMOTE_ADDR with a value from
+        # X-Forwarded-For; the connection's own peer is kept here.
+        remote = original.get("REMOTE_ADDR")
+    if remote:
+        try:
+            client = (remote, int(environ.get("REMOTE_PORT") or -1))
+        except ValueError:
+            client = (remote, -1)
+    return headers, raw_uri, client
+
+
 def _environ_keys(names: frozenset[str]) -> tuple[tuple[str, str], ...]:
     """Each header name with the environ key a WSGI server puts it under."""
     return tuple((name, _environ_key(name)) for name in names)
@@ -186,7 +220,6 @@ class PeerWSGIMiddleware:
             self.finalise()
         guard = self.guard
         method = environ.get("REQUEST_METHOD", "GET")
-        headers: dict[str, str] = {}
         names = guard.header_names
         reading = self._reading
         if reading[0] is not names:
@@ -194,25 +227,7 @@ class PeerWSGIMiddleware:
             # other headers. The names and their keys are one value, so a
             # thread never pairs one policy's names with another's keys.
             reading = self._reading = (names, _environ_keys(names))
-        for name, key in reading[1]:
-            value = environ.get(key)
-            if value is not None:
-                headers[name] = value
-        raw_uri = environ.get("REQUEST_URI") or environ.get("RAW_URI")
-        if raw_uri is not None:
-            raw_uri = raw_uri.partition("?")[0]
-        client = None
-        remote = environ.get("REMOTE_ADDR")
-        original = environ.get("werkzeug.proxy_fix.orig")
-        if original is not None:
-            # Werkzeug's ProxyFix replaced REMOTE_ADDR with a value from
-            # X-Forwarded-For; the connection's own peer is kept here.
-            remote = original.get("REMOTE_ADDR")
-        if remote:
-            try:
-                client = (remote, int(environ.get("REMOTE_PORT") or -1))
-            except ValueError:
-                client = (remote, -1)
+        headers, raw_uri, client = read_environ(environ, reading[1])
         path_info = environ.get("PATH_INFO", "")
         try:
             path = _wsgi_to_text(path_info)

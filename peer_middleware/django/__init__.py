@@ -100,7 +100,7 @@ from django.views import View
 
 from peer_middleware.asgi import _server_port as _scope_server_port
 from peer_middleware.asgi import _tls_chain as _scope_tls_chain
-from peer_middleware.asgi import _wanted
+from peer_middleware.asgi import _wanted, read_scope
 from peer_middleware.errors import (
     AccessDenied,
     AuthenticationFailed,
@@ -114,12 +114,11 @@ from peer_middleware.memory import MemoryLimits
 from peer_middleware.paths import quote_path
 from peer_middleware.peer import Peer
 from peer_middleware.policy import Policy
-from peer_middleware.proxies import connection_client
 from peer_middleware.request import DECISION_KEY, PEER_KEY, Authenticator
 from peer_middleware.responses import ProblemResponse, Refusal, default_responder, respond
 from peer_middleware.routes import Requirement, declared_rules
 from peer_middleware.rules import Route, Rule
-from peer_middleware.wsgi import _environ_keys, _text_to_wsgi, _wsgi_to_text
+from peer_middleware.wsgi import _environ_keys, _text_to_wsgi, _wsgi_to_text, read_environ
 from peer_middleware.wsgi import _server_port as _environ_server_port
 from peer_middleware.wsgi import _tls_chain as _environ_tls_chain
 
@@ -804,26 +803,11 @@ class PeerMiddleware:
     def _check_asgi(self, request: HttpRequest, scope: dict[str, Any]) -> Verdict:
         guard = self.guard
         method = scope.get("method", "GET")
-        headers: dict[str, str] = {}
         reading = self._headers_read()
-        wanted = reading[1]
-        if wanted:
-            for name, value in scope.get("headers", ()):
-                key = wanted.get(name)
-                if key is not None:
-                    text = value.decode("latin-1")
-                    previous = headers.get(key)
-                    headers[key] = text if previous is None else previous + "," + text
+        headers, raw_target, client = read_scope(scope, reading[1])
         path: str = scope.get("path", "")
-        raw = scope.get("raw_path")
-        raw_target = raw.decode("latin-1") if raw is not None else None
         # Django strips its script prefix (FORCE_SCRIPT_NAME or root_path).
         root = str(getattr(request, "script_name", "") or "")
-        client = connection_client(scope)
-        if client is not None:
-            client = tuple(client)
-            if len(client) != 2:
-                client = None
         setattr(request, _ROOT, root)
         verdict = guard.check(
             method,
@@ -849,25 +833,8 @@ class PeerMiddleware:
         guard = self.guard
         environ = request.META
         method = environ.get("REQUEST_METHOD", "GET")
-        headers: dict[str, str] = {}
         reading = self._headers_read()
-        for name, key in reading[2]:
-            value = environ.get(key)
-            if value is not None:
-                headers[name] = value
-        raw_uri = environ.get("REQUEST_URI") or environ.get("RAW_URI")
-        if raw_uri is not None:
-            raw_uri = raw_uri.partition("?")[0]
-        client = None
-        remote = environ.get("REMOTE_ADDR")
-        original = environ.get("werkzeug.proxy_fix.orig")
-        if original is not None:
-            remote = original.get("REMOTE_ADDR")
-        if remote:
-            try:
-                client = (remote, int(environ.get("REMOTE_PORT") or -1))
-            except ValueError:
-                client = (remote, -1)
+        headers, raw_uri, client = read_environ(environ, reading[2])
         path_info = environ.get("PATH_INFO", "")
         try:
             path = _wsgi_to_text(path_info)
