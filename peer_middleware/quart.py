@@ -38,6 +38,7 @@ The peer is on ``quart.g.peer`` (``None`` for an anonymous request), in
 from __future__ import annotations
 
 import functools
+import inspect
 import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar, cast
@@ -137,8 +138,12 @@ def _checked(
         except RequestRefused as error:
             # Answered here: a blueprint's error handlers come before the app's.
             return await _refusal(error)
+        if native:
+            return await inner(*args, **kwargs)
         return await current_app.ensure_async(inner)(*args, **kwargs)
 
+    # An async view is awaited as it is; only a sync one needs Quart's thread.
+    native = inspect.iscoroutinefunction(inner)
     return checked
 
 
