@@ -247,10 +247,15 @@ class PeerAuth:
             return table
 
         def check_dispatched() -> Response | None:
+            # g.peer for the views and the app's own before_request functions
+            # (one function, so Flask prepares one call per request, not two).
+            environ = request.environ
+            peer = environ.get(PEER_ENVIRON_KEY)
+            g.peer = peer if isinstance(peer, Peer) else None
             # A rule declared on one view allowed the request: Flask must have
             # dispatched to that view (not to another one, after a middleware
             # between the guard and the router changed the method or host).
-            decision = request.environ.get(DECISION_ENVIRON_KEY)
+            decision = environ.get(DECISION_ENVIRON_KEY)
             if not isinstance(decision, Decision):
                 return None  # the view's own check refuses a request the middleware did not see
             rule = decision.rule
@@ -274,8 +279,8 @@ class PeerAuth:
         app.extensions[GUARD_KEY] = guard
         _apps.add(app)
         self._middlewares[id(app)] = middleware
-        app.before_request(_load_peer)
-        # First of the app's before_request functions: nothing else runs for a refused request.
+        # First of the app's before_request functions: nothing else runs for a
+        # refused request, and the others see g.peer.
         app.before_request_funcs.setdefault(None, []).insert(0, check_dispatched)
 
         def handle_refusal(error: RequestRefused) -> Response:
@@ -302,7 +307,3 @@ class PeerAuth:
     def require(self, who: Matcher, *, name: str | None = None) -> Callable[[F], F]:
         """Same as the module-level :func:`require`."""
         return require(who, name=name)
-
-
-def _load_peer() -> None:
-    g.peer = get_peer()
