@@ -88,6 +88,12 @@ class XfccElement:
     dns: tuple[str, ...] = ()
 
 
+#: Characters of a quoted value up to its closing quote or an escape.
+_QUOTED_RUN = re.compile(r'[^"\\]*')
+#: Characters of an unquoted value up to its end (``,`` or ``;``) or a stray quote.
+_UNQUOTED_RUN = re.compile(r'[^,;"]*')
+
+
 def _element(pairs: list[tuple[str, str]], position: int) -> XfccElement:
     if not pairs:
         raise XfccSyntaxError("empty element", position=position)
@@ -142,20 +148,21 @@ def parse_xfcc(value: str) -> tuple[XfccElement, ...]:
             i += 1
             chars: list[str] = []
             while True:
+                # A run of plain characters at once, then a quote or an escape.
+                run = _QUOTED_RUN.match(value, i)
+                assert run is not None  # the pattern matches the empty string
+                chars.append(run.group())
+                i = run.end()
                 if i >= n:
                     raise XfccSyntaxError("unterminated quoted value", position=i)
-                char = value[i]
-                if char == "\\":
+                if value[i] == "\\":
                     if i + 1 >= n:
                         raise XfccSyntaxError("unterminated escape", position=i)
                     chars.append(value[i + 1])
                     i += 2
                     continue
-                if char == '"':
-                    i += 1
-                    break
-                chars.append(char)
-                i += 1
+                i += 1  # the closing quote
+                break
             item = "".join(chars)
             while i < n and value[i] in _WHITESPACE:
                 i += 1
@@ -163,10 +170,11 @@ def parse_xfcc(value: str) -> tuple[XfccElement, ...]:
                 raise XfccSyntaxError("unexpected text after a quoted value", position=i)
         else:
             start = i
-            while i < n and value[i] not in ",;":
-                if value[i] == '"':
-                    raise XfccSyntaxError("unexpected '\"' in an unquoted value", position=i)
-                i += 1
+            run = _UNQUOTED_RUN.match(value, i)
+            assert run is not None  # the pattern matches the empty string
+            i = run.end()
+            if i < n and value[i] == '"':
+                raise XfccSyntaxError("unexpected '\"' in an unquoted value", position=i)
             item = value[start:i].strip(_WHITESPACE)
         pairs.append((key, item))
         if len(pairs) > MAX_XFCC_PAIRS:
