@@ -304,7 +304,7 @@ class PeerMiddleware:
             await send(
                 {"type": "http.response.start", "status": response.status, "headers": headers}
             )
-            await send({"type": "http.response.body", "body": response.body})
+            await send({"type": "http.response.body", "body": response.body, "more_body": False})
             return
         extensions = scope.get("extensions") or {}
         if "websocket.http.response" in extensions:
