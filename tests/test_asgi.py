@@ -88,7 +88,7 @@ def problem_headers(status: int) -> list[tuple[bytes, bytes]]:
 def refused_messages(status: int) -> list[dict[str, Any]]:
     return [
         {"type": "http.response.start", "status": status, "headers": problem_headers(status)},
-        {"type": "http.response.body", "body": BODIES[status]},
+        {"type": "http.response.body", "body": BODIES[status], "more_body": False},
     ]
 
 
@@ -1217,7 +1217,7 @@ async def test_custom_responder_gets_the_refusal() -> None:
             "status": 418,
             "headers": [(b"content-type", b"text/plain"), (b"content-length", b"4")],
         },
-        {"type": "http.response.body", "body": b"nope"},
+        {"type": "http.response.body", "body": b"nope", "more_body": False},
     ]
     assert seen == [
         Refusal(
