@@ -244,10 +244,11 @@ def bench(session: nox.Session) -> None:
     """The benchmark suite, written to benchmarks/RESULTS.md (``-- --quick``: a smoke run)."""
     # uvicorn for the real-server section (driven by wrk, from Debian), and the
     # fastapi-client-cert-auth alternative for the comparison rows; grpcio for the gRPC rows;
-    # Quart, Litestar and Django for the documented-usage rows.
+    # Quart, Litestar and Django for the documented-usage rows; prometheus_client for the
+    # metrics-on row.
     session.install(
         "-e",
-        ".[django,fastapi,flask,grpc,litestar,quart]",
+        ".[django,fastapi,flask,grpc,litestar,prometheus,quart]",
         "uvicorn>=0.30",
         "fastapi-client-cert-auth",
     )
