@@ -242,14 +242,15 @@ def demo(session: nox.Session) -> None:
 @nox.session(python="3.11")
 def bench(session: nox.Session) -> None:
     """The benchmark suite, written to benchmarks/RESULTS.md (``-- --quick``: a smoke run)."""
-    # uvicorn for the real-server section (driven by wrk, from Debian), and the
-    # fastapi-client-cert-auth alternative for the comparison rows; grpcio for the gRPC rows;
-    # Quart, Litestar and Django for the documented-usage rows; prometheus_client for the
-    # metrics-on row.
+    # uvicorn and gunicorn for the real-server sections (driven by wrk, from Debian), and
+    # the fastapi-client-cert-auth alternative for the comparison rows; grpcio for the gRPC
+    # rows; Quart, Litestar and Django for the documented-usage rows; prometheus_client for
+    # the metrics-on row.
     session.install(
         "-e",
         ".[django,fastapi,flask,grpc,litestar,prometheus,quart]",
         "uvicorn>=0.30",
+        "gunicorn>=23",
         "fastapi-client-cert-auth",
     )
     args = session.posargs or ["--output", "benchmarks/RESULTS.md"]

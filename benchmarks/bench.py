@@ -25,8 +25,7 @@ Sections (see ``benchmarks/README.md`` for the method):
    servicer (``--skip grpc``; one row saying so without grpcio).
 8. FastAPI as the README's FastAPI section protects it (``fastapi_bench.py``):
    bare, a trivial async dependency, the middleware alone, a central rule,
-   ``require()`` on the route, and ``CurrentPeer``; in process and under
-   uvicorn + ``wrk`` at 4, 16 and 64 connections.
+   ``require()`` on the route, and ``CurrentPeer``, in process.
 9. Django (``django_bench.py``): the bare view against the README's usage
    (a central rule, a rule declared on the view, the view reading
    ``request.peer``) through Django's WSGI and ASGI handlers in process
@@ -53,6 +52,7 @@ import re
 import shlex
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -1065,12 +1065,13 @@ def _wait_ok(url: str, deadline: float) -> None:
 
 @dataclass
 class ServerResult:
-    rps: dict[str, list[float]] = field(default_factory=dict)
+    rps: dict[str, float] = field(default_factory=dict)  # the median of the runs
     note: str = ""
     command: str = ""
 
 
-def _wrk(url: str, duration: float, connections: int) -> float:
+def _wrk_run(url: str, duration: float, connections: int) -> tuple[float, int]:
+    """Requests/s and requests completed of one ``wrk`` run with the sidecar's headers."""
     command = ["wrk", "-t1", f"-c{connections}", f"-d{duration:g}s"]
     for name, value in _server_headers().items():
         command += ["-H", f"{name}: {value}"]
@@ -1080,47 +1081,107 @@ def _wrk(url: str, duration: float, connections: int) -> float:
     ).stdout
     if "Non-2xx" in out or "Socket errors" in out:
         raise SanityError(f"wrk reported errors:\n{out}")
-    match = re.search(r"Requests/sec:\s*([0-9.]+)", out)
-    if match is None:
+    rate = re.search(r"Requests/sec:\s*([0-9.]+)", out)
+    count = re.search(r"([0-9]+) requests in", out)
+    if rate is None or count is None:
         raise SanityError(f"no Requests/sec in wrk's output:\n{out}")
-    return float(match.group(1))
+    return float(rate.group(1)), int(count.group(1))
 
 
-def measure_server(duration: float, reps: int, connections: int = 16) -> ServerResult:
-    result = ServerResult()
-    result.command = f"wrk -t1 -c{connections} -d{duration:g}s -H <sidecar headers> {PATH}"
-    if shutil.which("wrk") is None:
-        result.note = "wrk is not installed (Debian: apt-get install wrk); section skipped"
-        return result
-    servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
+def _wrk(url: str, duration: float, connections: int) -> float:
+    return _wrk_run(url, duration, connections)[0]
+
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (a gunicorn master's worker), from /proc."""
+    found = [pid]
     try:
-        for what in ("bare", "wrapped"):
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children", encoding="ascii") as children:
+                for child in children.read().split():
+                    found += _process_tree(int(child))
+    except OSError:
+        pass
+    return found
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of ``pid`` and its descendants so far (0 without /proc)."""
+    ticks = 0
+    for each in _process_tree(pid):
+        try:
+            with open(f"/proc/{each}/stat", encoding="ascii") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / _TICKS
+
+
+@dataclass
+class Served:
+    """What ``wrk`` measured of one server at one concurrency level, run by run."""
+
+    rps: list[float] = field(default_factory=list)
+    cpu_us: list[float] = field(default_factory=list)  # server CPU per request
+
+    @property
+    def median_rps(self) -> float:
+        return statistics.median(self.rps)
+
+    @property
+    def median_cpu_us(self) -> float:
+        return statistics.median(self.cpu_us)
+
+
+def uvicorn_command(target: str, port: int) -> list[str]:
+    """uvicorn serving the factory ``target`` (``module:function``, in this folder)."""
+    return [
+        sys.executable, "-m", "uvicorn", target, "--factory", "--app-dir", BENCH_DIR,
+        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", "--no-access-log",
+    ]  # fmt: skip
+
+
+def serve_interleaved(
+    commands: dict[str, Callable[[int], list[str]]],
+    duration: float,
+    reps: int,
+    connections: Iterable[int],
+    env: Callable[[str], dict[str, str]] | None = None,
+) -> dict[tuple[str, int], Served]:
+    """Every run's requests/s and server CPU per request, per (server, connections).
+
+    Every server is started at once (``commands[name](port)``), checked to
+    answer ``200 ok``, warmed up, then measured interleaved: each ``wrk`` run
+    against each server in turn, round after round, so that a disturbance of
+    the machine falls on all of them alike. Stopped by process id, always.
+    """
+    servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
+    runs: dict[tuple[str, int], Served] = {}
+    levels = tuple(connections)
+    try:
+        for name, command in commands.items():
             port = _free_port()
-            command = [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                f"bench:server_{what}",
-                "--factory",
-                "--app-dir",
-                BENCH_DIR,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-                "--no-access-log",
-            ]
-            process = subprocess.Popen(command, cwd=_ROOT)
-            servers[what] = (process, f"http://127.0.0.1:{port}{PATH}")
-        for _process, url in servers.values():
-            _wait_ok(url, time.monotonic() + 60)
-        for _process, url in servers.values():
-            _wrk(url, min(duration, 1.0), connections)  # warm-up
+            environ = None if env is None else {**os.environ, **env(name)}
+            process = subprocess.Popen(command(port), cwd=_ROOT, env=environ)
+            servers[name] = (process, f"http://127.0.0.1:{port}{PATH}")
+        for name, (_process, url) in servers.items():
+            try:
+                _wait_ok(url, time.monotonic() + 60)
+            except SanityError as error:
+                raise SanityError(f"{name}: {error}") from None
+            _wrk(url, min(duration, 1.0), levels[0])  # warm-up
         for _ in range(reps):
-            for what, (_process, url) in servers.items():
-                result.rps.setdefault(what, []).append(_wrk(url, duration, connections))
+            for level in levels:
+                for name, (process, url) in servers.items():
+                    before = _cpu_seconds(process.pid)
+                    rps, count = _wrk_run(url, duration, level)
+                    served = runs.setdefault((name, level), Served())
+                    served.rps.append(rps)
+                    served.cpu_us.append((_cpu_seconds(process.pid) - before) / count * 1e6)
     finally:
         for process, _url in servers.values():
             process.terminate()
@@ -1129,6 +1190,21 @@ def measure_server(duration: float, reps: int, connections: int = 16) -> ServerR
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+    return runs
+
+
+def measure_server(duration: float, reps: int, connections: int = 16) -> ServerResult:
+    result = ServerResult()
+    result.command = f"wrk -t1 -c{connections} -d{duration:g}s -H <sidecar headers> {PATH}"
+    if shutil.which("wrk") is None:
+        result.note = "wrk is not installed (Debian: apt-get install wrk); section skipped"
+        return result
+    commands = {
+        what: functools.partial(uvicorn_command, f"bench:server_{what}")
+        for what in ("bare", "wrapped")
+    }
+    runs = serve_interleaved(commands, duration, reps, (connections,))
+    result.rps = {what: runs[(what, connections)].median_rps for what in commands}
     return result
 
 
@@ -1674,7 +1750,7 @@ def server_rows(result: ServerResult) -> list[Row]:
     label = f"uvicorn (1 worker) on 127.0.0.1, Starlette, XFCC repeat caller, `{result.command}`"
     if result.note or not result.rps:
         return [("4 real server", label, "—", result.note, "—", "—", "—", "", "n/a")]
-    bare, wrapped = max(result.rps["bare"]), max(result.rps["wrapped"])
+    bare, wrapped = result.rps["bare"], result.rps["wrapped"]
     ratio = wrapped / bare
     per_request = (1 / wrapped - 1 / bare) * 1e6
     return [
@@ -2099,6 +2175,7 @@ def main(argv: list[str] | None = None) -> int:
             "grpc",
             "fastapi",
             "django",
+            "served",
         ],
         help="leave a section out (repeatable)",
     )
@@ -2187,16 +2264,24 @@ def main(argv: list[str] | None = None) -> int:
         rows += grpc_rows(n, reps, 200 if args.quick else 500)
 
     if "fastapi" not in args.skip:
-        progress("FastAPI as its README section protects it: in process, then uvicorn + wrk...")
+        progress("FastAPI as its README section protects it, in process...")
         from fastapi_bench import fastapi_rows
 
-        rows += fastapi_rows(n, reps, args.no_gc, duration, 1 if args.quick else 3)
+        rows += fastapi_rows(n, reps, args.no_gc)
 
     if "django" not in args.skip:
         progress("Django: the README's usage through Django's WSGI and ASGI handlers...")
         from django_bench import django_rows
 
         rows += django_rows(n, reps)
+
+    if "served" not in args.skip:
+        # Five rounds of shorter runs: the median of five needs more runs than the best of three.
+        served_duration = args.duration or (1.0 if args.quick else 2.0)
+        progress(f"each framework's README usage under its server, {served_duration:g} s wrk runs")
+        from served import served_rows
+
+        rows += served_rows(served_duration, 1 if args.quick else 5, progress)
 
     lines = render(rows)
     print()

@@ -10,20 +10,15 @@ The same route, ``GET /payments/{payment_id}`` (``async def``), served:
 * ``route rule``: ``dependencies=[require(...)]`` on the route, no central rule for it;
 * ``route rule + CurrentPeer``: the same, with ``peer: CurrentPeer`` in the handler.
 
-In process (one coroutine, the repeat caller of section 1, 1,000 rules) and
-under a real server (uvicorn, one worker, driven by ``wrk`` at a few
-concurrency levels). Imported by ``bench.py`` (``--skip fastapi``); the
-uvicorn factories below are what the servers run.
+In process (one coroutine, the repeat caller of section 1, 1,000 rules).
+Imported by ``bench.py`` (``--skip fastapi``); section 10 (``served.py``)
+serves the same apps under uvicorn.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
-import logging
-import shutil
-import subprocess
-import sys
 import time
 from typing import Annotated, Any
 
@@ -31,7 +26,6 @@ import bench
 from bench import (
     CALLER,
     DECIDING_RULE,
-    PATH,
     TARGET_ADDED_AT,
     TARGET_ADDED_US,
     TIMES,
@@ -202,110 +196,11 @@ def inprocess_rows(cases: list[Case], n: int) -> list[Row]:
     return rows
 
 
-# --------------------------------------------------------------------------
-# Under uvicorn + wrk.
-# --------------------------------------------------------------------------
-
-
-def _factory(usage: str) -> Any:
-    logging.getLogger("peer_middleware").setLevel(logging.WARNING)
-    return usage_app(usage)
-
-
-def server_bare() -> Any:
-    return _factory("bare")
-
-
-def server_central() -> Any:
-    return _factory("central rule")
-
-
-def server_route() -> Any:
-    return _factory("route rule")
-
-
-def server_route_peer() -> Any:
-    return _factory("route rule + CurrentPeer")
-
-
-FACTORIES = {
-    "bare": "server_bare",
-    "central rule": "server_central",
-    "route rule": "server_route",
-    "route rule + CurrentPeer": "server_route_peer",
-}
-
-
-def measure_servers(duration: float, reps: int) -> tuple[dict[tuple[str, int], float], str]:
-    """Best requests/s per (usage, connections); the note says why when skipped."""
-    if shutil.which("wrk") is None:
-        return {}, "wrk is not installed (Debian: apt-get install wrk); skipped"
-    best: dict[tuple[str, int], float] = {}
-    servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
-    try:
-        for usage in SERVED:
-            port = bench._free_port()
-            command = [
-                sys.executable, "-m", "uvicorn", f"fastapi_bench:{FACTORIES[usage]}", "--factory",
-                "--app-dir", bench.BENCH_DIR, "--host", "127.0.0.1", "--port", str(port),
-                "--log-level", "warning", "--no-access-log",
-            ]  # fmt: skip
-            process = subprocess.Popen(command, cwd=bench._ROOT)
-            servers[usage] = (process, f"http://127.0.0.1:{port}{PATH}")
-        for _process, url in servers.values():
-            bench._wait_ok(url, time.monotonic() + 60)
-            bench._wrk(url, min(duration, 1.0), 16)  # warm-up
-        for _ in range(reps):
-            for connections in CONNECTIONS:
-                for usage, (_process, url) in servers.items():  # interleaved
-                    rps = bench._wrk(url, duration, connections)
-                    best[(usage, connections)] = max(best.get((usage, connections), 0.0), rps)
-    finally:
-        for process, _url in servers.values():
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-    return best, ""
-
-
-def server_rows(best: dict[tuple[str, int], float], note: str, duration: float) -> list[Row]:
-    label = "uvicorn (1 worker) + `wrk -t1 -c{c} -d{d:g}s`"
-    if note:
-        return [(SECTION, "uvicorn + wrk", "—", note, "—", "—", "—", "", "n/a")]
-    rows: list[Row] = []
-    for connections in CONNECTIONS:
-        bare = best[("bare", connections)]
-        for usage in SERVED[1:]:
-            rps = best[(usage, connections)]
-            ratio = rps / bare
-            rows.append(
-                (
-                    SECTION,
-                    f"{label.format(c=connections, d=duration)} · {usage}",
-                    f"{TARGET_ADDED_AT:,}",
-                    f"{rps:,.0f} req/s",
-                    f"bare {bare:,.0f} req/s",
-                    f"{(1 / rps - 1 / bare) * 1e6:.1f} µs/req",
-                    f"{ratio:.3f}{TIMES}",
-                    f"≥ {TARGET_SERVER:g}{TIMES} bare",
-                    _verdict(ratio >= TARGET_SERVER),
-                )
-            )
-    return rows
-
-
-def fastapi_rows(n: int, reps: int, no_gc: bool, duration: float, server_reps: int) -> list[Row]:
-    """Every row of section 8: in process, then under uvicorn + wrk."""
+def fastapi_rows(n: int, reps: int, no_gc: bool) -> list[Row]:
+    """Every row of section 8 (in process; section 10 serves the same apps under uvicorn)."""
     measured = cases()
     asyncio.run(measure(measured, n, reps, no_gc))
     rows = inprocess_rows(measured, n)
     del measured
     gc.collect()
-    try:
-        best, note = measure_servers(duration, server_reps)
-    except SanityError as error:
-        raise SystemExit(f"sanity check failed: FastAPI under uvicorn: {error}") from None
-    return rows + server_rows(best, note, duration)
+    return rows

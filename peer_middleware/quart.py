@@ -293,36 +293,44 @@ class PeerAuth:
             middleware.finalise()
 
         app.before_serving(finalise)
-        app.before_request(_load_peer)
-        app.before_websocket(_load_peer)
 
-        async def check_dispatched() -> Response | None:
+        def misdispatched(connection: Any) -> RequestRefused | None:
+            # g.peer for the views and the app's own before functions (set here,
+            # not in a second before function: one call per request, not two).
+            scope = connection.scope
+            peer = scope.get(PEER_SCOPE_KEY)
+            g.peer = peer if isinstance(peer, Peer) else None
             # A rule declared on one view allowed the request: Quart must have
             # dispatched to that view (not to another one, after a middleware
             # between the guard and the router changed the method or host).
-            scope = _scope()
-            decision = scope.get(DECISION_SCOPE_KEY) if scope is not None else None
+            decision = scope.get(DECISION_SCOPE_KEY)
             if not isinstance(decision, Decision):
                 return None  # the view's own check refuses a request the middleware did not see
             rule = decision.rule
             if rule is None or not decision.allowed or decision.dry_run:
                 return None
-            url_rule = (websocket if has_websocket_context() else request).url_rule
+            url_rule = connection.url_rule
             table = middleware.table
             if url_rule is None or table is None:
                 return None  # no view runs (the routing error is raised), or none declares
             if not table.dispatched(rule, url_rule.endpoint):
-                return await _refusal(
-                    AccessDenied(
-                        f"allowed by rule {rule!r} declared on another view than "
-                        f"{url_rule.endpoint!r}, which Quart dispatched to"
-                    )
+                return AccessDenied(
+                    f"allowed by rule {rule!r} declared on another view than "
+                    f"{url_rule.endpoint!r}, which Quart dispatched to"
                 )
             return None
 
+        async def check_request() -> Response | None:
+            error = misdispatched(request._get_current_object())  # type: ignore[attr-defined]
+            return None if error is None else await _refusal(error)
+
+        async def check_websocket() -> Response | None:
+            error = misdispatched(websocket._get_current_object())  # type: ignore[attr-defined]
+            return None if error is None else await _refusal(error)
+
         # First of the app's before functions: nothing else runs for a refused request.
-        app.before_request_funcs.setdefault(None, []).insert(0, check_dispatched)
-        app.before_websocket_funcs.setdefault(None, []).insert(0, check_dispatched)
+        app.before_request_funcs.setdefault(None, []).insert(0, check_request)
+        app.before_websocket_funcs.setdefault(None, []).insert(0, check_websocket)
         app.register_error_handler(RequestRefused, _refusal_handler(guard))
 
     def finalise(self, app: Quart) -> None:
@@ -353,7 +361,3 @@ def _refusal_handler(guard: Guard) -> Callable[[RequestRefused], Awaitable[Respo
         return Response(problem.body, status=problem.status, headers=Headers(problem.headers))
 
     return handle
-
-
-async def _load_peer() -> None:
-    g.peer = get_peer()
