@@ -37,6 +37,7 @@ from typing import Any
 
 from .guard import Guard, Verdict, guard_from, logger
 from .memory import MemoryLimits
+from .observe import Observer
 from .paths import quote_path
 from .peer import Peer, Proof
 from .policy import Policy
@@ -208,7 +209,7 @@ class PeerMiddleware:
     """Authenticate the calling service and enforce ``policy`` on every request.
 
     Give either the configuration (``policy``, ``authenticators``,
-    ``responder``, ``www_authenticate``, ``memory``) or a ``guard`` built from
+    ``responder``, ``www_authenticate``, ``memory``, ``observers``) or a ``guard`` built from
     it. ``routes`` is an optional callable returning the app's
     :class:`~peer_middleware.routes.RouteTable`, called once when the
     middleware is built (the FastAPI integration uses it for rules declared
@@ -231,9 +232,12 @@ class PeerMiddleware:
         routes: Callable[[], RouteTable] | None = None,
         memory: MemoryLimits | None = None,
         guard: Guard | None = None,
+        observers: Iterable[Observer] = (),
     ) -> None:
         self.app = app
-        self.guard = guard_from(policy, authenticators, responder, www_authenticate, memory, guard)
+        self.guard = guard_from(
+            policy, authenticators, responder, www_authenticate, memory, guard, observers
+        )
         if route_rules is not None:
             self.guard.extend(route_rules())
         if routes is not None:

@@ -118,6 +118,7 @@ from .errors import (
 from .guard import Guard, Verdict, guard_from
 from .matchers import Matcher
 from .memory import MemoryLimits
+from .observe import Observer
 from .peer import Peer
 from .policy import Policy
 from .request import Authenticator
@@ -323,8 +324,11 @@ class _Core:
         memory: MemoryLimits | None,
         guard: Guard | None,
         servicers: Iterable[object],
+        observers: Iterable[Observer],
     ) -> None:
-        self.guard = guard_from(policy, authenticators, responder, www_authenticate, memory, guard)
+        self.guard = guard_from(
+            policy, authenticators, responder, www_authenticate, memory, guard, observers
+        )
         table = GrpcRouteTable(servicers)
         if table.rules:
             self.guard.use_routes(table)
@@ -527,6 +531,7 @@ class _Base:
         www_authenticate: str | None = None,
         memory: MemoryLimits | None = None,
         guard: Guard | None = None,
+        observers: Iterable[Observer] = (),
     ) -> None:
         self._core = _Core(
             policy=policy,
@@ -536,6 +541,7 @@ class _Base:
             memory=memory,
             guard=guard,
             servicers=servicers,
+            observers=observers,
         )
         self._cache: dict[tuple[str, object], Any] = {}
 
@@ -675,7 +681,7 @@ class PeerInterceptor(_Base, grpc.ServerInterceptor):
     """Authenticate the caller and enforce ``policy`` on every call of a ``grpc.server``.
 
     Give either the configuration (``policy``, ``authenticators``,
-    ``responder``, ``www_authenticate``, ``memory``) or a ``guard`` built from
+    ``responder``, ``www_authenticate``, ``memory``, ``observers``) or a ``guard`` built from
     it; ``servicers`` are the servicers (or handler functions) whose
     :func:`require` declarations apply. Configuration errors raise here.
     """

@@ -865,8 +865,10 @@ def guard_from(
     www_authenticate: str | None,
     memory: MemoryLimits | None,
     guard: Guard | None,
+    observers: Iterable[Observer] = (),
 ) -> Guard:
     """The guard given, or one built from the configuration (never both)."""
+    observers = tuple(observers)
     if guard is None:
         if policy is None:
             raise ConfigurationError("give policy= (and the rest of the configuration) or guard=")
@@ -876,10 +878,18 @@ def guard_from(
             responder=responder,
             www_authenticate=www_authenticate,
             memory=memory,
+            observers=observers,
         )
     if not isinstance(guard, Guard):
         raise ConfigurationError(f"guard must be a Guard, not {type(guard).__name__}")
-    if policy is not None or tuple(authenticators) or responder or www_authenticate or memory:
+    if (
+        policy is not None
+        or tuple(authenticators)
+        or responder
+        or www_authenticate
+        or memory
+        or observers
+    ):
         raise ConfigurationError("give guard= or the configuration it is built from, not both")
     return guard
 

@@ -52,6 +52,7 @@ from .errors import AuthenticationFailed, BadRequest, ConfigurationError, Reques
 from .guard import Guard, logger
 from .matchers import Matcher
 from .memory import MemoryLimits
+from .observe import Observer
 from .peer import Peer
 from .policy import Policy
 from .request import Authenticator
@@ -251,6 +252,7 @@ def install(
     responder: Responder | None = None,
     www_authenticate: str | None = None,
     memory: MemoryLimits | None = None,
+    observers: Iterable[Observer] = (),
 ) -> PeerMiddleware:
     """Put :class:`~peer_middleware.PeerMiddleware` in front of ``app``'s router.
 
@@ -267,6 +269,7 @@ def install(
         responder=responder,
         www_authenticate=www_authenticate,
         memory=memory,
+        observers=observers,
     )
     table = LitestarRouteTable(app)
     inner = cast(ASGIApp, app.asgi_handler)

@@ -68,6 +68,7 @@ from .errors import (
 from .guard import Guard
 from .matchers import Matcher
 from .memory import MemoryLimits
+from .observe import Observer
 from .peer import Peer
 from .policy import Policy
 from .request import Authenticator
@@ -255,9 +256,11 @@ class PeerAuth:
         responder: Responder | None = None,
         www_authenticate: str | None = None,
         memory: MemoryLimits | None = None,
+        observers: Iterable[Observer] = (),
     ) -> None:
         self.policy = policy
         self.memory = memory
+        self.observers = tuple(observers)
         self.authenticators = tuple(authenticators)
         self.responder = responder
         self.www_authenticate = www_authenticate
@@ -274,6 +277,7 @@ class PeerAuth:
             responder=self.responder,
             www_authenticate=self.www_authenticate,
             memory=self.memory,
+            observers=self.observers,
         )
 
     def init_app(self, app: Quart) -> None:

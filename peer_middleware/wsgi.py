@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import BadRequest
 from .guard import Guard, Verdict, guard_from
 from .memory import MemoryLimits
+from .observe import Observer
 from .paths import quote_path
 from .policy import Policy
 from .request import DECISION_KEY, PEER_KEY, Authenticator
@@ -172,7 +173,7 @@ class PeerWSGIMiddleware:
     """Authenticate the calling service and enforce ``policy`` on every request.
 
     Give either the configuration (``policy``, ``authenticators``,
-    ``responder``, ``www_authenticate``, ``memory``) or a ``guard`` built from
+    ``responder``, ``www_authenticate``, ``memory``, ``observers``) or a ``guard`` built from
     it. ``routes`` is an optional callable returning the app's
     :class:`~peer_middleware.routes.RouteTable`, and ``route_rules`` one
     returning extra central rules; both are called once, before the first
@@ -194,9 +195,12 @@ class PeerWSGIMiddleware:
         routes: Callable[[], RouteTable] | None = None,
         memory: MemoryLimits | None = None,
         guard: Guard | None = None,
+        observers: Iterable[Observer] = (),
     ) -> None:
         self.app = app
-        self.guard = guard_from(policy, authenticators, responder, www_authenticate, memory, guard)
+        self.guard = guard_from(
+            policy, authenticators, responder, www_authenticate, memory, guard, observers
+        )
         self._route_rules = route_rules
         self._routes = routes
         self._finalised = route_rules is None and routes is None

@@ -32,6 +32,10 @@ refused); each value is the object itself or the dotted path of one
     the challenge sent with a 401.
 ``MEMORY``
     :class:`~peer_middleware.MemoryLimits` for what the guard remembers.
+``OBSERVERS``
+    a list of observers told of every decision
+    (:class:`~peer_middleware.metrics.PrometheusMetrics`,
+    :mod:`peer_middleware.otel`'s, or your own; see :mod:`peer_middleware.observe`).
 ``URLCONFS``
     dotted paths of the URLconfs a middleware may put in ``request.urlconf``
     (django-hosts, per-tenant URLconfs), whose views' declarations are read
@@ -111,6 +115,7 @@ from peer_middleware.errors import (
 from peer_middleware.guard import Guard, Verdict, route_path
 from peer_middleware.matchers import Matcher
 from peer_middleware.memory import MemoryLimits
+from peer_middleware.observe import Observer
 from peer_middleware.paths import quote_path
 from peer_middleware.peer import Peer
 from peer_middleware.policy import Policy
@@ -146,7 +151,7 @@ logger = logging.getLogger("peer_middleware")
 #: The name of the Django setting read by :class:`PeerMiddleware`.
 SETTING = "PEER_MIDDLEWARE"
 _KEYS = frozenset(
-    {"POLICY", "AUTHENTICATORS", "RESPONDER", "WWW_AUTHENTICATE", "MEMORY", "URLCONFS"}
+    {"POLICY", "AUTHENTICATORS", "RESPONDER", "WWW_AUTHENTICATE", "MEMORY", "OBSERVERS", "URLCONFS"}
 )
 #: Where a function view keeps the requirements declared on it.
 _REQUIREMENTS = "__peer_middleware_requirements__"
@@ -212,6 +217,10 @@ def _from_settings() -> tuple[Guard, tuple[str, ...]]:
     if isinstance(found, (str, bytes)) or not isinstance(found, Iterable):
         raise DjangoConfigurationError(f'{SETTING}["AUTHENTICATORS"] must be a list')
     authenticators = [_load(item, "AUTHENTICATORS") for item in found]
+    found = _load(config.get("OBSERVERS", ()), "OBSERVERS")
+    if isinstance(found, (str, bytes)) or not isinstance(found, Iterable):
+        raise DjangoConfigurationError(f'{SETTING}["OBSERVERS"] must be a list')
+    observers = [_load(item, "OBSERVERS") for item in found]
     responder = _load(config.get("RESPONDER"), "RESPONDER")
     www_authenticate = config.get("WWW_AUTHENTICATE")
     if www_authenticate is not None and not isinstance(www_authenticate, str):
@@ -235,6 +244,7 @@ def _from_settings() -> tuple[Guard, tuple[str, ...]]:
             responder=cast("Responder | None", responder),
             www_authenticate=www_authenticate,
             memory=memory,
+            observers=cast("list[Observer]", observers),
         )
     except ConfigurationError as error:
         raise DjangoConfigurationError(f"settings.{SETTING}: {error}") from error
