@@ -132,11 +132,24 @@ def wsgi_app() -> Any:
 def _command(framework: Framework, port: int) -> list[str]:
     if framework.server == "uvicorn":
         return bench.uvicorn_command("served:asgi_app", port)
-    return [
+    command = [
         sys.executable, "-m", "gunicorn", "--pythonpath", bench.BENCH_DIR,
         "--bind", f"127.0.0.1:{port}", "--workers", "1", "--worker-class", "sync",
         "--log-level", "warning", "served:wsgi_app()",
     ]  # fmt: skip
+    if _gunicorn_major() >= 27:
+        # gunicorn 27's control socket has one default path: servers run side by side.
+        command.insert(3, "--no-control-socket")
+    return command
+
+
+def _gunicorn_major() -> int:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return int(version("gunicorn").split(".")[0])
+    except (PackageNotFoundError, ValueError):
+        return 0
 
 
 def _available(framework: Framework) -> str:
