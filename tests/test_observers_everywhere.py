@@ -165,12 +165,26 @@ def test_litestar() -> None:
 DJANGO_RECORDER = Recorder()
 
 
+def django_status(transport: str, principal: str) -> int:
+    from django.core.handlers.asgi import ASGIHandler
+    from django.test import Client
+
+    if transport == "wsgi":
+        response = Client().get(
+            "/payments/7", headers=xfcc(principal), REMOTE_ADDR="127.0.0.1", REMOTE_PORT="50000"
+        )
+        return int(response.status_code)
+    client = TestClient(ASGIHandler(), client=("127.0.0.1", 50000))
+    return client.get("/payments/7", headers=xfcc(principal)).status_code
+
+
 def test_django_observers_by_object_and_by_dotted_path() -> None:
     pytest.importorskip("django")
+    from tests.django_setup import configure, project
+
+    configure()
     from django.http import HttpRequest, HttpResponse
     from django.urls import path
-
-    from tests.test_django import project, send
 
     def read(request: HttpRequest, pk: str) -> HttpResponse:
         return HttpResponse("ok")
@@ -184,7 +198,7 @@ def test_django_observers_by_object_and_by_dotted_path() -> None:
             "OBSERVERS": [recorder, f"{__name__}.DJANGO_RECORDER"],
         }
         with project([path("payments/<str:pk>", read)], config):
-            got = [send(transport, "/payments/7", who).status for who in (SHOP, OPS)]
+            got = [django_status(transport, who) for who in (SHOP, OPS)]
         assert got == [200, 403], transport
         assert recorder.seen == EXPECTED, transport
         assert DJANGO_RECORDER.seen == EXPECTED, transport
@@ -193,11 +207,13 @@ def test_django_observers_by_object_and_by_dotted_path() -> None:
 @pytest.mark.parametrize("observers", ["not a list", [object()]])
 def test_django_bad_observers_raise_at_start_up(observers: Any) -> None:
     pytest.importorskip("django")
+    from tests.django_setup import configure, project
+
+    configure()
     from django.http import HttpRequest, HttpResponse
     from django.urls import path
 
     from peer_middleware.django import DjangoConfigurationError, PeerMiddleware
-    from tests.test_django import project
 
     def read(request: HttpRequest) -> HttpResponse:  # pragma: no cover - never served
         return HttpResponse("ok")
