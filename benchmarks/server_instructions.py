@@ -31,6 +31,7 @@ import http.client
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -69,7 +70,7 @@ def _drive(port: int, count: int, keep_alive: bool) -> None:
 def _wait(port: int, deadline: float) -> None:
     while True:
         try:
-            with __import__("socket").create_connection(("127.0.0.1", port), timeout=1):
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
                 return
         except OSError:
             if time.monotonic() > deadline:
